@@ -1,0 +1,425 @@
+"""
+odegpt model: a nanoGPT-compatible GPT whose residual stream is a continuous-depth ODE.
+
+Depth time t runs over [0, n_layer]; layer l owns [l, l+1) and two sub-fields
+
+    A_l(x) = Attn_l(LN1_l(x))     causal self-attention, pre-LayerNorm
+    M_l(x) = MLP_l(LN2_l(x))      4C hidden, exact GELU
+
+integrated by an explicit Runge-Kutta method (a Butcher tableau, one generic stepper) with
+`steps_per_layer` steps of size h = 1 / steps_per_layer, under a splitting of A and M:
+
+    lie       A by h, then M by h         first order overall, whatever the solver
+    strang    M by h/2, A by h, M by h/2  second order (Macaron-style)
+    parallel  F = A + M by h              the solver's full order
+
+solver='euler', steps_per_layer=1, splitting='lie' is exactly the standard pre-LN block
+x <- x + A(x); x <- x + M(x), bit for bit. The weights do not depend on the integrator: one
+state_dict runs under every solver, step count and splitting. Parameter names follow nanoGPT
+(transformer.wte, transformer.h.0.attn.c_attn, ..., lm_head), so a nanoGPT checkpoint of the same
+shape loads.
+
+Self-contained: stdlib + torch only, no side effects at import. Runs on MPS in float32.
+"""
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+# ---------------------------------------------------------------------------------------------
+# Solvers are data: one Butcher tableau per method, one generic explicit RK stepper.
+
+
+@dataclass(frozen=True)
+class ButcherTableau:
+    """Explicit Runge-Kutta method: k_i = f(x + h sum_{j<i} a_ij k_j), x' = x + h sum_i b_i k_i."""
+
+    name: str
+    order: int
+    a: tuple  # tuple of rows; row i has i entries (strictly lower triangular)
+    b: tuple
+    c: tuple
+
+    def __post_init__(self):
+        s = len(self.b)
+        if len(self.c) != s or len(self.a) != s:
+            raise ValueError(f"{self.name}: a, b, c must all have {s} stages")
+        for i, row in enumerate(self.a):
+            if len(row) != i:
+                raise ValueError(f"{self.name}: row {i} of a must have {i} entries (explicit method)")
+            if not math.isclose(sum(row), self.c[i], abs_tol=1e-12):
+                raise ValueError(f"{self.name}: row {i} of a sums to {sum(row)}, expected c[{i}]={self.c[i]}")
+        if not math.isclose(sum(self.b), 1.0, abs_tol=1e-12):
+            raise ValueError(f"{self.name}: b sums to {sum(self.b)}, expected 1")
+
+    @property
+    def stages(self) -> int:
+        return len(self.b)
+
+    def stability(self, z: complex) -> complex:
+        """R(z) = 1 + z b^T (I - zA)^{-1} 1, evaluated by forward substitution (A is strictly lower)."""
+        g = []  # g_i = 1 + z sum_j a_ij g_j
+        for row in self.a:
+            g.append(1 + z * sum(a_ij * g_j for a_ij, g_j in zip(row, g)))
+        return 1 + z * sum(b_i * g_i for b_i, g_i in zip(self.b, g))
+
+
+def _tableaux(*tabs):
+    return {t.name: t for t in tabs}
+
+
+TABLEAUX = _tableaux(
+    ButcherTableau("euler", 1, a=((),), b=(1.0,), c=(0.0,)),
+    ButcherTableau("midpoint", 2, a=((), (0.5,)), b=(0.0, 1.0), c=(0.0, 0.5)),
+    ButcherTableau("heun", 2, a=((), (1.0,)), b=(0.5, 0.5), c=(0.0, 1.0)),
+    ButcherTableau("ralston", 2, a=((), (2 / 3,)), b=(0.25, 0.75), c=(0.0, 2 / 3)),
+    # Bogacki-Shampine 3rd-order weights (the embedded 2nd-order pair is unused with fixed steps).
+    ButcherTableau("bosh3", 3, a=((), (0.5,), (0.0, 0.75)), b=(2 / 9, 1 / 3, 4 / 9), c=(0.0, 0.5, 0.75)),
+    ButcherTableau("kutta3", 3, a=((), (0.5,), (-1.0, 2.0)), b=(1 / 6, 2 / 3, 1 / 6), c=(0.0, 0.5, 1.0)),
+    # Classic RK4. Note: torchdiffeq's "rk4" is the 3/8 rule below; we name both explicitly.
+    ButcherTableau(
+        "rk4", 4, a=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)), b=(1 / 6, 1 / 3, 1 / 3, 1 / 6), c=(0.0, 0.5, 0.5, 1.0)
+    ),
+    ButcherTableau(
+        "rk4_38",
+        4,
+        a=((), (1 / 3,), (-1 / 3, 1.0), (1.0, -1.0, 1.0)),
+        b=(1 / 8, 3 / 8, 3 / 8, 1 / 8),
+        c=(0.0, 1 / 3, 2 / 3, 1.0),
+    ),
+)
+
+SPLITTINGS = ("lie", "strang", "parallel")
+
+
+def get_tableau(name: str) -> ButcherTableau:
+    if name not in TABLEAUX:
+        raise ValueError(f"unknown solver {name!r}; valid solvers: {', '.join(TABLEAUX)}")
+    return TABLEAUX[name]
+
+
+def _combine(x, h, coeffs, ks):
+    """x + h * sum_i coeffs_i k_i, skipping zero coefficients; h = coefficient = 1 adds k exactly."""
+    acc = None
+    for coef, k in zip(coeffs, ks):
+        if coef == 0:
+            continue
+        term = k if coef == 1 else coef * k
+        acc = term if acc is None else acc + term
+    if acc is None:
+        return x
+    return x + (acc if h == 1 else h * acc)
+
+
+def _hutchinson_sq(k, x_in, create_graph):
+    """||eps^T d k / d x_in||^2 summed over the batch, eps Rademacher: unbiased for ||J||_F^2."""
+    eps = torch.randint_like(k, 0, 2).mul_(2).sub_(1)
+    (vjp,) = torch.autograd.grad(k, x_in, eps, create_graph=create_graph)
+    return vjp.pow(2).sum()
+
+
+def rk_step(f: Callable, x, h: float, tableau: ButcherTableau, stats: Optional[dict] = None):
+    """One explicit RK step of size h for dx/dt = f(x).
+
+    If `stats` is given, accumulates the solver's own quadrature of the differential regularizers
+    over this step (per token: divided by the number of token vectors):
+      stats['kinetic_energy']     += h sum_i b_i ||k_i||^2
+      stats['jacobian_frobenius'] += h sum_i b_i ||eps_i^T df/dx(stage i)||^2   (only if stats['jacobian'])
+    """
+    want_jac = stats is not None and stats.get("jacobian", False)
+    ks = []
+    for i in range(tableau.stages):
+        x_i = _combine(x, h, tableau.a[i], ks)
+        if want_jac and not x_i.requires_grad:
+            x_i = x_i.detach().requires_grad_(True)
+        k = f(x_i)
+        ks.append(k)
+        if stats is not None and tableau.b[i] != 0:
+            n_tok = k.numel() // k.shape[-1]
+            stats["kinetic_energy"] = stats["kinetic_energy"] + h * tableau.b[i] * k.pow(2).sum() / n_tok
+            if want_jac:
+                jac = _hutchinson_sq(k, x_i, create_graph=torch.is_grad_enabled() and stats.get("train", False))
+                stats["jacobian_frobenius"] = stats["jacobian_frobenius"] + h * tableau.b[i] * jac / n_tok
+    return _combine(x, h, tableau.b, ks)
+
+
+# Each splitting is a sequence of (sub-field, fraction of h) per step: data, not branches.
+SPLITTING_SCHEMES = {
+    "lie": (("attn", 1.0), ("mlp", 1.0)),
+    "strang": (("mlp", 0.5), ("attn", 1.0), ("mlp", 0.5)),
+    "parallel": (("both", 1.0),),
+}
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # bias in Linears and LayerNorms, like GPT-2; False is a bit better and faster
+    # continuous depth
+    solver: str = "euler"  # a name in TABLEAUX
+    steps_per_layer: int = 1  # RK steps per unit layer interval, h = 1 / steps_per_layer
+    splitting: str = "lie"  # how attention and MLP share a step: lie, strang, parallel
+    # differential regularization weights (Finlay et al. 2020); 0 = off, at no cost
+    kinetic_energy: float = 0.0  # lambda_K on int ||F(x)||^2 dt
+    jacobian_frobenius: float = 0.0  # lambda_J on int ||dF/dx||_F^2 dt (Hutchinson)
+    # initialization
+    zero_init_proj: bool = False  # zero c_proj weights: every layer's flow starts as the identity
+
+    def __post_init__(self):
+        get_tableau(self.solver)
+        if self.splitting not in SPLITTINGS:
+            raise ValueError(f"unknown splitting {self.splitting!r}; valid splittings: {', '.join(SPLITTINGS)}")
+        if int(self.steps_per_layer) != self.steps_per_layer or self.steps_per_layer < 1:
+            raise ValueError(f"steps_per_layer must be a positive integer, got {self.steps_per_layer!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.kinetic_energy < 0 or self.jacobian_frobenius < 0:
+            raise ValueError("regularization weights must be >= 0")
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1)."""
+
+    def __init__(self, ndim, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)  # kept for nanoGPT parity; SDPA does the dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # (B, T, C) each
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=None, dropout_p=self.dropout if self.training else 0, is_causal=True
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()  # exact (erf) GELU
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C)
+
+
+class Block(nn.Module):
+    """One layer = one vector field on its unit depth interval, split into attention and MLP."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def attn_field(self, x):
+        return self.attn(self.ln_1(x))  # A(x), (B, T, C)
+
+    def mlp_field(self, x):
+        return self.mlp(self.ln_2(x))  # M(x), (B, T, C)
+
+    def both_field(self, x):
+        return self.attn_field(x) + self.mlp_field(x)  # F = A + M, (B, T, C)
+
+    def forward(self, x, tableau, steps_per_layer, scheme, stats=None):
+        """Integrate this layer's field over its unit interval."""
+        h = 1.0 / steps_per_layer
+        fields = {"attn": self.attn_field, "mlp": self.mlp_field, "both": self.both_field}
+        for _ in range(steps_per_layer):
+            for field_name, fraction in scheme:
+                x = rk_step(fields[field_name], x, h * fraction, tableau, stats)
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        assert config.vocab_size is not None
+        assert config.block_size is not None
+        self.config = config
+
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # weight tying (https://paperswithcode.com/method/weight-tying), as GPT-2 and nanoGPT
+        self.transformer.wte.weight = self.lm_head.weight
+
+        # nanoGPT's init: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer) (GPT-2 paper)
+        self.apply(self._init_weights)
+        for pn, p in self.named_parameters():
+            if pn.endswith("c_proj.weight"):
+                if config.zero_init_proj:
+                    torch.nn.init.zeros_(p)
+                else:
+                    torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        self.last_terms = {}  # regularization terms of the last training forward
+
+    # -- integrator ------------------------------------------------------------------------------
+    def set_integrator(self, solver=None, steps_per_layer=None, splitting=None):
+        """Switch the integrator in place; the weights are unchanged. Validates like GPTConfig."""
+        c = self.config
+        new = GPTConfig(
+            **{
+                **c.__dict__,
+                "solver": solver or c.solver,
+                "steps_per_layer": steps_per_layer or c.steps_per_layer,
+                "splitting": splitting or c.splitting,
+            }
+        )
+        self.config = new
+        return self
+
+    def nfe(self) -> dict:
+        """Vector-field evaluations per forward pass, per sub-field (attention, MLP), all layers."""
+        c = self.config
+        per_step = {"attn": 0, "mlp": 0}
+        for field_name, _ in SPLITTING_SCHEMES[c.splitting]:
+            for name in ("attn", "mlp") if field_name == "both" else (field_name,):
+                per_step[name] += get_tableau(c.solver).stages
+        return {k: v * c.steps_per_layer * c.n_layer for k, v in per_step.items()}
+
+    def get_num_params(self, non_embedding=True):
+        n_params = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n_params -= self.transformer.wpe.weight.numel()
+        return n_params
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    # -- forward ---------------------------------------------------------------------------------
+    def embed(self, idx):
+        b, t = idx.size()
+        if t > self.config.block_size:
+            raise ValueError(f"cannot forward a sequence of length {t}, block size is {self.config.block_size}")
+        pos = torch.arange(0, t, dtype=torch.long, device=idx.device)  # (t,)
+        tok_emb = self.transformer.wte(idx)  # (b, t, n_embd)
+        pos_emb = self.transformer.wpe(pos)  # (t, n_embd)
+        return self.transformer.drop(tok_emb + pos_emb)  # (b, t, n_embd)
+
+    def integrate(self, x, stats=None, trajectory=None):
+        """Flow the residual stream through depth. x: (B, T, C) -> (B, T, C).
+
+        `trajectory`, if a list, receives x at every layer boundary (diagnostics only)."""
+        c = self.config
+        tableau = get_tableau(c.solver)
+        scheme = SPLITTING_SCHEMES[c.splitting]
+        if trajectory is not None:
+            trajectory.append(x)
+        for block in self.transformer.h:
+            x = block(x, tableau, c.steps_per_layer, scheme, stats)
+            if trajectory is not None:
+                trajectory.append(x)
+        return x
+
+    def regularization_stats(self, want_jacobian: bool, train: bool) -> dict:
+        zero = torch.zeros(())
+        return {"kinetic_energy": zero, "jacobian_frobenius": zero, "jacobian": want_jacobian, "train": train}
+
+    def forward(self, idx, targets=None):
+        c = self.config
+        regularize = self.training and torch.is_grad_enabled() and (c.kinetic_energy > 0 or c.jacobian_frobenius > 0)
+        stats = self.regularization_stats(c.jacobian_frobenius > 0, train=True) if regularize else None
+        x = self.integrate(self.embed(idx), stats)
+        x = self.transformer.ln_f(x)
+        if targets is not None:
+            logits = self.lm_head(x)  # (b, t, vocab)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        else:
+            logits = self.lm_head(x[:, [-1], :])  # (b, 1, vocab): inference needs the last position only
+            loss = None
+        self.last_terms = {k: stats[k] for k in ("kinetic_energy", "jacobian_frobenius")} if stats else {}
+        return logits, loss
+
+    def regularization_loss(self):
+        """lambda_K K + lambda_J J from the last training forward; 0.0 when regularization is off.
+
+        forward() keeps returning pure cross-entropy; the training loop adds this term."""
+        if not self.last_terms:
+            return 0.0
+        c = self.config
+        return c.kinetic_energy * self.last_terms["kinetic_energy"] + c.jacobian_frobenius * self.last_terms[
+            "jacobian_frobenius"
+        ]
+
+    # -- nanoGPT API -----------------------------------------------------------------------------
+    def crop_block_size(self, block_size):
+        assert block_size <= self.config.block_size
+        self.config.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW with weight decay on >= 2-D parameters (matrices, embeddings) only, as nanoGPT."""
+        param_dict = {pn: p for pn, p in self.named_parameters() if p.requires_grad}
+        decay_params = [p for p in param_dict.values() if p.dim() >= 2]
+        nodecay_params = [p for p in param_dict.values() if p.dim() < 2]
+        optim_groups = [
+            {"params": decay_params, "weight_decay": weight_decay},
+            {"params": nodecay_params, "weight_decay": 0.0},
+        ]
+        fused_available = "fused" in inspect.signature(torch.optim.AdamW).parameters
+        extra_args = dict(fused=True) if fused_available and device_type == "cuda" else dict()
+        return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, **extra_args)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+        """Sample max_new_tokens tokens after idx (LongTensor (b, t)). Call model.eval() first."""
+        for _ in range(max_new_tokens):
+            idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size :]
+            logits, _ = self(idx_cond)
+            logits = logits[:, -1, :] / temperature
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float("Inf")
+            probs = F.softmax(logits, dim=-1)
+            idx_next = torch.multinomial(probs, num_samples=1)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx

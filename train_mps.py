@@ -1,0 +1,367 @@
+"""
+Train the odegpt model on Shakespeare under the harness contract.
+
+The harness copies model.py and train_mps.py into a folder, imports this module, calls train()
+and ranks candidates by the returned (best_vloss, elapsed_min). The fixed block below is the
+contract; everything else (the recipe) is ours to improve, each switch measured (see README).
+
+Environment variables (for tests, smoke runs and benchmarks; the harness sets none of them):
+  TRAIN_MPS_DATA_DIR   folder holding train.bin / val.bin (default: data/shakespeare beside this file)
+  TRAIN_MPS_OUT_DIR    where the metrics JSON and the checkpoint go (default: out/ beside this file)
+  TRAIN_MPS_SEED       seed (default Recipe.seed)
+  TRAIN_MPS_MAX_ITERS  shortens the run (tests and smoke runs only; announced loudly)
+
+Self-contained: stdlib, numpy, torch and model.py; no side effects at import.
+"""
+
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from model import GPT, GPTConfig
+
+# fmt: off
+# --- fixed block: the harness ranks candidates under exactly these settings; do not edit ---
+batch_size = 8
+block_size = 64
+n_layer = 4
+n_head = 4
+n_embd = 32
+max_iters = 10001
+eval_interval = 100
+device = 'mps'
+ctx = nullcontext()
+# --- end of fixed block ---
+# fmt: on
+
+PREPARE_HINT = "prepare the data with `make data` (or `python scripts/prepare_shakespeare.py`)"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything outside the fixed block that shapes training. Defaults are the canonical recipe."""
+
+    seed: int = 0
+    # model
+    vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 64
+    bias: bool = False
+    dropout: float = 0.0
+    solver: str = "euler"
+    steps_per_layer: int = 1
+    splitting: str = "lie"
+    zero_init_proj: bool = False
+    kinetic_energy: float = 0.0
+    jacobian_frobenius: float = 0.0
+    # optimizer
+    optimizer: str = "adamw"  # adamw | muon (Muon on hidden matrices, AdamW on the rest)
+    learning_rate: float = 3e-3  # peak (AdamW groups)
+    muon_lr: float = 0.02
+    min_lr: float = 3e-4
+    schedule: str = "cosine"  # constant | cosine | wsd
+    warmup_iters: int = 200
+    decay_frac: float = 0.2  # wsd: final fraction of the run spent decaying
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables
+    ema_decay: float = 0.0  # > 0: evaluate an exponential moving average of the weights
+
+
+def lr_at(step: int, total: int, r: Recipe) -> float:
+    """Learning rate multiplier in [0, 1] relative to the peak, a pure function of the step."""
+    if r.schedule == "constant":
+        return 1.0
+    if step < r.warmup_iters:
+        return (step + 1) / r.warmup_iters
+    floor = r.min_lr / r.learning_rate
+    if r.schedule == "cosine":
+        progress = min(1.0, (step - r.warmup_iters) / max(1, total - r.warmup_iters))
+        return floor + 0.5 * (1.0 - floor) * (1.0 + math.cos(math.pi * progress))
+    if r.schedule == "wsd":
+        decay_start = total - int(r.decay_frac * total)
+        if step < decay_start:
+            return 1.0
+        progress = min(1.0, (step - decay_start) / max(1, total - decay_start))
+        return floor + (1.0 - floor) * (1.0 - progress)
+    raise ValueError(f"unknown schedule {r.schedule!r}; valid: constant, cosine, wsd")
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+class DataError(RuntimeError):
+    """The training data is missing or malformed; the message names the fix."""
+
+
+def find_data_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    env = os.environ.get("TRAIN_MPS_DATA_DIR")
+    candidates = [Path(env)] if env else [here / "data" / "shakespeare", Path.cwd() / "data" / "shakespeare"]
+    for d in candidates:
+        if (d / "train.bin").exists() and (d / "val.bin").exists():
+            return d
+    tried = ", ".join(str(d) for d in candidates)
+    raise DataError(f"no train.bin/val.bin found (tried: {tried}); {PREPARE_HINT}, or set TRAIN_MPS_DATA_DIR")
+
+
+def load_split(data_dir: Path, split: str, vocab_size: int) -> np.ndarray:
+    """Load a uint16 token file into RAM, validating it before any training."""
+    path = data_dir / f"{split}.bin"
+    if not path.exists():
+        raise DataError(f"{path} is missing; {PREPARE_HINT}")
+    size = path.stat().st_size
+    if size % 2:
+        raise DataError(f"{path} has an odd size ({size} bytes), so it is truncated; {PREPARE_HINT} --force")
+    meta_path = data_dir / "meta.json"
+    if meta_path.exists():
+        expected = json.loads(meta_path.read_text()).get(f"{split}_tokens")
+        if expected is not None and expected != size // 2:
+            raise DataError(
+                f"{path} holds {size // 2} tokens but meta.json says {expected}: truncated or stale; "
+                f"{PREPARE_HINT} --force"
+            )
+    tokens = np.fromfile(path, dtype=np.uint16)
+    if len(tokens) < block_size + 2:
+        raise DataError(f"{path} holds {len(tokens)} tokens, fewer than block_size + 2; {PREPARE_HINT}")
+    top = int(tokens.max())
+    if top >= vocab_size:
+        raise DataError(f"{path} holds token id {top} >= vocab_size {vocab_size}: not GPT-2 BPE; {PREPARE_HINT}")
+    return tokens
+
+
+def get_batch(data: torch.Tensor, generator: torch.Generator):
+    """Random (batch_size, block_size) windows and their next-token targets, on data's device."""
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator, device="cpu")
+    offsets = (ix[:, None] + torch.arange(block_size + 1)[None, :]).to(data.device)  # (B, T+1)
+    chunk = data[offsets]  # (B, T+1)
+    return chunk[:, :-1], chunk[:, 1:]
+
+
+@torch.no_grad()
+def full_split_loss(model, data: torch.Tensor, windows_per_batch: int = 64) -> float:
+    """Mean cross-entropy over non-overlapping block_size windows covering the whole split."""
+    model.eval()
+    n_windows = (len(data) - 1) // block_size
+    total, count = 0.0, 0
+    for start in range(0, n_windows, windows_per_batch):
+        w = torch.arange(start, min(start + windows_per_batch, n_windows), device=data.device)
+        offsets = w[:, None] * block_size + torch.arange(block_size + 1, device=data.device)[None, :]
+        chunk = data[offsets]
+        logits, _ = model(chunk[:, :-1], chunk[:, 1:])
+        ce = F.cross_entropy(logits.view(-1, logits.size(-1)), chunk[:, 1:].reshape(-1), reduction="sum")
+        total += ce.item()
+        count += chunk[:, 1:].numel()
+    model.train()
+    return total / count
+
+
+# ---------------------------------------------------------------------------------------------
+# setup
+
+
+def pick_device() -> str:
+    if device == "mps" and torch.backends.mps.is_available():
+        return device
+    fallback = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"[train_mps] MPS is not available here; running on {fallback} instead", flush=True)
+    return fallback
+
+
+def make_optimizers(model: GPT, r: Recipe, device_type: str):
+    """AdamW on everything (nanoGPT groups), or Muon on hidden 2-D matrices + AdamW on the rest."""
+    if r.optimizer == "adamw":
+        return [model.configure_optimizers(r.weight_decay, r.learning_rate, (r.beta1, r.beta2), device_type)]
+    if r.optimizer == "muon":
+        hidden = [p for n, p in model.named_parameters() if p.dim() == 2 and ".h." in n]
+        hidden_ids = {id(p) for p in hidden}
+        rest = [p for p in model.parameters() if id(p) not in hidden_ids]
+        muon = torch.optim.Muon(hidden, lr=r.muon_lr, weight_decay=r.weight_decay, adjust_lr_fn="match_rms_adamw")
+        adamw = torch.optim.AdamW(
+            [
+                {"params": [p for p in rest if p.dim() >= 2], "weight_decay": r.weight_decay},
+                {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
+            ],
+            lr=r.learning_rate,
+            betas=(r.beta1, r.beta2),
+        )
+        return [muon, adamw]
+    raise ValueError(f"unknown optimizer {r.optimizer!r}; valid: adamw, muon")
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Write via a temp file in the same folder, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def train(recipe: Recipe = None):
+    r = recipe or Recipe()
+    if os.environ.get("TRAIN_MPS_SEED"):
+        r = replace(r, seed=int(os.environ["TRAIN_MPS_SEED"]))
+    n_iters = max_iters
+    if os.environ.get("TRAIN_MPS_MAX_ITERS"):
+        n_iters = int(os.environ["TRAIN_MPS_MAX_ITERS"])
+        print(
+            f"!!! [train_mps] TRAIN_MPS_MAX_ITERS={n_iters}: a SHORT run instead of the fixed {max_iters} "
+            f"iterations, for tests and smoke runs only !!!",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    data_dir = find_data_dir()
+    train_np = load_split(data_dir, "train", r.vocab_size)
+    val_np = load_split(data_dir, "val", r.vocab_size)
+
+    t0 = time.time()
+    dev = pick_device()
+    torch.manual_seed(r.seed)
+    train_data = torch.from_numpy(train_np.astype(np.int64)).to(dev)
+    val_data = torch.from_numpy(val_np.astype(np.int64)).to(dev)
+    # separate streams: the evaluation batches never perturb the training batches
+    train_gen = torch.Generator().manual_seed(r.seed)
+    eval_gen = torch.Generator().manual_seed(r.seed + 1_000_003)
+
+    config = GPTConfig(
+        block_size=block_size,
+        vocab_size=r.vocab_size,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        dropout=r.dropout,
+        bias=r.bias,
+        solver=r.solver,
+        steps_per_layer=r.steps_per_layer,
+        splitting=r.splitting,
+        kinetic_energy=r.kinetic_energy,
+        jacobian_frobenius=r.jacobian_frobenius,
+        zero_init_proj=r.zero_init_proj,
+    )
+    model = GPT(config).to(dev)
+    optimizers = make_optimizers(model, r, dev)
+    base_lrs = [[g["lr"] for g in opt.param_groups] for opt in optimizers]
+    params = [p for p in model.parameters() if p.requires_grad]
+    ema = None
+    if r.ema_decay > 0:
+        ema = GPT(config).to(dev)
+        ema.load_state_dict(model.state_dict())
+        ema_params = [p for p in ema.parameters() if p.requires_grad]
+        for p in ema_params:
+            p.requires_grad_(False)
+    eval_model = ema if ema is not None else model
+
+    print(
+        f"[train_mps] {n_iters} iters on {dev}, seed {r.seed}, {model.get_num_params() / 1e6:.2f}M params, "
+        f"{config.solver}/{config.splitting}x{config.steps_per_layer}, NFE {model.nfe()}, data {data_dir}",
+        flush=True,
+    )
+    best_vloss = float("inf")
+    last_train_loss = float("nan")
+    history = []
+    t_last = time.time()
+    for it in range(n_iters):
+        if it % eval_interval == 0:
+            eval_model.eval()
+            with torch.no_grad(), ctx:
+                xv, yv = get_batch(val_data, eval_gen)
+                _, vloss_t = eval_model(xv, yv)
+            eval_model.train()
+            vloss = vloss_t.item()
+            best_vloss = min(best_vloss, vloss)
+            ms = 1000 * (time.time() - t_last) / (eval_interval if it else 1)
+            t_last = time.time()
+            history.append({"iter": it, "val_loss": vloss, "train_loss": last_train_loss})
+            print(
+                f"iter {it:5d} | train {last_train_loss:.4f} | val {vloss:.4f} | best {best_vloss:.4f} | "
+                f"lr x{lr_at(it, n_iters, r):.3f} | {ms:.1f} ms/iter",
+                flush=True,
+            )
+
+        scale = lr_at(it, n_iters, r)
+        for opt, lrs in zip(optimizers, base_lrs):
+            for g, lr in zip(opt.param_groups, lrs):
+                g["lr"] = lr * scale
+        xb, yb = get_batch(train_data, train_gen)
+        with ctx:
+            _, loss = model(xb, yb)
+            total_loss = loss + model.regularization_loss()
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        total_loss.backward()
+        if r.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, r.grad_clip)
+        for opt in optimizers:
+            opt.step()
+        if ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(ema_params, params, 1.0 - r.ema_decay)
+        if it % eval_interval == eval_interval - 1 or it == n_iters - 1:
+            last_train_loss = loss.item()  # the train loss logged beside the next evaluation
+
+    if dev == "mps":
+        torch.mps.synchronize()
+    elapsed_min = (time.time() - t0) / 60.0
+
+    # --- reporting: after the clock stops; none of it changes the return value ---
+    val_full = full_split_loss(eval_model, val_data)
+    out_dir = Path(os.environ.get("TRAIN_MPS_OUT_DIR") or Path(__file__).resolve().parent / "out")
+    here = Path(__file__).resolve().parent
+    metrics = {
+        "best_vloss": best_vloss,
+        "elapsed_min": elapsed_min,
+        "val_loss_full": val_full,
+        "seed": r.seed,
+        "iters": n_iters,
+        "device": dev,
+        "nfe": model.nfe(),
+        "recipe": asdict(r),
+        "model_config": asdict(config),
+        "fixed": {"batch_size": batch_size, "block_size": block_size, "max_iters": max_iters},
+        "history": history,
+        "data_dir": str(data_dir),
+        "sources_sha256": {f: file_sha256(here / f) for f in ("model.py", "train_mps.py")},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
+    }
+    metrics_path = out_dir / "metrics.json"
+    ckpt_path = out_dir / "ckpt.pt"
+    atomic_write_bytes(metrics_path, lambda f: f.write(json.dumps(metrics, indent=1).encode()))
+    ckpt = {"model": eval_model.state_dict(), "model_args": asdict(config), "iter_num": n_iters, "metrics": metrics}
+    atomic_write_bytes(ckpt_path, lambda f: torch.save(ckpt, f))
+    print(
+        f"[train_mps] best_vloss {best_vloss:.4f} | whole-split val {val_full:.4f} | seed {r.seed} | "
+        f"{elapsed_min:.2f} min\n[train_mps] wrote {metrics_path} and {ckpt_path}",
+        flush=True,
+    )
+    return float(best_vloss), float(elapsed_min)
+
+
+if __name__ == "__main__":
+    train()
