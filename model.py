@@ -24,8 +24,9 @@ Self-contained: stdlib + torch only, no side effects at import. Runs on MPS in f
 
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -386,9 +387,10 @@ class GPT(nn.Module):
         if not self.last_terms:
             return 0.0
         c = self.config
-        return c.kinetic_energy * self.last_terms["kinetic_energy"] + c.jacobian_frobenius * self.last_terms[
-            "jacobian_frobenius"
-        ]
+        return (
+            c.kinetic_energy * self.last_terms["kinetic_energy"]
+            + c.jacobian_frobenius * self.last_terms["jacobian_frobenius"]
+        )
 
     # -- nanoGPT API -----------------------------------------------------------------------------
     def crop_block_size(self, block_size):
