@@ -201,6 +201,32 @@ def make_optimizers(model: GPT, r: Recipe, device_type: str):
     raise ValueError(f"unknown optimizer {r.optimizer!r}; valid: adamw, muon")
 
 
+def set_lr(optimizers, base_lrs, scale: float) -> None:
+    for opt, lrs in zip(optimizers, base_lrs):
+        for g, lr in zip(opt.param_groups, lrs):
+            g["lr"] = lr * scale
+
+
+def train_step(model: GPT, optimizers, params, xb, yb, r: Recipe):
+    """One optimizer step on a batch; returns the (pure cross-entropy) loss tensor."""
+    with ctx:
+        _, loss = model(xb, yb)
+        total_loss = loss + model.regularization_loss()
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    total_loss.backward()
+    if r.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, r.grad_clip)
+    for opt in optimizers:
+        opt.step()
+    return loss
+
+
+@torch.no_grad()
+def ema_update(ema_params, params, decay: float) -> None:
+    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+
+
 def atomic_write_bytes(path: Path, write) -> None:
     """Write via a temp file in the same folder, then rename: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -305,24 +331,11 @@ def train(recipe: Recipe = None):
                 flush=True,
             )
 
-        scale = lr_at(it, n_iters, r)
-        for opt, lrs in zip(optimizers, base_lrs):
-            for g, lr in zip(opt.param_groups, lrs):
-                g["lr"] = lr * scale
+        set_lr(optimizers, base_lrs, lr_at(it, n_iters, r))
         xb, yb = get_batch(train_data, train_gen)
-        with ctx:
-            _, loss = model(xb, yb)
-            total_loss = loss + model.regularization_loss()
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        total_loss.backward()
-        if r.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, r.grad_clip)
-        for opt in optimizers:
-            opt.step()
+        loss = train_step(model, optimizers, params, xb, yb, r)
         if ema is not None:
-            with torch.no_grad():
-                torch._foreach_lerp_(ema_params, params, 1.0 - r.ema_decay)
+            ema_update(ema_params, params, r.ema_decay)
         if it % eval_interval == eval_interval - 1 or it == n_iters - 1:
             last_train_loss = loss.item()  # the train loss logged beside the next evaluation
 
