@@ -25,12 +25,14 @@ Self-contained: stdlib + torch only, no side effects at import. Runs on MPS in f
 import inspect
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # ---------------------------------------------------------------------------------------------
 # Solvers are data: one Butcher tableau per method, one generic explicit RK stepper.
@@ -302,14 +304,8 @@ class GPT(nn.Module):
     def set_integrator(self, solver=None, steps_per_layer=None, splitting=None):
         """Switch the integrator in place; the weights are unchanged. Validates like GPTConfig."""
         c = self.config
-        new = GPTConfig(
-            **{
-                **c.__dict__,
-                "solver": solver or c.solver,
-                "steps_per_layer": steps_per_layer or c.steps_per_layer,
-                "splitting": splitting or c.splitting,
-            }
-        )
+        chosen = {"solver": solver, "steps_per_layer": steps_per_layer, "splitting": splitting}
+        new = GPTConfig(**{**c.__dict__, **{k: v for k, v in chosen.items() if v is not None}})
         self.config = new
         return self
 
@@ -369,7 +365,11 @@ class GPT(nn.Module):
         c = self.config
         regularize = self.training and torch.is_grad_enabled() and (c.kinetic_energy > 0 or c.jacobian_frobenius > 0)
         stats = self.regularization_stats(c.jacobian_frobenius > 0, train=True) if regularize else None
-        x = self.integrate(self.embed(idx), stats)
+        # the Jacobian term backpropagates through a vector-Jacobian product (double backward), which
+        # the fused attention kernels do not support: use the math kernel for those steps only
+        kernel = sdpa_kernel(SDPBackend.MATH) if stats and stats["jacobian"] else nullcontext()
+        with kernel:
+            x = self.integrate(self.embed(idx), stats)
         x = self.transformer.ln_f(x)
         if targets is not None:
             logits = self.lm_head(x)  # (b, t, vocab)

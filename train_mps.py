@@ -373,7 +373,7 @@ def train(recipe: Recipe = None):
         f"{elapsed_min:.2f} min\n[train_mps] wrote {metrics_path} and {ckpt_path}",
         flush=True,
     )
-    return float(best_vloss), float(elapsed_min)
+    return best_vloss, elapsed_min
 
 
 if __name__ == "__main__":
