@@ -107,17 +107,21 @@ def test_tableaux_are_frozen():
         TABLEAUX["rk4"].b = (1.0,)
 
 
-def test_nfe_matches_counted_field_calls():
-    for solver in TABLEAUX:
-        for splitting in SPLITTINGS:
-            model = tiny_model(solver=solver, splitting=splitting, steps_per_layer=2)
-            calls = {"attn": 0, "mlp": 0}
-            for block in model.transformer.h:
-                block.attn.register_forward_hook(lambda *a: calls.__setitem__("attn", calls["attn"] + 1))
-                block.mlp.register_forward_hook(lambda *a: calls.__setitem__("mlp", calls["mlp"] + 1))
-            with torch.no_grad():
-                model(torch.randint(0, 64, (1, 8)))
-            assert calls == model.nfe(), (solver, splitting)
+@pytest.mark.parametrize("solver", list(TABLEAUX))
+@pytest.mark.parametrize("splitting", SPLITTINGS)
+def test_nfe_matches_counted_field_calls(solver, splitting):
+    model = tiny_model(solver=solver, splitting=splitting, steps_per_layer=2)
+    calls = {"attn": 0, "mlp": 0}
+
+    def counter(name):
+        return lambda *args: calls.__setitem__(name, calls[name] + 1)
+
+    for block in model.transformer.h:
+        block.attn.register_forward_hook(counter("attn"))
+        block.mlp.register_forward_hook(counter("mlp"))
+    with torch.no_grad():
+        model(torch.randint(0, 64, (1, 8)))
+    assert calls == model.nfe()
 
 
 # --- stability polynomials ---------------------------------------------------------------------
