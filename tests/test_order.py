@@ -27,7 +27,7 @@ def flow():
         with torch.no_grad():
             return model.integrate(x0)
 
-    reference = solve("rk4", 512, "parallel")
+    reference = solve("rk4", 256, "parallel")  # error ~1e-11, far below the 64-step errors
     return solve, reference
 
 
