@@ -1,0 +1,232 @@
+"""scripts/benchmark.py: interleaved runs in fresh subprocesses, the summary, the baseline recipe, refusals, resume.
+
+Training happens only in the module fixture (baseline vs canonical, 2 seeds, MAX_ITERS iterations on tiny random
+data: ~10 s a run on a loaded 2-core machine) and once more in the resume test; the rest is in-process.
+"""
+
+import json
+import shutil
+import statistics
+import sys
+from dataclasses import asdict, fields
+
+import pytest
+import torch
+from conftest import REPO, write_bins
+
+import train_mps
+from model import GPT, GPTConfig
+
+sys.path.insert(0, str(REPO / "scripts"))
+import benchmark  # noqa: E402
+
+MAX_ITERS = 3
+SEEDS = (0, 1)
+CONFIGS = ("baseline", "canonical")
+
+
+def bench_argv(data, out, *extra):
+    seeds = [str(s) for s in SEEDS]
+    return ["--configs", *CONFIGS, "--seeds", *seeds, "--max-iters", str(MAX_ITERS), "--data-dir", str(data)] + [
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """(out dir, data dir) of one finished smoke benchmark."""
+    root = tmp_path_factory.mktemp("benchmark")
+    data = write_bins(root / "data")
+    out = root / "out"
+    assert benchmark.main(bench_argv(data, out)) == 0
+    return out, data
+
+
+def load(out):
+    return json.loads((out / "benchmark.json").read_text())
+
+
+def test_end_to_end_outputs_order_and_summary(finished):
+    out, _ = finished
+    assert (out / "benchmark.md").is_file()
+    assert (out / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = load(out)
+    assert report["complete"] and report["settings"]["shortened"]
+    for key in ("python", "torch", "numpy", "platform", "cpu_count", "git_commit", "command"):
+        assert key in report["environment"]
+
+    # interleaved per seed: A B A B, and executed in that order
+    expected = [(c, s) for s in SEEDS for c in CONFIGS]
+    assert [(o["config"], o["seed"]) for o in report["order"]] == expected
+    runs = report["runs"]
+    assert [(r["config"], r["seed"]) for r in runs] == expected
+    assert [r["order_index"] for r in runs] == list(range(len(expected)))
+    starts = [r["started_at"] for r in runs]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts)
+
+    by_key = {(r["config"], r["seed"]): r for r in runs}
+    for r in runs:
+        assert r["status"] == "ok", r.get("error")
+        m = r["metrics"]
+        assert m["seed"] == r["seed"] and m["iters"] == MAX_ITERS and m["history"]
+        assert r["best_vloss"] == m["best_vloss"] and r["val_loss_full"] == m["val_loss_full"]
+        assert r["fitness"] == pytest.approx(r["best_vloss"] + 0.01 * r["elapsed_min"])
+        assert r["wall_s"] > 60 * r["elapsed_min"] > 0  # the subprocess also imports and reports
+        # trained from the saved copy of the canonical files, as the harness imports a folder
+        snapshot = out / "sources" / "canonical" / "train_mps.py"
+        assert m["sources_sha256"]["train_mps.py"] == benchmark.sha256(snapshot)
+        assert "SHORT run" in (out / r["log"]).read_text()
+    # the recipe reached the subprocess
+    for s in SEEDS:
+        assert by_key[("baseline", s)]["metrics"]["recipe"] == {**benchmark.BASELINE_RECIPE, "seed": s}
+        assert by_key[("canonical", s)]["metrics"]["recipe"] == asdict(train_mps.Recipe(seed=s))
+
+    summary = report["summary"]["configs"]
+    assert "paired_vs_baseline" not in summary["baseline"]
+    for label in CONFIGS:
+        for m in benchmark.METRICS:
+            values = [by_key[(label, s)][m] for s in SEEDS]
+            assert summary[label][m]["values"] == values
+            assert summary[label][m]["median"] == pytest.approx(statistics.median(values))
+            assert summary[label][m]["mean"] == pytest.approx(statistics.fmean(values))
+    paired = summary["canonical"]["paired_vs_baseline"]
+    for m in benchmark.METRICS:
+        diffs = [by_key[("canonical", s)][m] - by_key[("baseline", s)][m] for s in SEEDS]
+        assert paired[m]["seeds"] == list(SEEDS)
+        assert paired[m]["diffs"] == pytest.approx(diffs)
+        assert paired[m]["median"] == pytest.approx(statistics.median(diffs))
+
+    md = (out / "benchmark.md").read_text()
+    assert f"SHORTENED RUNS: TRAIN_MPS_MAX_ITERS={MAX_ITERS}" in md
+    assert "| `canonical` |" in md and "Paired differences against `baseline`" in md
+
+
+def test_plot_only_redraws_from_the_json(finished):
+    out, _ = finished
+    before = (out / "benchmark.json").read_bytes()
+    (out / "benchmark.md").unlink()
+    (out / "benchmark.png").unlink()
+    assert benchmark.main(["--plot-only", "--out", str(out)]) == 0
+    assert (out / "benchmark.md").is_file() and (out / "benchmark.png").is_file()
+    assert (out / "benchmark.json").read_bytes() == before
+
+
+def test_resume_skips_finished_runs(finished, tmp_path, capsys):
+    src, data = finished
+    out = tmp_path / "out"
+    shutil.copytree(src, out)
+    assert benchmark.main(bench_argv(data, out)) == 2  # finished runs are never overwritten silently
+    assert "--resume" in capsys.readouterr().err
+    assert benchmark.main(bench_argv(data, out, "--resume", "--max-iters", "4")) == 2  # other settings
+    assert "other settings" in capsys.readouterr().err
+
+    lost = benchmark.run_dir(out, "canonical", 1)
+    shutil.rmtree(lost)  # as if the benchmark died during its last run
+    kept = {k: benchmark.run_dir(out, *k) / "run.json" for k in [("baseline", 0), ("canonical", 0), ("baseline", 1)]}
+    mtimes = {k: p.stat().st_mtime_ns for k, p in kept.items()}
+    assert benchmark.main(bench_argv(data, out, "--resume")) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.count("skipped, finished earlier") == 3
+    assert {k: p.stat().st_mtime_ns for k, p in kept.items()} == mtimes
+    assert (lost / "run.json").is_file()
+    report = load(out)
+    assert report["complete"] and len(report["runs"]) == 4
+    assert [(r["config"], r["seed"]) for r in report["runs"]] == [(c, s) for s in SEEDS for c in CONFIGS]
+
+
+def test_baseline_recipe_is_the_seeds_starting_point():
+    pinned = {f.name for f in fields(train_mps.Recipe)} - {"seed"}
+    assert set(benchmark.BASELINE_RECIPE) == pinned, "pin every Recipe field in BASELINE_RECIPE"
+    assert benchmark.parse_config("baseline", train_mps.Recipe).overrides == benchmark.BASELINE_RECIPE
+    r = train_mps.Recipe(**benchmark.BASELINE_RECIPE)
+    assert (r.solver, r.splitting, r.steps_per_layer) == ("euler", "lie", 1)
+    assert (r.vocab_size, r.bias, r.dropout, r.zero_init_proj) == (50304, False, 0.0, False)
+    assert r.kinetic_energy == 0.0 and r.jacobian_frobenius == 0.0
+    assert (r.optimizer, r.learning_rate, r.beta1, r.beta2, r.weight_decay) == ("adamw", 3e-4, 0.9, 0.95, 0.1)
+    assert r.grad_clip == 1.0 and r.ema_decay == 0.0
+    total = train_mps.max_iters
+    for step in (0, 1, 2, 99, 199, 200, 201, 1000, total // 2, total - total // 5, total - 2, total - 1):
+        assert train_mps.lr_at(step, total, r) == 1.0
+
+    # the model and optimizer train() builds from it (same construction as train_mps.train)
+    torch.manual_seed(0)
+    config = GPTConfig(
+        block_size=train_mps.block_size,
+        vocab_size=r.vocab_size,
+        n_layer=train_mps.n_layer,
+        n_head=train_mps.n_head,
+        n_embd=train_mps.n_embd,
+        dropout=r.dropout,
+        bias=r.bias,
+        solver=r.solver,
+        steps_per_layer=r.steps_per_layer,
+        splitting=r.splitting,
+        kinetic_energy=r.kinetic_energy,
+        jacobian_frobenius=r.jacobian_frobenius,
+        zero_init_proj=r.zero_init_proj,
+    )
+    model = GPT(config)
+    names = dict(model.named_parameters())
+    assert not [n for n in names if n.endswith(".bias")]
+    assert model.transformer.wte.weight is model.lm_head.weight  # tied
+    assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    for n, p in names.items():  # nanoGPT's init, nothing zeroed
+        if n.endswith("c_proj.weight"):
+            assert p.std().item() == pytest.approx(0.02 / (2 * train_mps.n_layer) ** 0.5, rel=0.1)
+        elif p.dim() >= 2:
+            assert p.std().item() == pytest.approx(0.02, rel=0.1)
+    (opt,) = train_mps.make_optimizers(model, r, "cpu")
+    assert type(opt) is torch.optim.AdamW
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    grouped = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert grouped == {id(p) for p in model.parameters()}
+    for g in opt.param_groups:
+        assert g["lr"] == 3e-4 and g["betas"] == (0.9, 0.95)
+    x = torch.randint(0, 50257, (2, 16))
+    model(x, x)
+    assert float(model.regularization_loss()) == 0.0
+
+
+def test_canonical_overrides_parse_by_field_type():
+    c = benchmark.parse_config("canonical:ema_decay=0.9", train_mps.Recipe)
+    assert c.overrides == {"ema_decay": 0.9} and c.kind == "builtin"
+    assert benchmark.parse_config("canonical", train_mps.Recipe).overrides is None  # train() with no arguments
+    c = benchmark.parse_config("canonical:schedule=wsd,warmup_iters=10,bias=true,dropout=0", train_mps.Recipe)
+    assert c.overrides == {"schedule": "wsd", "warmup_iters": 10, "bias": True, "dropout": 0.0}
+    assert type(c.overrides["warmup_iters"]) is int and type(c.overrides["dropout"]) is float
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("canonical:ema_decy=0.9", r"unknown Recipe field 'ema_decy'.*valid fields: .*ema_decay"),
+        ("canonical:warmup_iters=ten", r"'warmup_iters' is int"),
+        ("canonical:bias=maybe", r"'bias' is bool"),
+        ("canonical:seed=3", r"--seeds"),
+        ("canonical:ema_decay", r"FIELD=VALUE"),
+        ("no/such/folder", r"neither a built-in"),
+    ],
+)
+def test_bad_configurations_are_clear_errors(spec, message):
+    with pytest.raises(benchmark.BenchmarkError, match=message):
+        benchmark.parse_config(spec, train_mps.Recipe)
+
+
+def test_candidate_breaking_the_constraints_is_refused_before_anything_runs(synthetic_data, tmp_path, capsys):
+    candidate = tmp_path / "candidate"
+    candidate.mkdir()
+    shutil.copy(REPO / "model.py", candidate / "model.py")
+    source = (REPO / "train_mps.py").read_text()
+    assert "max_iters = 10001" in source
+    (candidate / "train_mps.py").write_text(source.replace("max_iters = 10001", "max_iters = 500"))
+    assert benchmark.parse_config(str(candidate), train_mps.Recipe).kind == "folder"
+    out = tmp_path / "out"
+    argv = ["--configs", "canonical", str(candidate), "--data-dir", str(synthetic_data), "--out", str(out)]
+    assert benchmark.main([*argv, "--max-iters", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "refused" in err and "max_iters" in err and str(candidate) in err
+    assert not out.exists()
