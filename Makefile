@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= dev,data,plots
+EXTRAS ?= dev,data,plots,jax
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),_,$(EXTRAS))
 

@@ -22,6 +22,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections import deque
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -77,6 +78,9 @@ class Recipe:
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 disables
     ema_decay: float = 0.0  # > 0: evaluate an exponential moving average of the weights
+    # model selection: > 0 keeps the weights whose mean val loss over the last `select_window` evaluations is
+    # lowest and ends train() with them (early stopping); 0 ends with the last weights. Costs a copy per new best.
+    select_window: int = 5
 
 
 def lr_at(step: int, total: int, r: Recipe) -> float:
@@ -312,6 +316,8 @@ def train(recipe: Recipe = None):
     best_vloss = float("inf")
     last_train_loss = float("nan")
     history = []
+    recent = deque(maxlen=max(1, r.select_window))
+    best_sel, best_sel_iter, best_state = float("inf"), None, None
     t_last = time.time()
     for it in range(n_iters):
         if it % eval_interval == 0:
@@ -322,6 +328,11 @@ def train(recipe: Recipe = None):
             eval_model.train()
             vloss = vloss_t.item()
             best_vloss = min(best_vloss, vloss)
+            recent.append(vloss)
+            sel = sum(recent) / len(recent)
+            if r.select_window > 0 and len(recent) == recent.maxlen and sel < best_sel:
+                best_sel, best_sel_iter = sel, it
+                best_state = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
             ms = 1000 * (time.time() - t_last) / (eval_interval if it else 1)
             t_last = time.time()
             history.append({"iter": it, "val_loss": vloss, "train_loss": last_train_loss})
@@ -339,18 +350,29 @@ def train(recipe: Recipe = None):
         if it % eval_interval == eval_interval - 1 or it == n_iters - 1:
             last_train_loss = loss.item()  # the train loss logged beside the next evaluation
 
+    last_state = None
+    if best_state is not None:  # end with the selected weights (inside the clock: it is part of training)
+        last_state = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
+        eval_model.load_state_dict(best_state)
     if dev == "mps":
         torch.mps.synchronize()
     elapsed_min = (time.time() - t0) / 60.0
 
     # --- reporting: after the clock stops; none of it changes the return value ---
     val_full = full_split_loss(eval_model, val_data)
+    val_full_last = val_full
+    if last_state is not None:  # what the last weights would have given, for the ablation
+        eval_model.load_state_dict(last_state)
+        val_full_last = full_split_loss(eval_model, val_data)
+        eval_model.load_state_dict(best_state)
     out_dir = Path(os.environ.get("TRAIN_MPS_OUT_DIR") or Path(__file__).resolve().parent / "out")
     here = Path(__file__).resolve().parent
     metrics = {
         "best_vloss": best_vloss,
         "elapsed_min": elapsed_min,
         "val_loss_full": val_full,
+        "val_loss_full_last_weights": val_full_last,
+        "selected_iter": best_sel_iter if best_state is not None else n_iters,
         "seed": r.seed,
         "iters": n_iters,
         "device": dev,
@@ -366,10 +388,16 @@ def train(recipe: Recipe = None):
     metrics_path = out_dir / "metrics.json"
     ckpt_path = out_dir / "ckpt.pt"
     atomic_write_bytes(metrics_path, lambda f: f.write(json.dumps(metrics, indent=1).encode()))
-    ckpt = {"model": eval_model.state_dict(), "model_args": asdict(config), "iter_num": n_iters, "metrics": metrics}
+    ckpt = {
+        "model": eval_model.state_dict(),
+        "model_args": asdict(config),
+        "iter_num": metrics["selected_iter"],
+        "metrics": metrics,
+    }
     atomic_write_bytes(ckpt_path, lambda f: torch.save(ckpt, f))
     print(
-        f"[train_mps] best_vloss {best_vloss:.4f} | whole-split val {val_full:.4f} | seed {r.seed} | "
+        f"[train_mps] best_vloss {best_vloss:.4f} | whole-split val {val_full:.4f} "
+        f"(weights of iter {metrics['selected_iter']}; last weights {val_full_last:.4f}) | seed {r.seed} | "
         f"{elapsed_min:.2f} min\n[train_mps] wrote {metrics_path} and {ckpt_path}",
         flush=True,
     )

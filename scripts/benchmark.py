@@ -101,6 +101,7 @@ BASELINE_RECIPE = dict(
     beta2=0.95,
     grad_clip=1.0,
     ema_decay=0.0,
+    select_window=0,
 )
 
 # Runs in the fresh subprocess: the harness's import, then the returned value to a JSON file.

@@ -145,7 +145,7 @@ def test_baseline_recipe_is_the_seeds_starting_point():
     assert (r.vocab_size, r.bias, r.dropout, r.zero_init_proj) == (50304, False, 0.0, False)
     assert r.kinetic_energy == 0.0 and r.jacobian_frobenius == 0.0
     assert (r.optimizer, r.learning_rate, r.beta1, r.beta2, r.weight_decay) == ("adamw", 3e-4, 0.9, 0.95, 0.1)
-    assert r.grad_clip == 1.0 and r.ema_decay == 0.0
+    assert r.grad_clip == 1.0 and r.ema_decay == 0.0 and r.select_window == 0
     total = train_mps.max_iters
     for step in (0, 1, 2, 99, 199, 200, 201, 1000, total // 2, total - total // 5, total - 2, total - 1):
         assert train_mps.lr_at(step, total, r) == 1.0

@@ -181,3 +181,24 @@ def test_default_data_dir_is_beside_the_file(monkeypatch, tmp_path):
 def test_write_bins_helper_matches_the_format(tmp_path):
     folder = write_bins(tmp_path / "d", n_train=100, n_val=80)
     assert (folder / "train.bin").stat().st_size == 200
+
+
+def test_model_selection_ends_with_the_weights_of_the_best_window(run_env, monkeypatch):
+    monkeypatch.setattr(train_mps, "eval_interval", 3)  # 12 iterations: evaluations at 0, 3, 6, 9
+    train_mps.train(replace(train_mps.Recipe(), select_window=2, learning_rate=3e-2))
+    m = json.loads((run_env / "metrics.json").read_text())
+    v = [h["val_loss"] for h in m["history"]]
+    means = {h["iter"]: (v[i - 1] + v[i]) / 2 for i, h in enumerate(m["history"]) if i >= 1}
+    expected = min(means, key=lambda it: (means[it], it))
+    assert m["selected_iter"] == expected
+    ckpt = torch.load(run_env / "ckpt.pt", map_location="cpu", weights_only=False)
+    assert ckpt["iter_num"] == expected
+    assert m["val_loss_full"] != m["val_loss_full_last_weights"]  # selected weights, not the last ones
+
+
+def test_no_model_selection_ends_with_the_last_weights(run_env, monkeypatch):
+    monkeypatch.setattr(train_mps, "eval_interval", 3)
+    train_mps.train(replace(train_mps.Recipe(), select_window=0))
+    m = json.loads((run_env / "metrics.json").read_text())
+    assert m["selected_iter"] == int(SHORT)
+    assert m["val_loss_full"] == m["val_loss_full_last_weights"]
