@@ -80,7 +80,32 @@ class Recipe:
     ema_decay: float = 0.0  # > 0: evaluate an exponential moving average of the weights
     # model selection: > 0 keeps the weights whose mean val loss over the last `select_window` evaluations is
     # lowest and ends train() with them (early stopping); 0 ends with the last weights. Costs a copy per new best.
-    select_window: int = 5
+    select_window: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.select_window, bool) or not isinstance(self.select_window, int) or self.select_window < 0:
+            raise ValueError(
+                f"select_window must be an integer >= 0 (0 ends with the last weights), got {self.select_window!r}"
+            )
+
+
+def model_config(r: Recipe) -> GPTConfig:
+    """The model train() builds: the fixed block's sizes and the recipe's model fields."""
+    return GPTConfig(
+        block_size=block_size,
+        vocab_size=r.vocab_size,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        dropout=r.dropout,
+        bias=r.bias,
+        solver=r.solver,
+        steps_per_layer=r.steps_per_layer,
+        splitting=r.splitting,
+        kinetic_energy=r.kinetic_energy,
+        jacobian_frobenius=r.jacobian_frobenius,
+        zero_init_proj=r.zero_init_proj,
+    )
 
 
 def lr_at(step: int, total: int, r: Recipe) -> float:
@@ -280,21 +305,7 @@ def train(recipe: Recipe = None):
     train_gen = torch.Generator().manual_seed(r.seed)
     eval_gen = torch.Generator().manual_seed(r.seed + 1_000_003)
 
-    config = GPTConfig(
-        block_size=block_size,
-        vocab_size=r.vocab_size,
-        n_layer=n_layer,
-        n_head=n_head,
-        n_embd=n_embd,
-        dropout=r.dropout,
-        bias=r.bias,
-        solver=r.solver,
-        steps_per_layer=r.steps_per_layer,
-        splitting=r.splitting,
-        kinetic_energy=r.kinetic_energy,
-        jacobian_frobenius=r.jacobian_frobenius,
-        zero_init_proj=r.zero_init_proj,
-    )
+    config = model_config(r)
     model = GPT(config).to(dev)
     optimizers = make_optimizers(model, r, dev)
     base_lrs = [[g["lr"] for g in opt.param_groups] for opt in optimizers]

@@ -15,7 +15,7 @@ import torch
 from conftest import REPO, write_bins
 
 import train_mps
-from model import GPT, GPTConfig
+from model import GPT
 
 sys.path.insert(0, str(REPO / "scripts"))
 import benchmark  # noqa: E402
@@ -152,21 +152,7 @@ def test_baseline_recipe_is_the_seeds_starting_point():
 
     # the model and optimizer train() builds from it (same construction as train_mps.train)
     torch.manual_seed(0)
-    config = GPTConfig(
-        block_size=train_mps.block_size,
-        vocab_size=r.vocab_size,
-        n_layer=train_mps.n_layer,
-        n_head=train_mps.n_head,
-        n_embd=train_mps.n_embd,
-        dropout=r.dropout,
-        bias=r.bias,
-        solver=r.solver,
-        steps_per_layer=r.steps_per_layer,
-        splitting=r.splitting,
-        kinetic_energy=r.kinetic_energy,
-        jacobian_frobenius=r.jacobian_frobenius,
-        zero_init_proj=r.zero_init_proj,
-    )
+    config = train_mps.model_config(r)
     model = GPT(config)
     names = dict(model.named_parameters())
     assert not [n for n in names if n.endswith(".bias")]

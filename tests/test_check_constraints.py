@@ -238,7 +238,9 @@ RETURN_CASES = [
     pytest.param(*in_train("if time.time() > 0:", "    return 0.0, 0.0"), "train-return", id="early-return"),
     pytest.param(*in_train("if time.time() > 0:", "    return"), "train-return", id="bare-early-return"),
     pytest.param(r"return (.*)elapsed_min(\)?)$", r"return \1elapsed_min\2, 0", "train-return", id="triple"),
-    pytest.param(r"^(    )return (.*)$", r"\1return \2\n\1print('done')", "train-return", id="not-last"),
+    pytest.param(
+        r"^(    )return (best_vloss, elapsed_min)$", r"\1return \2\n\1print('done')", "train-return", id="not-last"
+    ),
     pytest.param(*in_train("yield 1"), "train-return", id="generator"),
     pytest.param(*after_fixed_block("float = abs"), "train-return", id="float-rebound"),
 ]

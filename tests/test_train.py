@@ -202,3 +202,9 @@ def test_no_model_selection_ends_with_the_last_weights(run_env, monkeypatch):
     m = json.loads((run_env / "metrics.json").read_text())
     assert m["selected_iter"] == int(SHORT)
     assert m["val_loss_full"] == m["val_loss_full_last_weights"]
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, True])
+def test_bad_select_window_is_a_clear_error(bad):
+    with pytest.raises(ValueError, match="select_window must be an integer >= 0"):
+        train_mps.Recipe(select_window=bad)

@@ -1,0 +1,495 @@
+"""
+The odegpt model in JAX: Flax linen sub-fields, integrated through depth by diffrax.
+
+Style: the parameters are one nested dict (a plain pytree) and the model is pure functions of it.
+Flax linen supplies the leaf layers (Dense, LayerNorm) of the two sub-fields with every default
+that differs from torch pinned (PARITY.md): LayerNorm epsilon 1e-5 with the plain two-pass
+variance, exact erf GELU, the causal mask written out. Linen rather than NNX because a linen
+module is stateless: `Block(config).apply({"params": p}, x)` is a pure function of the layer's
+parameter dict, which is exactly what a diffrax vector field needs (the parameters travel in
+`args`, so BacksolveAdjoint can differentiate with respect to them) and what `lax.scan` over
+stacked layers needs (one trace of the solve for all layers).
+
+    params = {
+        "wte": (vocab, C), "wpe": (block, C),     # lm_head is wte (tied, as torch)
+        "h": {"ln_1": {"scale", "bias"}, "attn": {"c_attn": {"kernel", "bias"}, "c_proj": ...},
+              "ln_2": ..., "mlp": {"c_fc": ..., "c_proj": ...}},   # every leaf stacked: (n_layer, ...)
+        "ln_f": {"scale", "bias"},
+    }
+
+Kernels are (in, out); torch's Linear weights are (out, in): `params_from_torch` and
+`params_to_torch` convert through one name map and transpose the names in `LINEAR_WEIGHTS` only.
+
+Depth time: layer l integrates its field over [l, l+1] with one `diffrax.diffeqsolve`
+(`ConstantStepSize`, dt0 = 1/steps_per_layer; adaptive methods under a `PIDController`). See
+solvers.py for the splittings and the regularizers' quadrature.
+"""
+
+import math
+from dataclasses import asdict, dataclass
+from functools import partial
+
+import diffrax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .solvers import SPLITTING_SCHEMES, SPLITTINGS, SplitRK, evals_per_step, get_method
+
+ADJOINTS = ("recursive", "backsolve")
+
+# ---------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """model.GPTConfig's fields and defaults, frozen (hashable: a static argument of jax.jit), then
+    the JAX-only integrator options. Validated as torch validates, plus the JAX-only rules."""
+
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0  # forward is deterministic here: only 0 is supported
+    bias: bool = True  # bias in Linears and LayerNorms, like GPT-2
+    # continuous depth
+    solver: str = "euler"  # a name in solvers.METHODS (torch's eight, plus tsit5 and dopri5)
+    steps_per_layer: int = 1  # h = 1 / steps_per_layer (adaptive methods: the first step's size)
+    splitting: str = "lie"  # lie, strang, parallel
+    # differential regularization weights (Finlay et al. 2020); 0 = off, at no cost
+    kinetic_energy: float = 0.0
+    jacobian_frobenius: float = 0.0
+    # initialization
+    zero_init_proj: bool = False
+    # --- JAX only (not in model.GPTConfig; dropped when a checkpoint is written) ---
+    rtol: float = 1e-3  # adaptive methods: PIDController tolerances
+    atol: float = 1e-6
+    max_steps_per_layer: int = 256  # adaptive methods: the solve fails beyond this many steps
+    adjoint: str = "recursive"  # recursive: discretise-then-optimise (exact backprop); backsolve
+
+    def __post_init__(self):
+        method = get_method(self.solver)
+        if self.splitting not in SPLITTINGS:
+            raise ValueError(f"unknown splitting {self.splitting!r}; valid splittings: {', '.join(SPLITTINGS)}")
+        if int(self.steps_per_layer) != self.steps_per_layer or self.steps_per_layer < 1:
+            raise ValueError(f"steps_per_layer must be a positive integer, got {self.steps_per_layer!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.kinetic_energy < 0 or self.jacobian_frobenius < 0:
+            raise ValueError("regularization weights must be >= 0")
+        # JAX-only rules
+        if self.rtol <= 0 or self.atol < 0 or self.max_steps_per_layer < 1:
+            raise ValueError("rtol must be > 0, atol >= 0, max_steps_per_layer >= 1")
+        if self.adjoint not in ADJOINTS:
+            raise ValueError(f"unknown adjoint {self.adjoint!r}; valid adjoints: {', '.join(ADJOINTS)}")
+        regularized = self.kinetic_energy > 0 or self.jacobian_frobenius > 0
+        if method.adaptive and (self.splitting != "parallel" or regularized):
+            # a split step's error is not the inner pair's estimate, and the regularizers' per-stage
+            # quadrature needs the stage-exposed fixed-step stepper
+            raise ValueError(f"adaptive solver {self.solver!r} needs splitting='parallel' and no regularizers")
+        if self.adjoint == "backsolve" and (self.splitting != "parallel" or regularized):
+            raise ValueError("adjoint='backsolve' needs splitting='parallel' and no regularizers")
+
+    @property
+    def regularized(self) -> bool:
+        return self.kinetic_energy > 0 or self.jacobian_frobenius > 0
+
+
+TORCH_CONFIG_FIELDS = (
+    "block_size",
+    "vocab_size",
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "dropout",
+    "bias",
+    "solver",
+    "steps_per_layer",
+    "splitting",
+    "kinetic_energy",
+    "jacobian_frobenius",
+    "zero_init_proj",
+)
+
+
+def torch_config_kwargs(config: GPTConfig) -> dict:
+    """The model.GPTConfig keyword arguments of this config (the JAX-only options dropped)."""
+    d = asdict(config)
+    return {k: d[k] for k in TORCH_CONFIG_FIELDS}
+
+
+def nfe(config: GPTConfig) -> dict:
+    """Vector-field evaluations per forward pass of a fixed-step method, per sub-field, all layers.
+
+    Adaptive methods: see `forward_with_stats`, which counts from the solver's own statistics."""
+    per_step = evals_per_step(get_method(config.solver), config.splitting, config.regularized)
+    extra = 1 if (_direct(config) and get_method(config.solver).fsal) else 0  # FSAL: one more f per solve
+    return {k: (v * config.steps_per_layer + extra) * config.n_layer for k, v in per_step.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sub-fields (Flax linen; every default that differs from torch pinned)
+
+
+def _dense(features, config, name, std):
+    init = nn.initializers.zeros if std == 0 else nn.initializers.normal(std)
+    return nn.Dense(features, use_bias=config.bias, kernel_init=init, bias_init=nn.initializers.zeros, name=name)
+
+
+def _layer_norm(config, name=None):
+    # torch: eps 1e-5 and the two-pass variance (flax defaults: 1e-6 and E[x^2] - E[x]^2)
+    return nn.LayerNorm(epsilon=1e-5, use_bias=config.bias, use_fast_variance=False, name=name)
+
+
+def _proj_std(config) -> float:
+    return 0.0 if config.zero_init_proj else 0.02 / math.sqrt(2 * config.n_layer)
+
+
+class CausalSelfAttention(nn.Module):
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        B, T, C = x.shape
+        hs = C // c.n_head
+        q, k, v = jnp.split(_dense(3 * C, c, "c_attn", 0.02)(x), 3, axis=-1)  # (B, T, C) each
+        q = q.reshape(B, T, c.n_head, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
+        k = k.reshape(B, T, c.n_head, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
+        v = v.reshape(B, T, c.n_head, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
+        att = (q @ k.swapaxes(-1, -2)) * (1.0 / math.sqrt(hs))  # (B, nh, T, T)
+        causal = jnp.tril(jnp.ones((T, T), dtype=bool))  # the diagonal is kept: no fully masked row
+        att = jax.nn.softmax(jnp.where(causal, att, -jnp.inf), axis=-1)
+        y = (att @ v).transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, T, C)
+        return _dense(C, c, "c_proj", _proj_std(c))(y)
+
+
+class MLP(nn.Module):
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        h = jax.nn.gelu(_dense(4 * c.n_embd, c, "c_fc", 0.02)(x), approximate=False)  # exact (erf) GELU
+        return _dense(c.n_embd, c, "c_proj", _proj_std(c))(h)  # (B, T, C)
+
+
+class Block(nn.Module):
+    """One layer's two sub-fields on its unit depth interval."""
+
+    config: GPTConfig
+
+    def setup(self):
+        self.ln_1 = _layer_norm(self.config, "ln_1")
+        self.attn = CausalSelfAttention(self.config)
+        self.ln_2 = _layer_norm(self.config, "ln_2")
+        self.mlp = MLP(self.config)
+
+    def attn_field(self, x):
+        return self.attn(self.ln_1(x))  # A(x), (B, T, C)
+
+    def mlp_field(self, x):
+        return self.mlp(self.ln_2(x))  # M(x), (B, T, C)
+
+    def __call__(self, x):
+        return self.attn_field(x) + self.mlp_field(x)  # F = A + M, (B, T, C)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters: init, and the torch name map
+
+
+def init_params(key, config: GPTConfig, dtype=jnp.float32) -> dict:
+    """nanoGPT's initialization (N(0, 0.02); residual projections N(0, 0.02/sqrt(2 n_layer)) or
+    zero) from a JAX key. To start from the very weights torch draws, use params_from_torch."""
+    k_wte, k_wpe, k_h = jax.random.split(key, 3)
+    x = jnp.zeros((1, 1, config.n_embd), dtype)
+    h = jax.vmap(lambda k: Block(config).init(k, x)["params"])(jax.random.split(k_h, config.n_layer))
+    ln_f = _layer_norm(config).init(k_h, x)["params"]
+    params = {
+        "wte": 0.02 * jax.random.normal(k_wte, (config.vocab_size, config.n_embd)),
+        "wpe": 0.02 * jax.random.normal(k_wpe, (config.block_size, config.n_embd)),
+        "h": h,
+        "ln_f": ln_f,
+    }
+    return jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
+
+
+# Linear weights: torch (out, in) <-> Flax kernel (in, out). The only transposed names.
+LINEAR_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def _block_map(config: GPTConfig):
+    """(torch name within a block, JAX path within params["h"], torch shape) for one layer."""
+    C = config.n_embd
+    rows = [
+        ("ln_1.weight", ("ln_1", "scale"), (C,)),
+        ("ln_1.bias", ("ln_1", "bias"), (C,)),
+        ("attn.c_attn.weight", ("attn", "c_attn", "kernel"), (3 * C, C)),
+        ("attn.c_attn.bias", ("attn", "c_attn", "bias"), (3 * C,)),
+        ("attn.c_proj.weight", ("attn", "c_proj", "kernel"), (C, C)),
+        ("attn.c_proj.bias", ("attn", "c_proj", "bias"), (C,)),
+        ("ln_2.weight", ("ln_2", "scale"), (C,)),
+        ("ln_2.bias", ("ln_2", "bias"), (C,)),
+        ("mlp.c_fc.weight", ("mlp", "c_fc", "kernel"), (4 * C, C)),
+        ("mlp.c_fc.bias", ("mlp", "c_fc", "bias"), (4 * C,)),
+        ("mlp.c_proj.weight", ("mlp", "c_proj", "kernel"), (C, 4 * C)),
+        ("mlp.c_proj.bias", ("mlp", "c_proj", "bias"), (C,)),
+    ]
+    return [r for r in rows if config.bias or not r[0].endswith(".bias")]
+
+
+def _top_map(config: GPTConfig):
+    C = config.n_embd
+    rows = [
+        ("transformer.wte.weight", ("wte",), (config.vocab_size, C)),
+        ("transformer.wpe.weight", ("wpe",), (config.block_size, C)),
+        ("transformer.ln_f.weight", ("ln_f", "scale"), (C,)),
+        ("transformer.ln_f.bias", ("ln_f", "bias"), (C,)),
+    ]
+    return [r for r in rows if config.bias or not r[0].endswith(".bias")]
+
+
+def _set(tree, path, value):
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def _get(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _to_numpy(t) -> np.ndarray:
+    return t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
+
+
+def params_from_torch(state_dict, config: GPTConfig) -> dict:
+    """A torch GPT state_dict -> the params pytree (dtype kept). Every shape is asserted; the
+    tied lm_head.weight must equal transformer.wte.weight; no key may be left over."""
+    sd = {k: _to_numpy(v) for k, v in state_dict.items()}
+    used = set()
+    params = {}
+    for name, path, shape in _top_map(config):
+        assert sd[name].shape == shape, f"{name}: {sd[name].shape} != {shape}"
+        _set(params, path, jnp.asarray(sd[name]))
+        used.add(name)
+    assert np.array_equal(sd["lm_head.weight"], sd["transformer.wte.weight"]), "lm_head must be tied to wte"
+    used.add("lm_head.weight")
+    for name, path, shape in _block_map(config):
+        layers = []
+        for layer in range(config.n_layer):
+            full = f"transformer.h.{layer}.{name}"
+            w = sd[full]
+            assert w.shape == shape, f"{full}: {w.shape} != {shape}"
+            layers.append(w.T if name in LINEAR_WEIGHTS else w)
+            used.add(full)
+        _set(params, ("h",) + path, jnp.asarray(np.stack(layers)))
+    leftover = set(sd) - used
+    assert not leftover, f"unmapped torch keys: {sorted(leftover)}"
+    return params
+
+
+def params_to_torch(params, config: GPTConfig) -> dict:
+    """The params pytree -> a state_dict that model.GPT(config).load_state_dict accepts (strict),
+    in torch's key order, lm_head.weight the same tensor as transformer.wte.weight."""
+    import torch
+
+    def tensor(a):
+        return torch.from_numpy(np.array(a))  # a copy: writable, owns its memory
+
+    sd = {}
+    top = {name: (path, shape) for name, path, shape in _top_map(config)}
+    for name in ("transformer.wte.weight", "transformer.wpe.weight"):
+        path, shape = top[name]
+        sd[name] = tensor(_get(params, path))
+        assert tuple(sd[name].shape) == shape, f"{name}: {tuple(sd[name].shape)} != {shape}"
+    for layer in range(config.n_layer):
+        for name, path, shape in _block_map(config):
+            w = np.asarray(_get(params["h"], path)[layer])
+            w = w.T if name in LINEAR_WEIGHTS else w
+            assert w.shape == shape, f"transformer.h.{layer}.{name}: {w.shape} != {shape}"
+            sd[f"transformer.h.{layer}.{name}"] = tensor(w)
+    for name in ("transformer.ln_f.weight", "transformer.ln_f.bias"):
+        if name in top:
+            path, shape = top[name]
+            sd[name] = tensor(_get(params, path))
+            assert tuple(sd[name].shape) == shape
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]  # tied
+    return sd
+
+
+# ---------------------------------------------------------------------------------------------
+# Integration through depth
+
+
+def _direct(config: GPTConfig) -> bool:
+    """Parallel splitting without regularizers: the diffrax solver integrates F = A + M itself."""
+    return config.splitting == "parallel" and not config.regularized
+
+
+def probe_shape(config: GPTConfig, x_shape) -> tuple:
+    """Shape of the Hutchinson probes of one forward: (n_layer, steps, sub-steps, stages, B, T, C)."""
+    n_sub = len(SPLITTING_SCHEMES[config.splitting])
+    return (config.n_layer, config.steps_per_layer, n_sub, get_method(config.solver).stages, *x_shape)
+
+
+def draw_probes(key, config: GPTConfig, x_shape, dtype=jnp.float32):
+    """Fresh Rademacher probes, one per (layer, step, sub-step, stage), as torch draws one per stage."""
+    return jax.random.rademacher(key, probe_shape(config, x_shape), dtype=dtype)
+
+
+def probe_sequence(probes, config: GPTConfig):
+    """The probes in the order torch's rk_step draws them (layer, step, sub-step, stage with b != 0)."""
+    _, b, _ = get_method(config.solver).coefficients
+    layers, steps, subs, stages = probes.shape[:4]
+    return [
+        probes[layer, n, j, i]
+        for layer in range(layers)
+        for n in range(steps)
+        for j in range(subs)
+        for i in range(stages)
+        if b[i] != 0
+    ]
+
+
+def integrate(h_params, config: GPTConfig, x, probes=None, regularize: bool = False):
+    """Flow the residual stream through all layers. x: (B, T, C).
+
+    Returns (x(L), terms, num_steps): terms = {"kinetic_energy", "jacobian_frobenius"} summed over
+    layers (zeros unless `regularize`), num_steps the diffrax steps taken, summed over layers."""
+    method = get_method(config.solver)
+    block = Block(config)
+    dt = 1.0 / config.steps_per_layer
+    jacobian = regularize and config.jacobian_frobenius > 0
+    if jacobian and probes is None:
+        raise ValueError("jacobian_frobenius > 0 needs Hutchinson probes (see draw_probes)")
+    if regularize and method.adaptive:
+        raise ValueError(f"the regularizers' quadrature needs a fixed-step solver, not {config.solver!r}")
+
+    def attn(t, y, args):
+        return block.apply({"params": args["params"]}, y, method="attn_field")
+
+    def mlp(t, y, args):
+        return block.apply({"params": args["params"]}, y, method="mlp_field")
+
+    if regularize or not _direct(config):
+        terms = diffrax.MultiTerm(diffrax.ODETerm(attn), diffrax.ODETerm(mlp))
+        solver = SplitRK(method, config.splitting, dt, regularize=regularize, jacobian=jacobian)
+    else:
+        terms = diffrax.ODETerm(lambda t, y, args: attn(t, y, args) + mlp(t, y, args))  # F = A + M
+        solver = method.solver()
+    if method.adaptive:
+        controller = diffrax.PIDController(rtol=config.rtol, atol=config.atol)
+        max_steps = config.max_steps_per_layer
+    else:
+        controller = diffrax.ConstantStepSize()
+        max_steps = config.steps_per_layer
+    adjoint = diffrax.BacksolveAdjoint() if config.adjoint == "backsolve" else diffrax.RecursiveCheckpointAdjoint()
+
+    def layer(carry, inputs):
+        x, kinetic, jac = carry
+        p, index, layer_probes = inputs
+        t0 = index.astype(x.dtype)
+        sol = diffrax.diffeqsolve(
+            terms,
+            solver,
+            t0=t0,
+            t1=t0 + 1,
+            dt0=jnp.asarray(dt, x.dtype),
+            y0=x,
+            args={"params": p, "probes": layer_probes},
+            saveat=diffrax.SaveAt(t1=True, solver_state=regularize),
+            stepsize_controller=controller,
+            adjoint=adjoint,
+            max_steps=max_steps,
+            throw=method.adaptive,  # a fixed-step solve cannot fail; skipping the check compiles faster
+        )
+        if regularize:
+            _, dk, dj = sol.solver_state
+            kinetic, jac = kinetic + dk, jac + dj
+        return (sol.ys[-1], kinetic, jac), sol.stats["num_steps"]
+
+    zero = jnp.zeros((), x.dtype)
+    layer_probes = probes if jacobian else jnp.zeros((config.n_layer,), x.dtype)
+    xs = (h_params, jnp.arange(config.n_layer), layer_probes)
+    (x, kinetic, jac), num_steps = jax.lax.scan(layer, (x, zero, zero), xs)
+    return x, {"kinetic_energy": kinetic, "jacobian_frobenius": jac}, jnp.sum(num_steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward
+
+
+def embed(params, config: GPTConfig, idx):
+    b, t = idx.shape
+    if t > config.block_size:
+        raise ValueError(f"cannot forward a sequence of length {t}, block size is {config.block_size}")
+    return params["wte"][idx] + params["wpe"][:t][None]  # (b, t, n_embd)
+
+
+def cross_entropy(logits, targets, reduction: str = "mean"):
+    """Cross-entropy over targets != -1, as F.cross_entropy(..., ignore_index=-1, reduction=...).
+
+    logsumexp(logits) - logits[target]: never materializes the (b, t, vocab) log-probabilities,
+    which log_softmax + gather does (measured on the canonical config, 2-core CPU: the head's
+    value-and-grad 317 -> 171 ms)."""
+    valid = targets != -1
+    picked = jnp.take_along_axis(logits, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
+    nll = jax.nn.logsumexp(logits, axis=-1) - picked
+    total = jnp.sum(jnp.where(valid, nll, 0))
+    return total if reduction == "sum" else total / jnp.sum(valid)
+
+
+def _head(params, config, x):
+    x = _layer_norm(config).apply({"params": params["ln_f"]}, x)
+    return x @ params["wte"].T  # tied lm_head, (b, t, vocab)
+
+
+def _forward(params, config, idx, targets, probes, regularize):
+    if config.dropout != 0:
+        raise NotImplementedError("the JAX mirror is deterministic: dropout must be 0")
+    x, terms, num_steps = integrate(params["h"], config, embed(params, config, idx), probes, regularize)
+    if targets is None:
+        return _head(params, config, x[:, -1:, :]), None, terms, num_steps  # (b, 1, vocab)
+    logits = _head(params, config, x)
+    return logits, cross_entropy(logits, targets), terms, num_steps
+
+
+@partial(jax.jit, static_argnames="config")
+def forward(params, config: GPTConfig, idx, targets=None):
+    """(logits, loss) as model.GPT.forward in eval mode: logits of the last position only (b, 1,
+    vocab) and loss None when targets is None; loss is pure cross-entropy."""
+    logits, loss, _, _ = _forward(params, config, idx, targets, None, regularize=False)
+    return logits, loss
+
+
+@partial(jax.jit, static_argnames=("config", "regularize"))
+def forward_with_stats(params, config: GPTConfig, idx, targets=None, probes=None, regularize: bool = False):
+    """(logits, loss, stats): stats holds the regularization terms (zero unless `regularize`;
+    torch computes them in a training forward whenever a weight is > 0), the diffrax steps taken
+    (`num_steps`, all layers) and the vector-field evaluations they cost (`nfe`, all layers, A and
+    M counted separately as in model.GPT.nfe)."""
+    logits, loss, terms, num_steps = _forward(params, config, idx, targets, probes, regularize)
+    method = get_method(config.solver)
+    per_step = evals_per_step(method, config.splitting, regularize)
+    fsal_extra = config.n_layer if (not regularize and _direct(config) and method.fsal) else 0
+    nfe_total = num_steps * sum(per_step.values()) + fsal_extra * len(per_step)
+    return logits, loss, {**terms, "num_steps": num_steps, "nfe": nfe_total}
+
+
+def loss_terms(params, config: GPTConfig, idx, targets, probes=None):
+    """(total, (loss, terms)) for training: total = loss + lambda_K K + lambda_J J, as
+    train_mps.train_step adds model.regularization_loss() to the cross-entropy."""
+    _, loss, terms, _ = _forward(params, config, idx, targets, probes, regularize=config.regularized)
+    total = loss
+    if config.regularized:
+        total = loss + (
+            config.kinetic_energy * terms["kinetic_energy"] + config.jacobian_frobenius * terms["jacobian_frobenius"]
+        )
+    return total, (loss, terms)

@@ -1,0 +1,301 @@
+"""
+python -m jax_impl.train: train_mps.py's run, in JAX (jit-compiled train step, optax, diffrax).
+
+The same fixed block (batch 8, block 64, 4 layers, 4 heads, 32 embd, 10001 iters, eval every
+100) and the same Recipe defaults, imported from train_mps so they cannot drift. By default the run
+is train_mps's run mirrored: the initial weights are the ones torch draws for the seed
+(torch.manual_seed, GPT(config), params_from_torch) and the training and evaluation batches come
+from train_mps.get_batch with the same seeded torch generators, so the two trainers see identical
+data; `--init jax` draws the weights with jax.random instead.
+
+Prints a progress line per evaluation, then best_vloss, the whole-split val loss and elapsed
+minutes (clock as train_mps: from after the data load to the end of the loop); `train()` returns
+(best_vloss, elapsed_min, val_loss_full). Writes metrics.json and ckpt.pt (torch.save of
+{"model": state_dict, "model_args", "iter_num", "metrics"}, atomically), loadable by model.py:
+
+    ckpt = torch.load(path); GPT(GPTConfig(**ckpt["model_args"])).load_state_dict(ckpt["model"])
+
+Environment: TRAIN_MPS_DATA_DIR (data folder), TRAIN_MPS_OUT_DIR (default out/jax).
+Float32 (x64 stays off); CPU unless JAX sees a GPU (then matmuls at 'float32' precision, PARITY.md).
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, replace
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from .model import (
+    ADJOINTS,
+    GPTConfig,
+    cross_entropy,
+    draw_probes,
+    forward,
+    forward_with_stats,
+    init_params,
+    loss_terms,
+    params_from_torch,
+    params_to_torch,
+    torch_config_kwargs,
+)
+from .optim import ema_update, lr_multiplier, make_optimizer
+from .solvers import METHODS, SPLITTINGS
+
+# ---------------------------------------------------------------------------------------------
+# the jitted step
+
+
+def make_train_step(config: GPTConfig, tx: optax.GradientTransformation):
+    """step(params, opt_state, xb, yb, probes=None) -> (params, opt_state, loss): one optimizer step
+    on the cross-entropy plus the regularizers (train_mps.train_step), jit-compiled once."""
+
+    @partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, opt_state, xb, yb, probes=None):
+        (_, (loss, _)), grads = jax.value_and_grad(loss_terms, has_aux=True)(params, config, xb, yb, probes)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return step
+
+
+@partial(jax.jit, static_argnames="config")
+def _ce_sum(params, config, x, y):
+    logits, _ = forward(params, config, x, y)
+    return cross_entropy(logits, y, reduction="sum")
+
+
+def full_split_loss(params, config: GPTConfig, data: np.ndarray, block_size: int, windows_per_batch: int = 64):
+    """train_mps.full_split_loss: mean cross-entropy over non-overlapping block_size windows."""
+    n_windows = (len(data) - 1) // block_size
+    total, count = 0.0, 0
+    for start in range(0, n_windows, windows_per_batch):
+        w = np.arange(start, min(start + windows_per_batch, n_windows))
+        chunk = data[w[:, None] * block_size + np.arange(block_size + 1)[None, :]].astype(np.int32)
+        total += float(_ce_sum(params, config, jnp.asarray(chunk[:, :-1]), jnp.asarray(chunk[:, 1:])))
+        count += chunk[:, 1:].size
+    return total / count
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+def train(
+    solver="euler",
+    steps=1,
+    splitting="lie",
+    rtol=1e-3,
+    atol=1e-6,
+    adjoint="recursive",
+    seed=None,
+    max_iters=None,
+    init="torch",
+    out_dir=None,
+):
+    import torch
+
+    import train_mps as tm
+
+    if jax.default_backend() == "gpu":
+        jax.config.update("jax_default_matmul_precision", "float32")  # not TF32 (PARITY.md)
+    r = replace(tm.Recipe(), solver=solver, steps_per_layer=steps, splitting=splitting)
+    if seed is None and os.environ.get("TRAIN_MPS_SEED"):
+        seed = int(os.environ["TRAIN_MPS_SEED"])
+    if seed is not None:
+        r = replace(r, seed=seed)
+    n_iters = tm.max_iters if max_iters is None else max_iters
+    if n_iters != tm.max_iters:
+        print(
+            f"!!! [jax_impl.train] --max-iters {n_iters}: a SHORT run instead of the fixed {tm.max_iters} "
+            f"iterations, for tests and smoke runs only !!!",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    data_dir = tm.find_data_dir()
+    train_np = tm.load_split(data_dir, "train", r.vocab_size)
+    val_np = tm.load_split(data_dir, "val", r.vocab_size)
+
+    t0 = time.time()
+    # train_mps's model for the recipe (validated by model.py under a torch solver), then the JAX integrator
+    torch_model_config = asdict(tm.model_config(replace(r, solver="euler")))
+    config = GPTConfig(**{**torch_model_config, "solver": r.solver}, rtol=rtol, atol=atol, adjoint=adjoint)
+    # the torch model only supplies the initial weights (and, below, the checkpoint's format)
+    torch_args = torch_config_kwargs(config)
+    if torch_args["solver"] not in METHODS or METHODS[torch_args["solver"]].adaptive:
+        torch_args["solver"] = "rk4"  # weights are integrator-independent; model.py has no adaptive solver
+    if init == "torch":
+        torch.manual_seed(r.seed)
+        params = params_from_torch(tm.GPT(tm.GPTConfig(**torch_args)).state_dict(), config)
+    else:
+        params = init_params(jax.random.PRNGKey(r.seed), config)
+    train_data = torch.from_numpy(train_np.astype(np.int64))
+    val_data = torch.from_numpy(val_np.astype(np.int64))
+    train_gen = torch.Generator().manual_seed(r.seed)
+    eval_gen = torch.Generator().manual_seed(r.seed + 1_000_003)
+    probe_key = jax.random.PRNGKey(r.seed + 7)
+
+    tx = make_optimizer(r, params, n_iters)
+    opt_state = tx.init(params)
+    step = make_train_step(config, tx)
+    ema = jax.tree_util.tree_map(jnp.copy, params) if r.ema_decay > 0 else None
+    ema_step = jax.jit(partial(ema_update, decay=r.ema_decay))
+    lr_mult = lr_multiplier(r, n_iters)
+    x_shape = (tm.batch_size, tm.block_size, config.n_embd)
+
+    def as_jnp(t):
+        return jnp.asarray(t.numpy().astype(np.int32))
+
+    n_params = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(params)) - config.block_size * config.n_embd
+    print(
+        f"[jax_impl.train] {n_iters} iters on {jax.default_backend()}, seed {r.seed}, {n_params / 1e6:.2f}M params, "
+        f"{config.solver}/{config.splitting}x{config.steps_per_layer}, adjoint {config.adjoint}, data {data_dir}",
+        flush=True,
+    )
+    best_vloss = float("inf")
+    last_train_loss = float("nan")
+    history = []
+    nfe_eval = None
+    recent = deque(maxlen=max(1, r.select_window))  # train_mps's model selection, mirrored
+    best_sel, best_sel_iter, best_params = float("inf"), None, None
+    t_last = time.time()
+    for it in range(n_iters):
+        if it % tm.eval_interval == 0:
+            xv, yv = tm.get_batch(val_data, eval_gen)
+            eval_params = ema if ema is not None else params
+            _, vloss_j, stats = forward_with_stats(eval_params, config, as_jnp(xv), as_jnp(yv))
+            vloss = float(vloss_j)
+            nfe_eval = int(stats["nfe"])
+            best_vloss = min(best_vloss, vloss)
+            recent.append(vloss)
+            sel = sum(recent) / len(recent)
+            if r.select_window > 0 and len(recent) == recent.maxlen and sel < best_sel:
+                best_sel, best_sel_iter = sel, it
+                best_params = jax.tree_util.tree_map(jnp.copy, eval_params)  # params are donated: copy
+            ms = 1000 * (time.time() - t_last) / (tm.eval_interval if it else 1)
+            t_last = time.time()
+            history.append({"iter": it, "val_loss": vloss, "train_loss": last_train_loss, "nfe": nfe_eval})
+            print(
+                f"iter {it:5d}/{n_iters} | train {last_train_loss:.4f} | val {vloss:.4f} | best {best_vloss:.4f} | "
+                f"lr x{float(lr_mult(it)):.3f} | NFE {nfe_eval} | {ms:.1f} ms/iter",
+                flush=True,
+            )
+        xb, yb = tm.get_batch(train_data, train_gen)
+        probes = None
+        if config.jacobian_frobenius > 0:
+            probes = draw_probes(jax.random.fold_in(probe_key, it), config, x_shape)
+        params, opt_state, loss = step(params, opt_state, as_jnp(xb), as_jnp(yb), probes)
+        if ema is not None:
+            ema = ema_step(ema, params)
+        if it % tm.eval_interval == tm.eval_interval - 1 or it == n_iters - 1:
+            last_train_loss = float(loss)
+    last = ema if ema is not None else params
+    final = best_params if best_params is not None else last
+    selected_iter = best_sel_iter if best_params is not None else n_iters
+    jax.block_until_ready(final)
+    elapsed_min = (time.time() - t0) / 60.0
+
+    # --- reporting: after the clock stops ---
+    val_full = full_split_loss(final, config, val_np, tm.block_size)
+    val_full_last = val_full if final is last else full_split_loss(last, config, val_np, tm.block_size)
+    out = Path(out_dir or os.environ.get("TRAIN_MPS_OUT_DIR") or Path(tm.__file__).resolve().parent / "out" / "jax")
+    here = Path(__file__).resolve().parent
+    metrics = {
+        "best_vloss": best_vloss,
+        "elapsed_min": elapsed_min,
+        "val_loss_full": val_full,
+        "val_loss_full_last_weights": val_full_last,
+        "selected_iter": selected_iter,
+        "seed": r.seed,
+        "iters": n_iters,
+        "device": jax.default_backend(),
+        "init": init,
+        "nfe_per_forward": nfe_eval,
+        "recipe": asdict(r),
+        "model_config": asdict(config),
+        "fixed": {"batch_size": tm.batch_size, "block_size": tm.block_size, "max_iters": tm.max_iters},
+        "history": history,
+        "data_dir": str(data_dir),
+        "sources_sha256": {f: tm.file_sha256(here / f) for f in ("model.py", "solvers.py", "optim.py", "train.py")},
+        "versions": _versions(),
+    }
+    metrics_path, ckpt_path = out / "metrics.json", out / "ckpt.pt"
+    tm.atomic_write_bytes(metrics_path, lambda f: f.write(json.dumps(metrics, indent=1).encode()))
+    ckpt = {
+        "model": params_to_torch(final, config),
+        "model_args": torch_args,
+        "iter_num": selected_iter,
+        "metrics": metrics,
+    }
+    tm.atomic_write_bytes(ckpt_path, lambda f: torch.save(ckpt, f))
+    print(
+        f"[jax_impl.train] best_vloss {best_vloss:.4f} | whole-split val {val_full:.4f} (weights of iter "
+        f"{selected_iter}; last weights {val_full_last:.4f}) | NFE {nfe_eval} | seed {r.seed} | "
+        f"{elapsed_min:.2f} min\n[jax_impl.train] wrote {metrics_path} and {ckpt_path}",
+        flush=True,
+    )
+    return float(best_vloss), float(elapsed_min), float(val_full)
+
+
+def _versions() -> dict:
+    import diffrax
+    import flax
+    import jaxlib
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "diffrax": diffrax.__version__,
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+    }
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--solver", default="euler", choices=list(METHODS))
+    p.add_argument("--steps", type=int, default=1, help="steps per layer (adaptive solvers: the first step's size)")
+    p.add_argument("--splitting", default="lie", choices=list(SPLITTINGS))
+    p.add_argument("--rtol", type=float, default=1e-3, help="adaptive solvers only")
+    p.add_argument("--atol", type=float, default=1e-6, help="adaptive solvers only")
+    p.add_argument(
+        "--adjoint",
+        default="recursive",
+        choices=list(ADJOINTS),
+        help="recursive: exact backprop through the steps; backsolve: solve the adjoint ODE backwards",
+    )
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-iters", type=int, default=None, help="a short run (smoke tests only)")
+    p.add_argument("--init", default="torch", choices=["torch", "jax"])
+    p.add_argument("--out-dir", default=None)
+    a = p.parse_args(argv)
+    return train(
+        solver=a.solver,
+        steps=a.steps,
+        splitting=a.splitting,
+        rtol=a.rtol,
+        atol=a.atol,
+        adjoint=a.adjoint,
+        seed=a.seed,
+        max_iters=a.max_iters,
+        init=a.init,
+        out_dir=a.out_dir,
+    )
+
+
+if __name__ == "__main__":
+    main()

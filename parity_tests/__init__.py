@@ -1,0 +1,1 @@
+"""Torch <-> JAX parity suite (pytest) and report (`python -m parity_tests.report`)."""

@@ -1,0 +1,83 @@
+"""End to end across the two trainers: a checkpoint written by train_mps.train() gives the torch loss
+through jax_impl.forward, and `python -m jax_impl.train` trains (adaptive tsit5), reports its NFE and
+writes a checkpoint that model.py loads."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import jax_impl
+import model as torch_model
+import train_mps
+from jax_impl.train import full_split_loss
+from parity_tests.tolerances import tol
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    rng.integers(0, 50257, 4000).astype(np.uint16).tofile(folder / "train.bin")
+    rng.integers(0, 50257, 1000).astype(np.uint16).tofile(folder / "val.bin")
+    return folder
+
+
+def _load(ckpt_path):
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    model = torch_model.GPT(torch_model.GPTConfig(**ckpt["model_args"]))
+    model.load_state_dict(ckpt["model"], strict=True)
+    return ckpt, model.eval()
+
+
+def test_torch_checkpoint_through_jax_forward_gives_the_torch_loss(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRAIN_MPS_DATA_DIR", str(tiny_data))
+    monkeypatch.setenv("TRAIN_MPS_OUT_DIR", str(tmp_path / "out"))
+    monkeypatch.setenv("TRAIN_MPS_MAX_ITERS", "20")
+    monkeypatch.delenv("TRAIN_MPS_SEED", raising=False)
+    train_mps.train()
+    ckpt, model = _load(tmp_path / "out" / "ckpt.pt")
+    jconfig = jax_impl.GPTConfig(**ckpt["model_args"])
+    params = jax_impl.params_from_torch(ckpt["model"], jconfig)  # float32, as trained
+
+    val = np.fromfile(tiny_data / "val.bin", dtype=np.uint16).astype(np.int64)
+    windows = val[: 8 * 64 + 1]
+    x, y = windows[:-1].reshape(8, 64), windows[1:].reshape(8, 64)
+    with torch.no_grad():
+        t_logits, t_loss = model(torch.from_numpy(x), torch.from_numpy(y))
+    j_logits, j_loss = jax_impl.forward(params, jconfig, jnp.asarray(x), jnp.asarray(y))
+    assert abs(float(j_loss) - t_loss.item()) <= tol("float32", "loss")
+    assert np.max(np.abs(np.asarray(j_logits) - t_logits.numpy())) <= 10 * tol("float32", "logits")  # |logit| ~ 10
+    # the whole-split loss train_mps reported, recomputed by the JAX trainer's evaluation
+    j_full = full_split_loss(params, jconfig, val.astype(np.uint16), train_mps.block_size)
+    assert abs(j_full - ckpt["metrics"]["val_loss_full"]) <= tol("float32", "loss")
+
+
+def test_jax_train_with_tsit5_reports_nfe_and_writes_a_torch_checkpoint(tiny_data, tmp_path):
+    out = tmp_path / "jax_out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAIN_MPS_", "JAX_", "XLA_"))}
+    env.update(TRAIN_MPS_DATA_DIR=str(tiny_data), PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "jax_impl.train", "--solver", "tsit5", "--splitting", "parallel"]
+    cmd += ["--max-iters", "3", "--out-dir", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "SHORT run" in proc.stderr and "NFE" in proc.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model_config"]["solver"] == "tsit5"
+    # tsit5 is FSAL with 6 evaluations of A and of M per step, >= 1 step per layer, 4 layers
+    assert metrics["nfe_per_forward"] >= 4 * 2 * 6
+    assert np.isfinite(metrics["best_vloss"]) and np.isfinite(metrics["val_loss_full"])
+    ckpt, model = _load(out / "ckpt.pt")  # model.py has no adaptive solver: the checkpoint says rk4
+    assert ckpt["model_args"]["solver"] == "rk4"
+    params = jax_impl.params_from_torch(ckpt["model"], jax_impl.GPTConfig(**ckpt["model_args"]))
+    back = jax_impl.params_to_torch(params, jax_impl.GPTConfig(**ckpt["model_args"]))
+    assert all(torch.equal(back[k], v) for k, v in ckpt["model"].items())

@@ -1,0 +1,186 @@
+"""Side-by-side train-step time of integrators: train_mps.train_step under each (solver, splitting, steps).
+
+Issue #3's budget for the canonical integrator is 1.15x the plain Euler block's wall time per
+iteration. Each configuration is train_mps's model and optimizer (Recipe defaults, only the
+integrator changed), built from the same seed on the same random batches. After a warm-up, repeats
+interleave the configurations (A B C ... A B C ...), `--steps` steps each, so drifts in machine load
+hit them alike. Reports per configuration the median ms/step, NFE, and the median over repeats of the
+per-repeat ratio to the first configuration (the reference, default euler/lie/1).
+
+Writes results/bench_integrators.json (atomic) and a PNG of the ratios drawn from it.
+
+    python scripts/bench_integrators.py                                   # default grid, 7 repeats x 20 steps
+    python scripts/bench_integrators.py --configs euler/lie/1 heun/parallel/1 rk4/strang/2 --repeats 3
+    python scripts/bench_integrators.py --plot-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DEFAULT_CONFIGS = ["euler/lie/1", "heun/parallel/1", "midpoint/strang/1", "bosh3/parallel/1", "rk4/parallel/1"]
+BUDGET = 1.15  # issue #3: the canonical integrator's time per iteration, relative to euler/lie/1
+
+
+def parse_config(text: str) -> tuple[str, str, int]:
+    """'solver/splitting/steps' -> (solver, splitting, steps); names are validated by model.GPTConfig."""
+    parts = text.split("/")
+    if len(parts) != 3 or not parts[2].isdigit():
+        raise SystemExit(f"error: config {text!r} is not SOLVER/SPLITTING/STEPS, e.g. heun/parallel/1")
+    return parts[0], parts[1], int(parts[2])
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def plot(result: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [c["name"] for c in result["configs"]]
+    ratios = [c["median_ratio"] for c in result["configs"]]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar(names, ratios, color=["tab:green" if r <= BUDGET else "tab:red" for r in ratios])
+    ax.axhline(BUDGET, color="k", ls="--", lw=1, label=f"budget {BUDGET}x")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    for i, c in enumerate(result["configs"]):
+        ax.text(i, c["median_ratio"], f"{c['median_ms']:.0f} ms\nNFE {c['nfe']}", ha="center", va="bottom", fontsize=7)
+    ax.set_ylabel(f"time per step / {names[0]}")
+    ax.set_title(f"train step time, median of {result['repeats']} interleaved repeats ({result['device']})")
+    ax.legend(loc="upper left", fontsize=8)
+    plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=png.parent, prefix=png.name + ".", suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, png)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, help="SOLVER/SPLITTING/STEPS; first = reference")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--steps", type=int, default=20, help="train steps per configuration per repeat")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration first")
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "bench_integrators.json")
+    p.add_argument("--plot-only", action="store_true", help="redraw the PNG from the saved JSON")
+    a = p.parse_args(argv)
+    if a.repeats < 1 or a.steps < 1 or a.warmup < 0:
+        raise SystemExit("error: --repeats and --steps must be >= 1, --warmup >= 0")
+    png = a.out.with_suffix(".png")
+    if a.plot_only:
+        if not a.out.exists():
+            raise SystemExit(f"error: {a.out} does not exist; run scripts/bench_integrators.py first")
+        plot(json.loads(a.out.read_text()), png)
+        print(f"wrote {png}")
+        return
+
+    import torch
+
+    import train_mps as tm
+    from model import GPT
+
+    parsed = [parse_config(c) for c in a.configs]
+    device = "cpu"  # the step time that matters on the Mac is MPS; this measures where we run
+    if torch.cuda.is_available():
+        device = "cuda"
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 50257, (tm.batch_size, tm.block_size + 1), generator=gen) for _ in range(8)]
+    batches = [(b[:, :-1].to(device), b[:, 1:].to(device)) for b in batches]
+
+    runs = []
+    for name, (solver, splitting, steps) in zip(a.configs, parsed):
+        r = replace(tm.Recipe(), solver=solver, splitting=splitting, steps_per_layer=steps)
+        torch.manual_seed(r.seed)
+        model = GPT(tm.model_config(r)).to(device)
+        opts = tm.make_optimizers(model, r, device)
+        runs.append(
+            dict(name=name, recipe=r, model=model, opts=opts, params=[q for q in model.parameters()], it=0, ms=[])
+        )
+
+    def steps(run, n):
+        t0 = time.perf_counter()
+        loss = None
+        for _ in range(n):
+            xb, yb = batches[run["it"] % len(batches)]
+            loss = tm.train_step(run["model"], run["opts"], run["params"], xb, yb, run["recipe"])
+            run["it"] += 1
+        if loss is not None:
+            loss.item()  # the step's result on the host
+        sync()
+        return 1000 * (time.perf_counter() - t0) / n
+
+    print(f"[bench_integrators] {len(runs)} configurations on {device}, torch threads {torch.get_num_threads()}")
+    for run in runs:
+        if a.warmup > 0:
+            steps(run, a.warmup)
+    ratios = {run["name"]: [] for run in runs}
+    for rep in range(a.repeats):
+        for run in runs:
+            run["ms"].append(steps(run, a.steps))
+        ref = runs[0]["ms"][-1]
+        for run in runs:
+            ratios[run["name"]].append(run["ms"][-1] / ref)
+        line = " | ".join(f"{run['name']} {run['ms'][-1]:.1f} ms" for run in runs)
+        print(f"repeat {rep + 1}/{a.repeats}: {line}", flush=True)
+
+    result = {
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        },
+        "device": device,
+        "repeats": a.repeats,
+        "steps_per_repeat": a.steps,
+        "budget": BUDGET,
+        "configs": [
+            {
+                "name": run["name"],
+                "nfe": sum(run["model"].nfe().values()),  # attention + MLP evaluations, all layers
+                "ms": run["ms"],
+                "median_ms": statistics.median(run["ms"]),
+                "ratios": ratios[run["name"]],
+                "median_ratio": statistics.median(ratios[run["name"]]),
+                "recipe": asdict(run["recipe"]),
+            }
+            for run in runs
+        ],
+    }
+    atomic_write_text(a.out, json.dumps(result, indent=1))
+    plot(result, png)
+    print(f"{'config':<20} {'NFE':>4} {'ms/step':>8} {'ratio':>6}")
+    for c in result["configs"]:
+        flag = "" if c["median_ratio"] <= BUDGET else f"  > {BUDGET}x budget"
+        print(f"{c['name']:<20} {c['nfe']:>4} {c['median_ms']:>8.1f} {c['median_ratio']:>6.3f}{flag}")
+    print(f"wrote {a.out} and {png}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

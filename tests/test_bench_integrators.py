@@ -1,0 +1,35 @@
+"""scripts/bench_integrators.py: interleaved step times, ratios to the first configuration, JSON + PNG."""
+
+import json
+import sys
+
+import pytest
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+import bench_integrators  # noqa: E402
+
+
+def test_interleaved_step_times_and_ratios(tmp_path):
+    out = tmp_path / "bench.json"
+    argv = ["--configs", "euler/lie/1", "heun/parallel/2", "--repeats", "2", "--steps", "1", "--warmup", "0"]
+    result = bench_integrators.main(argv + ["--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["configs"] == result["configs"] and out.with_suffix(".png").stat().st_size > 0
+    ref, heun = saved["configs"]
+    assert ref["ratios"] == [1.0, 1.0] and len(heun["ms"]) == 2
+    # heun is 2 stages of F = A + M, 2 steps per layer, 4 layers: 16 evaluations of A and of M
+    assert ref["nfe"] == 8 and heun["nfe"] == 32
+    assert heun["ratios"] == [h / e for h, e in zip(heun["ms"], ref["ms"])]
+    assert heun["recipe"]["solver"] == "heun" and heun["recipe"]["steps_per_layer"] == 2
+
+
+@pytest.mark.parametrize("bad", ["heun-parallel-1", "heun/parallel/x", "heun/parallel"])
+def test_bad_config_names_the_format(bad):
+    with pytest.raises(SystemExit, match="SOLVER/SPLITTING/STEPS"):
+        bench_integrators.parse_config(bad)
+
+
+def test_plot_only_without_json_says_what_to_run(tmp_path):
+    with pytest.raises(SystemExit, match="run scripts/bench_integrators.py first"):
+        bench_integrators.main(["--plot-only", "--out", str(tmp_path / "none.json")])
