@@ -7,6 +7,7 @@ CPU, float64 (x64 on) plus the float32 subset; about as long as the pytest suite
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -91,9 +92,11 @@ def main(argv=None):
             f"{r['tolerance']:>10.2g}  {'yes' if r['ok'] else 'NO ':<3} {r['worst_case']}"
         )
     print(f"{len(rows)} rows, {sum(not r['ok'] for r in rows)} over tolerance, {time.time() - t_start:.0f}s")
-    if a.json:
-        with open(a.json, "w") as f:
+    if a.json:  # atomic: a temporary file beside the target, then a rename
+        tmp = f"{a.json}.tmp"
+        with open(tmp, "w") as f:
             json.dump(rows, f, indent=1)
+        os.replace(tmp, a.json)
     return 0 if all(r["ok"] for r in rows) else 1
 
 
