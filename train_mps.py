@@ -108,6 +108,14 @@ def model_config(r: Recipe) -> GPTConfig:
     )
 
 
+def window_best(recent: deque, vloss: float, best: float, window: int) -> float | None:
+    """Model selection's rule: record vloss; return the mean of the last `window` evaluations when the
+    window is full and the mean beats `best` (the caller then keeps the current weights), else None."""
+    recent.append(vloss)
+    mean = sum(recent) / len(recent)
+    return mean if window > 0 and len(recent) == recent.maxlen and mean < best else None
+
+
 def lr_at(step: int, total: int, r: Recipe) -> float:
     """Learning rate multiplier in [0, 1] relative to the peak, a pure function of the step."""
     if r.schedule == "constant":
@@ -339,9 +347,8 @@ def train(recipe: Recipe = None):
             eval_model.train()
             vloss = vloss_t.item()
             best_vloss = min(best_vloss, vloss)
-            recent.append(vloss)
-            sel = sum(recent) / len(recent)
-            if r.select_window > 0 and len(recent) == recent.maxlen and sel < best_sel:
+            sel = window_best(recent, vloss, best_sel, r.select_window)
+            if sel is not None:
                 best_sel, best_sel_iter = sel, it
                 best_state = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
             ms = 1000 * (time.time() - t_last) / (eval_interval if it else 1)

@@ -177,9 +177,8 @@ def train(
             vloss = float(vloss_j)
             nfe_eval = int(stats["nfe"])
             best_vloss = min(best_vloss, vloss)
-            recent.append(vloss)
-            sel = sum(recent) / len(recent)
-            if r.select_window > 0 and len(recent) == recent.maxlen and sel < best_sel:
+            sel = tm.window_best(recent, vloss, best_sel, r.select_window)
+            if sel is not None:
                 best_sel, best_sel_iter = sel, it
                 best_params = jax.tree_util.tree_map(jnp.copy, eval_params)  # params are donated: copy
             ms = 1000 * (time.time() - t_last) / (tm.eval_interval if it else 1)
