@@ -274,3 +274,10 @@ def complex_list(z) -> list:
 def complex_array(pairs) -> np.ndarray:
     a = np.asarray(pairs, dtype=float).reshape(-1, 2)
     return a[:, 0] + 1j * a[:, 1]
+
+
+def study_main(study: str, args, run: Callable, plot: Callable) -> dict:
+    """A study's whole CLI run: redraw from the saved JSON (--plot-only), or compute, save and draw."""
+    if args.plot_only:
+        return plot_only(study, args, plot)
+    return finish(study, args, run(args), plot)

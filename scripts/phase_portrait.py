@@ -28,12 +28,11 @@ from _study_common import (
     Progress,
     base_parser,
     cli,
-    finish,
-    plot_only,
     pyplot,
     run_record,
     save_figure,
     setup,
+    study_main,
 )
 
 from model import TABLEAUX, rk_step
@@ -242,10 +241,7 @@ def plot(results: dict, path) -> None:
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    if args.plot_only:
-        return plot_only(STUDY, args, plot)
-    return finish(STUDY, args, run(args), plot)
+    return study_main(STUDY, parse_args(argv), run, plot)
 
 
 if __name__ == "__main__":

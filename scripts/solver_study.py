@@ -27,13 +27,12 @@ from _study_common import (
     Progress,
     base_parser,
     cli,
-    finish,
     plain_log_ticks,
-    plot_only,
     pyplot,
     run_record,
     save_figure,
     setup,
+    study_main,
 )
 from torch.nn import functional as F
 
@@ -239,10 +238,7 @@ def plot(results: dict, path) -> None:
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    if args.plot_only:
-        return plot_only(STUDY, args, plot)
-    return finish(STUDY, args, run(args), plot)
+    return study_main(STUDY, parse_args(argv), run, plot)
 
 
 if __name__ == "__main__":

@@ -33,12 +33,11 @@ from _study_common import (
     cli,
     complex_array,
     complex_list,
-    finish,
-    plot_only,
     pyplot,
     run_record,
     save_figure,
     setup,
+    study_main,
 )
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -462,10 +461,7 @@ def plot(results: dict, path) -> None:
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    if args.plot_only:
-        return plot_only(STUDY, args, plot)
-    return finish(STUDY, args, run(args), plot)
+    return study_main(STUDY, parse_args(argv), run, plot)
 
 
 if __name__ == "__main__":
