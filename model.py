@@ -180,6 +180,12 @@ class GPTConfig:
     jacobian_frobenius: float = 0.0  # lambda_J on int ||dF/dx||_F^2 dt (Hutchinson)
     # initialization
     zero_init_proj: bool = False  # zero c_proj weights: every layer's flow starts as the identity
+    # output vocabulary: 0 = a softmax over all vocab_size tokens (GPT-2). k > 0 = a "shortlist": the
+    # softmax covers k tokens (set_shortlist: those seen in the training data) with total probability
+    # 1 - unseen_mass, and the other vocab_size - k tokens share unseen_mass uniformly (a Good-Turing
+    # estimate); the embedding has k + 1 rows, the last one shared by every token outside the shortlist.
+    shortlist_size: int = 0
+    unseen_mass: float = 0.0
 
     def __post_init__(self):
         get_tableau(self.solver)
@@ -191,6 +197,19 @@ class GPTConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.kinetic_energy < 0 or self.jacobian_frobenius < 0:
             raise ValueError("regularization weights must be >= 0")
+        if self.shortlist_size:
+            if int(self.shortlist_size) != self.shortlist_size or not 0 < self.shortlist_size < self.vocab_size:
+                raise ValueError(
+                    f"shortlist_size must be 0 (full softmax) or an integer in [1, vocab_size - 1], "
+                    f"got {self.shortlist_size!r} with vocab_size {self.vocab_size}"
+                )
+            if not 0.0 < self.unseen_mass < 1.0:
+                raise ValueError(
+                    f"a shortlist needs 0 < unseen_mass < 1 (the probability of the tokens outside it), "
+                    f"got {self.unseen_mass!r}"
+                )
+        elif self.unseen_mass != 0.0:
+            raise ValueError("unseen_mass is the shortlist's tail probability: set shortlist_size > 0 or leave it 0")
 
 
 class LayerNorm(nn.Module):
@@ -276,17 +295,19 @@ class GPT(nn.Module):
         assert config.vocab_size is not None
         assert config.block_size is not None
         self.config = config
+        # embedding rows: one per token, or one per shortlisted token + one shared by all the others
+        n_rows = config.shortlist_size + 1 if config.shortlist_size else config.vocab_size
 
         self.transformer = nn.ModuleDict(
             dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wte=nn.Embedding(n_rows, config.n_embd),
                 wpe=nn.Embedding(config.block_size, config.n_embd),
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
                 ln_f=LayerNorm(config.n_embd, bias=config.bias),
             )
         )
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, n_rows, bias=False)
         # weight tying (https://paperswithcode.com/method/weight-tying), as GPT-2 and nanoGPT
         self.transformer.wte.weight = self.lm_head.weight
 
@@ -299,6 +320,31 @@ class GPT(nn.Module):
                 else:
                     torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
         self.last_terms = {}  # regularization terms of the last training forward
+        if config.shortlist_size:
+            # token id -> embedding row (shortlist_size for tokens outside it) and row -> token id; buffers,
+            # so checkpoints carry them. Until set_shortlist, the shortlist is tokens 0..shortlist_size-1.
+            self.register_buffer("token_rows", torch.empty(config.vocab_size, dtype=torch.long))
+            self.register_buffer("row_tokens", torch.empty(config.shortlist_size, dtype=torch.long))
+            self.set_shortlist(torch.arange(config.shortlist_size))
+
+    @torch.no_grad()
+    def set_shortlist(self, token_ids):
+        """The shortlisted token ids (distinct, in [0, vocab_size)), one per softmax row, in row order."""
+        c = self.config
+        ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
+        if not c.shortlist_size:
+            raise ValueError("this model has a full softmax (shortlist_size=0); build it with shortlist_size > 0")
+        if ids.numel() != c.shortlist_size:
+            raise ValueError(f"got {ids.numel()} token ids for a shortlist of {c.shortlist_size}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= c.vocab_size):
+            raise ValueError(f"shortlist token ids must lie in [0, {c.vocab_size})")
+        if torch.unique(ids).numel() != ids.numel():
+            raise ValueError("shortlist token ids must be distinct")
+        device = self.token_rows.device
+        self.row_tokens.copy_(ids.to(device))
+        self.token_rows.fill_(c.shortlist_size)
+        self.token_rows[self.row_tokens] = torch.arange(c.shortlist_size, device=device)
+        return self
 
     # -- integrator ------------------------------------------------------------------------------
     def set_integrator(self, solver=None, steps_per_layer=None, splitting=None):
@@ -338,7 +384,8 @@ class GPT(nn.Module):
         if t > self.config.block_size:
             raise ValueError(f"cannot forward a sequence of length {t}, block size is {self.config.block_size}")
         pos = torch.arange(0, t, dtype=torch.long, device=idx.device)  # (t,)
-        tok_emb = self.transformer.wte(idx)  # (b, t, n_embd)
+        rows = self.token_rows[idx] if self.config.shortlist_size else idx  # (b, t)
+        tok_emb = self.transformer.wte(rows)  # (b, t, n_embd)
         pos_emb = self.transformer.wpe(pos)  # (t, n_embd)
         return self.transformer.drop(tok_emb + pos_emb)  # (b, t, n_embd)
 
@@ -370,15 +417,42 @@ class GPT(nn.Module):
         kernel = sdpa_kernel(SDPBackend.MATH) if stats and stats["jacobian"] else nullcontext()
         with kernel:
             x = self.integrate(self.embed(idx), stats)
-        x = self.transformer.ln_f(x)
-        if targets is not None:
-            logits = self.lm_head(x)  # (b, t, vocab)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        else:
-            logits = self.lm_head(x[:, [-1], :])  # (b, 1, vocab): inference needs the last position only
-            loss = None
+        logits, loss = self.head(x, targets)
         self.last_terms = {k: stats[k] for k in ("kinetic_energy", "jacobian_frobenius")} if stats else {}
         return logits, loss
+
+    def head(self, x, targets=None):
+        """Final states x (b, t, C) -> (logits, loss), as forward: targets None -> logits of the last
+        position (b, 1, vocab) and loss None; else the mean cross-entropy over targets != -1 and the
+        logits (b, t, vocab), or None under a shortlist (see shortlist_head)."""
+        x = self.transformer.ln_f(x)
+        if targets is None:
+            x = x[:, [-1], :]  # inference needs the last position only
+        if self.config.shortlist_size:
+            return self.shortlist_head(x, targets)
+        logits = self.lm_head(x)  # (b, t, vocab)
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+
+    def shortlist_head(self, x, targets=None):
+        """x: (b, t, C) after ln_f -> (log-probabilities over all vocab_size tokens (b, t, vocab), None) without
+        targets; (None, mean NLL) with them: a (b, t, vocab) tensor would cost more than the shortlist saves.
+
+        The log-probabilities are normalized, so softmax / sampling on them give the model's distribution."""
+        c = self.config
+        k = c.shortlist_size
+        log_in = math.log1p(-c.unseen_mass)  # log P(token in the shortlist)
+        log_out = math.log(c.unseen_mass / (c.vocab_size - k))  # log P(one given token outside it)
+        logp = F.log_softmax(F.linear(x, self.lm_head.weight[:k]), dim=-1) + log_in  # (b, t, k)
+        if targets is None:
+            full = logp.new_full((*logp.shape[:-1], c.vocab_size), log_out)  # (b, t, vocab)
+            return full.index_copy(-1, self.row_tokens, logp), None
+        valid = targets >= 0  # ignore_index=-1, as F.cross_entropy
+        rows = self.token_rows[torch.where(valid, targets, 0)]  # (b, t)
+        nll = -logp.gather(-1, rows.clamp(max=k - 1).unsqueeze(-1)).squeeze(-1)  # (b, t)
+        nll = torch.where(rows == k, -log_out, nll)
+        return None, (nll * valid).sum() / valid.sum()
 
     def regularization_loss(self):
         """lambda_K K + lambda_J J from the last training forward; 0.0 when regularization is off.

@@ -96,25 +96,34 @@ def main(argv=None):
         print(f"wrote {png}")
         return
 
+    import numpy as np
     import torch
 
     import train_mps as tm
-    from model import GPT
 
     parsed = [parse_config(c) for c in a.configs]
     device = "cpu"  # the step time that matters on the Mac is MPS; this measures where we run
     if torch.cuda.is_available():
         device = "cuda"
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    # batches (and the shortlist of the canonical output layer) from the training split when it is
+    # prepared; else random GPT-2 ids, with a note: the shortlist then covers nearly every token
+    try:
+        tokens = tm.load_split(tm.find_data_dir(), "train", tm.Recipe().vocab_size)
+        source = "train.bin"
+    except tm.DataError as e:
+        print(f"[bench_integrators] {e}; timing random token ids instead", flush=True)
+        tokens = np.random.default_rng(0).integers(0, 50257, 2 * tm.batch_size * tm.block_size).astype(np.uint16)
+        source = "random"
     gen = torch.Generator().manual_seed(0)
-    batches = [torch.randint(0, 50257, (tm.batch_size, tm.block_size + 1), generator=gen) for _ in range(8)]
-    batches = [(b[:, :-1].to(device), b[:, 1:].to(device)) for b in batches]
+    data = torch.from_numpy(tokens.astype(np.int64))
+    batches = [tuple(t.to(device) for t in tm.get_batch(data, gen)) for _ in range(8)]
 
     runs = []
     for name, (solver, splitting, steps) in zip(a.configs, parsed):
         r = replace(tm.Recipe(), solver=solver, splitting=splitting, steps_per_layer=steps)
         torch.manual_seed(r.seed)
-        model = GPT(tm.model_config(r)).to(device)
+        model = tm.make_model(r, tokens).to(device)
         opts = tm.make_optimizers(model, r, device)
         runs.append(
             dict(name=name, recipe=r, model=model, opts=opts, params=[q for q in model.parameters()], it=0, ms=[])
@@ -159,6 +168,8 @@ def main(argv=None):
         "repeats": a.repeats,
         "steps_per_repeat": a.steps,
         "budget": BUDGET,
+        "tokens": source,
+        "shortlist_size": runs[0]["model"].config.shortlist_size,
         "configs": [
             {
                 "name": run["name"],

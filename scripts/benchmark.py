@@ -87,6 +87,7 @@ BASELINE_RECIPE = dict(
     steps_per_layer=1,
     splitting="lie",
     zero_init_proj=False,
+    shortlist=False,
     kinetic_energy=0.0,
     jacobian_frobenius=0.0,
     optimizer="adamw",

@@ -34,7 +34,6 @@ from _study_common import (
     setup,
     study_main,
 )
-from torch.nn import functional as F
 
 from model import SPLITTINGS, TABLEAUX
 
@@ -85,8 +84,8 @@ def val_loss(gpt32, xLs, batches) -> float:
     """Mean cross-entropy of the windows given their final states; every batch has the same size."""
     losses = []
     for xL, (_, y) in zip(xLs, batches):
-        logits = gpt32.lm_head(gpt32.transformer.ln_f(xL.float()))  # (B, T, vocab)
-        losses.append(F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1)).item())
+        _, loss = gpt32.head(xL.float(), y)  # the model's own output layer (full softmax or shortlist)
+        losses.append(loss.item())
     return float(np.mean(losses))
 
 

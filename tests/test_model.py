@@ -168,9 +168,19 @@ class DtypeRecorder(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("solver, splitting", [("euler", "lie"), ("rk4", "strang"), ("heun", "parallel")])
-def test_training_step_uses_no_float64(solver, splitting):
-    model = tiny_model(solver=solver, splitting=splitting, kinetic_energy=0.1, jacobian_frobenius=0.1, dropout=0.1)
+@pytest.mark.parametrize(
+    "solver, splitting, shortlist_size", [("euler", "lie", 0), ("rk4", "strang", 0), ("heun", "parallel", 40)]
+)
+def test_training_step_uses_no_float64(solver, splitting, shortlist_size):
+    model = tiny_model(
+        solver=solver,
+        splitting=splitting,
+        kinetic_energy=0.1,
+        jacobian_frobenius=0.1,
+        dropout=0.1,
+        shortlist_size=shortlist_size,
+        unseen_mass=0.05 if shortlist_size else 0.0,
+    )
     opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
     idx = torch.randint(0, 64, (2, 16))
     recorder = DtypeRecorder()
