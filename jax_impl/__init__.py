@@ -1,8 +1,8 @@
 """odegpt in JAX: a Flax/diffrax mirror of model.py and an optax mirror of train_mps.py.
 
 Public API (re-exported from the modules below):
-  GPTConfig, params_from_torch, params_to_torch, init_params, forward, forward_with_stats,
-  loss_terms, nfe                                          jax_impl.model
+  GPTConfig, config_from_torch, torch_config_kwargs, params_from_torch, params_to_torch,
+  shortlist_buffers, init_params, forward, forward_with_stats, loss_terms, nfe   jax_impl.model
   METHODS, get_method, SPLITTING_SCHEMES, SplitRK, RK4, RK438, Kutta3       jax_impl.solvers
   make_optimizer, lr_multiplier, lr_schedule, adamw_torch, muon_torch,
   clip_by_global_norm_torch, decay_mask, muon_labels, ema_update          jax_impl.optim
@@ -13,6 +13,7 @@ from .model import (
     LINEAR_WEIGHTS,
     TORCH_CONFIG_FIELDS,
     GPTConfig,
+    config_from_torch,
     draw_probes,
     forward,
     forward_with_stats,
@@ -23,6 +24,7 @@ from .model import (
     params_from_torch,
     params_to_torch,
     probe_sequence,
+    shortlist_buffers,
     torch_config_kwargs,
 )
 from .optim import (
@@ -73,6 +75,7 @@ __all__ = [
     "SPLITTING_SCHEMES",
     "SplitRK",
     "TORCH_CONFIG_FIELDS",
+    "config_from_torch",
     "draw_probes",
     "forward",
     "forward_with_stats",
@@ -84,5 +87,6 @@ __all__ = [
     "params_from_torch",
     "params_to_torch",
     "probe_sequence",
+    "shortlist_buffers",
     "torch_config_kwargs",
 ]

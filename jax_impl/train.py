@@ -4,9 +4,11 @@ python -m jax_impl.train: train_mps.py's run, in JAX (jit-compiled train step, o
 The same fixed block (batch 8, block 64, 4 layers, 4 heads, 32 embd, 10001 iters, eval every
 100) and the same Recipe defaults, imported from train_mps so they cannot drift. By default the run
 is train_mps's run mirrored: the initial weights are the ones torch draws for the seed
-(torch.manual_seed, GPT(config), params_from_torch) and the training and evaluation batches come
+(torch.manual_seed, train_mps.make_model, params_from_torch) and the training and evaluation batches come
 from train_mps.get_batch with the same seeded torch generators, so the two trainers see identical
-data; `--init jax` draws the weights with jax.random instead.
+data; `--init jax` draws the weights with jax.random instead. The model is train_mps.make_model's for
+the recipe, so with Recipe.shortlist (canonical) its softmax covers the tokens of train.bin only
+(train_mps.train_vocabulary), the ids carried by the JAX config and written as the checkpoint's buffers.
 
 Prints a progress line per evaluation, then best_vloss, the whole-split val loss and elapsed
 minutes (clock as train_mps: from after the data load to the end of the loop); `train()` returns
@@ -14,6 +16,7 @@ minutes (clock as train_mps: from after the data load to the end of the loop); `
 {"model": state_dict, "model_args", "iter_num", "metrics"}, atomically), loadable by model.py:
 
     ckpt = torch.load(path); GPT(GPTConfig(**ckpt["model_args"])).load_state_dict(ckpt["model"])
+    config = jax_impl.config_from_torch(ckpt["model_args"], ckpt["model"])  # and back into JAX
 
 Environment: TRAIN_MPS_DATA_DIR (data folder), TRAIN_MPS_OUT_DIR (default out/jax).
 Float32 (x64 stays off); CPU unless JAX sees a GPU (then matmuls at 'float32' precision, PARITY.md).
@@ -38,7 +41,7 @@ import optax
 from .model import (
     ADJOINTS,
     GPTConfig,
-    cross_entropy,
+    config_from_torch,
     draw_probes,
     forward,
     forward_with_stats,
@@ -69,19 +72,20 @@ def make_train_step(config: GPTConfig, tx: optax.GradientTransformation):
 
 
 @partial(jax.jit, static_argnames="config")
-def _ce_sum(params, config, x, y):
-    logits, _ = forward(params, config, x, y)
-    return cross_entropy(logits, y, reduction="sum")
+def _mean_loss(params, config, x, y):
+    return forward(params, config, x, y)[1]  # the loss only: XLA drops the (b, t, vocab) logits
 
 
 def full_split_loss(params, config: GPTConfig, data: np.ndarray, block_size: int, windows_per_batch: int = 64):
-    """train_mps.full_split_loss: mean cross-entropy over non-overlapping block_size windows."""
+    """train_mps.full_split_loss: mean cross-entropy over non-overlapping block_size windows (each
+    chunk's mean loss times its target count: the same in full-softmax and shortlist modes)."""
     n_windows = (len(data) - 1) // block_size
     total, count = 0.0, 0
     for start in range(0, n_windows, windows_per_batch):
         w = np.arange(start, min(start + windows_per_batch, n_windows))
         chunk = data[w[:, None] * block_size + np.arange(block_size + 1)[None, :]].astype(np.int32)
-        total += float(_ce_sum(params, config, jnp.asarray(chunk[:, :-1]), jnp.asarray(chunk[:, 1:])))
+        loss = float(_mean_loss(params, config, jnp.asarray(chunk[:, :-1]), jnp.asarray(chunk[:, 1:])))
+        total += loss * chunk[:, 1:].size
         count += chunk[:, 1:].size
     return total / count
 
@@ -127,16 +131,19 @@ def train(
     val_np = tm.load_split(data_dir, "val", r.vocab_size)
 
     t0 = time.time()
-    # train_mps's model for the recipe (validated by model.py under a torch solver), then the JAX integrator
-    torch_model_config = asdict(tm.model_config(replace(r, solver="euler")))
-    config = GPTConfig(**{**torch_model_config, "solver": r.solver}, rtol=rtol, atol=atol, adjoint=adjoint)
+    # train_mps's model for the recipe, its shortlist from train.bin (built by model.py under a torch
+    # solver: the weights are integrator-independent), then the JAX integrator; seeded as train_mps.train
+    torch.manual_seed(r.seed)
+    torch_model = tm.make_model(replace(r, solver="euler"), train_np)
+    config = config_from_torch(
+        torch_model.config, torch_model.state_dict(), solver=r.solver, rtol=rtol, atol=atol, adjoint=adjoint
+    )
     # the torch model only supplies the initial weights (and, below, the checkpoint's format)
     torch_args = torch_config_kwargs(config)
     if torch_args["solver"] not in METHODS or METHODS[torch_args["solver"]].adaptive:
         torch_args["solver"] = "rk4"  # weights are integrator-independent; model.py has no adaptive solver
     if init == "torch":
-        torch.manual_seed(r.seed)
-        params = params_from_torch(tm.GPT(tm.GPTConfig(**torch_args)).state_dict(), config)
+        params = params_from_torch(torch_model.state_dict(), config)  # the weights torch draws for the seed
     else:
         params = init_params(jax.random.PRNGKey(r.seed), config)
     train_data = torch.from_numpy(train_np.astype(np.int64))
@@ -159,7 +166,8 @@ def train(
     n_params = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(params)) - config.block_size * config.n_embd
     print(
         f"[jax_impl.train] {n_iters} iters on {jax.default_backend()}, seed {r.seed}, {n_params / 1e6:.2f}M params, "
-        f"{config.solver}/{config.splitting}x{config.steps_per_layer}, adjoint {config.adjoint}, data {data_dir}",
+        f"{config.solver}/{config.splitting}x{config.steps_per_layer}, adjoint {config.adjoint}, "
+        f"softmax over {config.shortlist_size or config.vocab_size}/{config.vocab_size} tokens, data {data_dir}",
         flush=True,
     )
     best_vloss = float("inf")
@@ -221,7 +229,7 @@ def train(
         "init": init,
         "nfe_per_forward": nfe_eval,
         "recipe": asdict(r),
-        "model_config": asdict(config),
+        "model_config": _describe(config),
         "fixed": {"batch_size": tm.batch_size, "block_size": tm.block_size, "max_iters": tm.max_iters},
         "history": history,
         "data_dir": str(data_dir),
@@ -244,6 +252,13 @@ def train(
         flush=True,
     )
     return float(best_vloss), float(elapsed_min), float(val_full)
+
+
+def _describe(config: GPTConfig) -> dict:
+    """The config for metrics.json: a shortlist's ids (thousands) are the checkpoint's row_tokens, and
+    train_vocabulary of train.bin; here only their count."""
+    fields = {k: v for k, v in asdict(config).items() if k != "shortlist"}
+    return {**fields, "shortlist_size": config.shortlist_size}
 
 
 def _versions() -> dict:

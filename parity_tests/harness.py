@@ -48,6 +48,11 @@ REGULARIZER_GRID = [
     ("heun", "strang", 2, "float64"),
     ("ralston", "parallel", 1, "float32"),
 ]
+# shortlist softmax (model.GPTConfig.shortlist_size): k of a smaller vocabulary, so that a batch() of
+# 16 tokens holds inputs and targets on both sides of the shortlist; the head does not depend on the
+# integrator, so two float64 cases and the float32 one
+SHORTLIST = dict(vocab_size=64, shortlist_size=40, unseen_mass=0.05)
+SHORTLIST_GRID = [("euler", "lie", 1, "float64"), ("rk4", "strang", 1, "float64"), ("euler", "lie", 1, "float32")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,10 +110,23 @@ def jnp_(t: torch.Tensor):
 
 
 def torch_grads_as_params(model, jconfig):
-    """The torch gradients mapped onto the JAX params pytree (lm_head shares wte's gradient)."""
+    """The torch gradients mapped onto the JAX params pytree (lm_head shares wte's gradient; a
+    shortlist's buffers go along for params_from_torch's checks)."""
     grads = {n: p.grad for n, p in model.named_parameters()}
     grads["lm_head.weight"] = grads["transformer.wte.weight"]
-    return jax_impl.params_from_torch(grads, jconfig)
+    return jax_impl.params_from_torch({**dict(model.named_buffers()), **grads}, jconfig)
+
+
+def shortlist_gpt(solver, splitting, steps, dtype: str, seed: int = 0, **overrides):
+    """A torch shortlist model and its JAX config (config_from_torch: the ids from row_tokens). The
+    shortlist is a random permutation's first k ids, so rows and ids differ and are not sorted."""
+    tconfig = torch_model.GPTConfig(
+        **{**TINY, **SHORTLIST, "solver": solver, "splitting": splitting, "steps_per_layer": steps, **overrides}
+    )
+    model = torch_gpt(tconfig, dtype, seed)
+    ids = torch.randperm(tconfig.vocab_size, generator=torch.Generator().manual_seed(seed))[: tconfig.shortlist_size]
+    model.set_shortlist(ids)
+    return model, jax_impl.config_from_torch(model.config, model.state_dict())
 
 
 @contextmanager
@@ -196,6 +214,32 @@ def check_inference_logits(solver, splitting, steps, dtype) -> dict:
     assert loss_t is None and loss_j is None
     assert tuple(logits_j.shape) == tuple(logits_t.shape) == (BATCH, 1, TINY["vocab_size"])
     return {"logits": max_abs(logits_j, logits_t)}
+
+
+def check_shortlist(solver, splitting, steps, dtype) -> dict:
+    """The shortlist head: the loss (inputs and targets inside and outside the shortlist, one target
+    -1), every parameter's gradient (wte's shared row k gets its gradient from the inputs only), and
+    inference's normalized log-probabilities over the whole vocabulary (b, 1, vocab), as "logits"."""
+    model, jconfig = shortlist_gpt(solver, splitting, steps, dtype)
+    params = jax_impl.params_from_torch(model.state_dict(), jconfig)
+    idx, targets = batch(vocab=jconfig.vocab_size)
+    outside = ~torch.isin(targets, model.row_tokens) & (targets >= 0)
+    assert outside.any() and (~outside & (targets >= 0)).any() and (targets == -1).any()
+    assert (~torch.isin(idx, model.row_tokens)).any() and torch.isin(idx, model.row_tokens).any()
+    logits_t, loss_t = model(idx, targets)
+    loss_t.backward()
+    loss_j, logits_j, grads_j = _jax_loss_logits_grads(params, jconfig, jnp_(idx), jnp_(targets))
+    assert logits_t is None and logits_j is None  # torch's contract: no (b, t, vocab) tensor with targets
+    with torch.no_grad():
+        logp_t, none_t = model.eval()(idx)
+    logp_j, none_j = jax_impl.forward(params, jconfig, jnp_(idx))
+    assert none_t is None and none_j is None
+    assert tuple(logp_j.shape) == tuple(logp_t.shape) == (BATCH, 1, jconfig.vocab_size)
+    return {
+        "loss": max_abs(loss_j, loss_t),
+        "grads": tree_max_rel(grads_j, torch_grads_as_params(model, jconfig)),
+        "logits": max_abs(logp_j, logp_t),
+    }
 
 
 @partial(jax.jit, static_argnames="config")

@@ -24,6 +24,7 @@ def _cases(quick: bool):
     yield "forward float32", pick(H.FORWARD_GRID_F32), H.check_forward
     yield "forward + NFE (stats)", pick(H.STATS_GRID), lambda *c: H.check_forward_stats(*c)[0]
     yield "inference logits", [("rk4", "strang", 2, "float64")], H.check_inference_logits
+    yield "shortlist head", pick(H.SHORTLIST_GRID), H.check_shortlist
     yield "regularizers", pick(H.REGULARIZER_GRID), H.check_regularizers
     yield "lr schedule", [(s,) for s in pick(["constant", "cosine", "wsd"])], H.check_lr
     yield "adamw 20 steps", [("adamw", "float64", "float64")], H.check_optimizer

@@ -3,6 +3,7 @@ gradients, regularizers, NFE. Grids and checks live in harness.py; tolerances in
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -59,11 +60,13 @@ def test_jax_only_options_are_validated(bad):
 
 
 def test_config_fields_and_defaults_match_torch():
+    """Torch's fields in torch's order, but for `shortlist` (the ids) where torch has shortlist_size
+    (a property of the JAX config: the ids' count)."""
     t = {f.name: f.default for f in dataclasses.fields(torch_model.GPTConfig)}
-    j = {f.name: f.default for f in dataclasses.fields(jax_impl.GPTConfig)}
+    j_names = [f.name for f in dataclasses.fields(jax_impl.GPTConfig)]
     assert tuple(t) == jax_impl.TORCH_CONFIG_FIELDS
-    assert {k: j[k] for k in t} == t
-    assert dataclasses.fields(jax_impl.GPTConfig)[0].name == "block_size"
+    assert j_names[: len(t)] == ["shortlist" if k == "shortlist_size" else k for k in t]
+    assert jax_impl.torch_config_kwargs(jax_impl.GPTConfig()) == t  # every default
     with pytest.raises(dataclasses.FrozenInstanceError):
         jax_impl.GPTConfig().n_layer = 3
 
@@ -89,6 +92,42 @@ def test_config_is_validated_like_torch(bad):
         assert str(j_err.value) == str(t_err.value)
 
 
+# (JAX kwargs, torch kwargs or None where only set_shortlist can check it, same message?)
+SHORTLIST_CONFIGS = [
+    ({"shortlist": (1, 2)}, {"shortlist_size": 2}, True),  # unseen_mass 0 with a shortlist
+    ({"shortlist": (1, 2), "unseen_mass": 1.0}, {"shortlist_size": 2, "unseen_mass": 1.0}, True),
+    ({"unseen_mass": 0.1}, {"unseen_mass": 0.1}, False),  # a tail mass without a shortlist
+    ({"shortlist": tuple(range(128)), "unseen_mass": 0.1}, {"shortlist_size": 128, "unseen_mass": 0.1}, False),
+    ({"shortlist": (3, 3), "unseen_mass": 0.1}, None, False),
+    ({"shortlist": (3, 128), "unseen_mass": 0.1}, None, False),
+    ({"shortlist": (-1, 3), "unseen_mass": 0.1}, None, False),
+    ({"shortlist": (1.5, 3), "unseen_mass": 0.1}, None, False),
+]
+
+
+@pytest.mark.parametrize("bad_jax, bad_torch, same_message", SHORTLIST_CONFIGS)
+def test_shortlist_config_is_validated(bad_jax, bad_torch, same_message):
+    with pytest.raises(ValueError) as j_err:
+        jax_impl.GPTConfig(**{**H.TINY, **bad_jax})
+    if bad_torch is not None:
+        with pytest.raises(ValueError) as t_err:
+            torch_model.GPTConfig(**{**H.TINY, **bad_torch})
+        if same_message:
+            assert str(j_err.value) == str(t_err.value)
+
+
+def test_shortlist_config_comes_from_torch_and_stays_static():
+    model, jconfig = H.shortlist_gpt("euler", "lie", 1, "float64")
+    assert jconfig.shortlist == tuple(model.row_tokens.tolist()) != tuple(sorted(jconfig.shortlist))  # row order
+    assert jconfig.shortlist_size == 40 and jconfig.embedding_rows == 41
+    assert jax_impl.torch_config_kwargs(jconfig) == dataclasses.asdict(model.config)  # the inverse
+    with pytest.raises(ValueError, match="row_tokens"):
+        jax_impl.config_from_torch(model.config)  # the ids are in the state_dict only
+    # any integer sequence becomes a tuple of ints: hashable, equal configs hash equal (jit's static argument)
+    again = dataclasses.replace(jconfig, shortlist=np.array(jconfig.shortlist))
+    assert again == jconfig and hash(again) == hash(jconfig) and type(again.shortlist[0]) is int
+
+
 # -- weights --------------------------------------------------------------------------------------
 
 
@@ -108,6 +147,60 @@ def test_state_dict_round_trip_is_exact(bias):
     assert fresh.lm_head.weight.data_ptr() == fresh.transformer.wte.weight.data_ptr()
     kernel = params["h"]["attn"]["c_attn"]["kernel"]
     assert kernel.shape == (tconfig.n_layer, tconfig.n_embd, 3 * tconfig.n_embd)  # (layers, in, out)
+
+
+def test_shortlist_state_dict_round_trip_is_exact():
+    """torch -> JAX -> torch: wte (k + 1, C) in params, the ids in the config only, both buffers back
+    in torch's key order, and a strict load into a fresh model restores the shortlist."""
+    model, jconfig = H.shortlist_gpt("euler", "lie", 1, "float64")
+    sd = model.state_dict()
+    params = jax_impl.params_from_torch(sd, jconfig)
+    assert set(params) == {"wte", "wpe", "h", "ln_f"} and params["wte"].shape == (41, H.TINY["n_embd"])
+    back = jax_impl.params_to_torch(params, jconfig)
+    assert list(back) == list(sd)
+    for k in sd:
+        assert back[k].dtype == sd[k].dtype and torch.equal(back[k], sd[k]), k
+    fresh = torch_model.GPT(model.config).double()  # its buffers start as the shortlist 0..k-1
+    fresh.load_state_dict(back, strict=True)
+    assert torch.equal(fresh.row_tokens, model.row_tokens) and torch.equal(fresh.token_rows, model.token_rows)
+
+
+def _swap_two_rows(sd, jconfig):
+    sd["row_tokens"] = sd["row_tokens"][[1, 0, *range(2, jconfig.shortlist_size)]]
+
+
+def _break_inverse(sd, jconfig):
+    outside = next(i for i in range(jconfig.vocab_size) if i not in jconfig.shortlist)
+    sd["token_rows"] = sd["token_rows"].clone()
+    sd["token_rows"][outside] = 0  # an outside token mapped to the first row
+
+
+@pytest.mark.parametrize(
+    "corrupt, name",
+    [
+        (_swap_two_rows, "row_tokens"),
+        (_break_inverse, "token_rows"),
+        (lambda sd, c: sd.pop("token_rows"), "token_rows"),
+        (lambda sd, c: sd.pop("row_tokens"), "row_tokens"),
+    ],
+)
+def test_shortlist_conversion_checks_the_buffers(corrupt, name):
+    model, jconfig = H.shortlist_gpt("euler", "lie", 1, "float64")
+    sd = dict(model.state_dict())
+    corrupt(sd, jconfig)
+    with pytest.raises(AssertionError, match=name):
+        jax_impl.params_from_torch(sd, jconfig)
+
+
+def test_shortlist_conversion_rejects_another_shortlist_or_none():
+    model, jconfig = H.shortlist_gpt("euler", "lie", 1, "float64")
+    sd = model.state_dict()
+    reordered = dataclasses.replace(jconfig, shortlist=jconfig.shortlist[::-1])
+    with pytest.raises(AssertionError, match="differs from the one config.shortlist defines"):
+        jax_impl.params_from_torch(sd, reordered)
+    full = dataclasses.replace(jconfig, shortlist=(), unseen_mass=0.0)
+    with pytest.raises(AssertionError, match="wte"):  # (k + 1, C) is no full-softmax embedding
+        jax_impl.params_from_torch(sd, full)
 
 
 def test_conversion_rejects_a_wrong_shape():
@@ -133,6 +226,11 @@ def test_logits_loss_and_gradients(case):
 @pytest.mark.parametrize("case", [("rk4", "strang", 2, "float64")], ids=_id)
 def test_inference_returns_last_position_logits(case):
     assert_within(H.check_inference_logits(*case), case[-1])
+
+
+@pytest.mark.parametrize("case", H.SHORTLIST_GRID, ids=_id)
+def test_shortlist_loss_gradients_and_log_probabilities(case):
+    assert_within(H.check_shortlist(*case), case[-1])
 
 
 @pytest.mark.parametrize("case", H.REGULARIZER_GRID, ids=_id)

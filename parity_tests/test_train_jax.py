@@ -1,6 +1,7 @@
 """End to end across the two trainers: a checkpoint written by train_mps.train() gives the torch loss
 through jax_impl.forward, and `python -m jax_impl.train` trains (adaptive tsit5), reports its NFE and
-writes a checkpoint that model.py loads."""
+writes a checkpoint that model.py loads. Both run the canonical recipe: a shortlist softmax over the
+tokens of train.bin."""
 
 import json
 import os
@@ -46,17 +47,20 @@ def test_torch_checkpoint_through_jax_forward_gives_the_torch_loss(tiny_data, tm
     monkeypatch.delenv("TRAIN_MPS_SEED", raising=False)
     train_mps.train()
     ckpt, model = _load(tmp_path / "out" / "ckpt.pt")
-    jconfig = jax_impl.GPTConfig(**ckpt["model_args"])
+    assert ckpt["model_args"]["shortlist_size"] > 0  # the canonical recipe's shortlist
+    jconfig = jax_impl.config_from_torch(ckpt["model_args"], ckpt["model"])
     params = jax_impl.params_from_torch(ckpt["model"], jconfig)  # float32, as trained
 
     val = np.fromfile(tiny_data / "val.bin", dtype=np.uint16).astype(np.int64)
     windows = val[: 8 * 64 + 1]
     x, y = windows[:-1].reshape(8, 64), windows[1:].reshape(8, 64)
     with torch.no_grad():
-        t_logits, t_loss = model(torch.from_numpy(x), torch.from_numpy(y))
-    j_logits, j_loss = jax_impl.forward(params, jconfig, jnp.asarray(x), jnp.asarray(y))
+        _, t_loss = model(torch.from_numpy(x), torch.from_numpy(y))
+        t_logp, _ = model(torch.from_numpy(x))  # (8, 1, vocab) log-probabilities
+    _, j_loss = jax_impl.forward(params, jconfig, jnp.asarray(x), jnp.asarray(y))
+    j_logp, _ = jax_impl.forward(params, jconfig, jnp.asarray(x))
     assert abs(float(j_loss) - t_loss.item()) <= tol("float32", "loss")
-    assert np.max(np.abs(np.asarray(j_logits) - t_logits.numpy())) <= 10 * tol("float32", "logits")  # |logit| ~ 10
+    assert np.max(np.abs(np.asarray(j_logp) - t_logp.numpy())) <= 10 * tol("float32", "logits")  # |log p| ~ 10
     # the whole-split loss train_mps reported, recomputed by the JAX trainer's evaluation
     j_full = full_split_loss(params, jconfig, val.astype(np.uint16), train_mps.block_size)
     assert abs(j_full - ckpt["metrics"]["val_loss_full"]) <= tol("float32", "loss")
@@ -78,6 +82,11 @@ def test_jax_train_with_tsit5_reports_nfe_and_writes_a_torch_checkpoint(tiny_dat
     assert np.isfinite(metrics["best_vloss"]) and np.isfinite(metrics["val_loss_full"])
     ckpt, model = _load(out / "ckpt.pt")  # model.py has no adaptive solver: the checkpoint says rk4
     assert ckpt["model_args"]["solver"] == "rk4"
-    params = jax_impl.params_from_torch(ckpt["model"], jax_impl.GPTConfig(**ckpt["model_args"]))
-    back = jax_impl.params_to_torch(params, jax_impl.GPTConfig(**ckpt["model_args"]))
-    assert all(torch.equal(back[k], v) for k, v in ckpt["model"].items())
+    # train_mps's shortlist for the same train.bin
+    train_tokens = np.fromfile(tiny_data / "train.bin", np.uint16)
+    ids, unseen_mass = train_mps.train_vocabulary(train_tokens, train_mps.Recipe().vocab_size)
+    assert np.array_equal(model.row_tokens.numpy(), ids) and ckpt["model_args"]["unseen_mass"] == unseen_mass
+    assert metrics["model_config"]["shortlist_size"] == len(ids)
+    jconfig = jax_impl.config_from_torch(ckpt["model_args"], ckpt["model"])
+    back = jax_impl.params_to_torch(jax_impl.params_from_torch(ckpt["model"], jconfig), jconfig)
+    assert list(back) == list(ckpt["model"]) and all(torch.equal(back[k], v) for k, v in ckpt["model"].items())

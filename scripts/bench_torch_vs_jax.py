@@ -2,8 +2,9 @@
 
 The canonical configuration: train_mps's fixed block (batch 8, block 64, 4 layers, 4 heads, 32 embd)
 and Recipe defaults (vocab 50304, no bias, euler / lie / 1 step, AdamW with the cosine schedule,
-clipping at 1.0). Both sides start from the same weights (torch's init, params_from_torch) and take
-the same random batches. After a warm-up (JAX: compilation), repeats alternate: `--steps` torch
+clipping at 1.0, the shortlist softmax over the tokens of train.bin: train_mps.make_model). Both
+sides start from the same weights (torch's init, params_from_torch) and take the same batches, drawn
+from the training split (TRAIN_MPS_DATA_DIR, else data/shakespeare; scripts/prepare_shakespeare.py). After a warm-up (JAX: compilation), repeats alternate: `--steps` torch
 steps, then `--steps` JAX steps, each timed to completion (cuda synchronize / block_until_ready),
 so drifts in machine load hit both sides alike. Reports per-step medians and the median over
 repeats of the per-repeat ratio torch_ms / jax_ms (> 1: JAX is faster).
@@ -77,12 +78,9 @@ def main(argv=None):
     import torch
 
     import train_mps as tm
-    from jax_impl import GPTConfig as JaxConfig
-    from jax_impl import params_from_torch
+    from jax_impl import config_from_torch, params_from_torch
     from jax_impl.optim import make_optimizer
     from jax_impl.train import make_train_step
-    from model import GPT
-    from model import GPTConfig as TorchConfig
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     if jax.default_backend() == "gpu":
@@ -91,11 +89,15 @@ def main(argv=None):
     print("environment:", json.dumps(env), flush=True)
 
     r = tm.Recipe()
-    kwargs = asdict(tm.model_config(r))
+    data_dir = tm.find_data_dir()
+    train_tokens = tm.load_split(data_dir, "train", r.vocab_size)
     torch.manual_seed(r.seed)
-    model = GPT(TorchConfig(**kwargs)).to(device)
-    jconfig = JaxConfig(**kwargs)
-    params = params_from_torch({k: v.cpu() for k, v in model.state_dict().items()}, jconfig)
+    model = tm.make_model(r, train_tokens)  # canonical: the shortlist of train.bin's tokens
+    kwargs = asdict(model.config)
+    jconfig = config_from_torch(model.config, model.state_dict())
+    params = params_from_torch(model.state_dict(), jconfig)
+    model = model.to(device)
+    print(f"data {data_dir}: softmax over {jconfig.shortlist_size or r.vocab_size}/{r.vocab_size} tokens", flush=True)
     optimizers = tm.make_optimizers(model, r, device)
     base_lrs = [[g["lr"] for g in o.param_groups] for o in optimizers]
     tparams = [q for q in model.parameters() if q.requires_grad]
@@ -105,14 +107,10 @@ def main(argv=None):
 
     gen = torch.Generator().manual_seed(0)
     n_batches = 16
-    batches = [
-        torch.randint(0, r.vocab_size, (tm.batch_size, tm.block_size + 1), generator=gen) for _ in range(n_batches)
-    ]
-    tb = [(b[:, :-1].to(device), b[:, 1:].to(device)) for b in batches]
-    jb = [
-        (jnp.asarray(b[:, :-1].numpy().astype(np.int32)), jnp.asarray(b[:, 1:].numpy().astype(np.int32)))
-        for b in batches
-    ]
+    train_data = torch.from_numpy(train_tokens.astype(np.int64))
+    batches = [tm.get_batch(train_data, gen) for _ in range(n_batches)]  # as train_mps draws them
+    tb = [(x.to(device), y.to(device)) for x, y in batches]
+    jb = [(jnp.asarray(x.numpy().astype(np.int32)), jnp.asarray(y.numpy().astype(np.int32))) for x, y in batches]
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     state = {"params": params, "opt": opt_state, "it_t": 0, "it_j": 0}
 
@@ -160,6 +158,7 @@ def main(argv=None):
     result = {
         "environment": env,
         "config": kwargs,
+        "data_dir": str(data_dir),
         "recipe": asdict(r),
         "batch_size": tm.batch_size,
         "repeats": a.repeats,
