@@ -30,6 +30,8 @@ Outputs under --out (default results/benchmark/<timestamp>), each written atomic
     python scripts/benchmark.py --configs baseline canonical --seeds 0 1 --max-iters 200   # smoke (SHORTENED)
     python scripts/benchmark.py --out results/benchmark/X --resume    # finish an interrupted benchmark
     python scripts/benchmark.py --out results/benchmark/X --plot-only # redraw benchmark.md/.png from the JSON
+    python scripts/benchmark.py --merge results/benchmark/A results/benchmark/B --configs baseline canonical \
+        --out results/benchmark/AB      # one report from runs made in several benchmarks (e.g. side by side)
 
 Exit status: 0 all runs finished, 1 some run failed (recorded; the others go on), 2 a usage or input error
 (nothing ran).
@@ -565,6 +567,10 @@ def render_markdown(report: dict) -> str:
     warnings = [(r["config"], r["seed"], w) for r in report["runs"] for w in r.get("warnings", [])]
     if warnings:
         lines += ["", "Warnings:", ""] + [f"- `{md_cell(c)}` seed {sd}: {w}" for c, sd, w in warnings]
+    if report.get("merged_from"):
+        lines += ["", "Merged from (runs made in separate benchmarks):", ""]
+        lines += [f"- `{md_cell(m['dir'])}`: {', '.join(m['runs']) or 'none'}" for m in report["merged_from"]]
+        lines += [f"- WARNING: {w}" for w in report.get("merge_warnings", [])]
     env = report["environment"]
     lines += ["", "## Environment", ""]
     lines += [f"- {k}: `{md_cell(env[k])}`" for k in env if k != "data"]
@@ -661,6 +667,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="output folder (default results/benchmark/<timestamp>)")
     p.add_argument("--resume", action="store_true", help="keep the finished runs in --out; run the rest")
     p.add_argument("--plot-only", action="store_true", help="redraw benchmark.md and .png from benchmark.json")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="combine the finished runs of these benchmark folders into one report in --out (runs nothing); "
+        "--configs picks the configurations (default: all), --baseline the reference",
+    )
     return p.parse_args(argv)
 
 
@@ -673,6 +687,82 @@ def plot_only(out: Path) -> int:
     return 0
 
 
+def merge(a: argparse.Namespace, argv: list[str]) -> int:
+    """One report from the finished runs of several benchmark folders: runs made side by side in
+    separate processes, or on several days. Nothing is run; each run keeps its own record (sources'
+    sha256, environment); a configuration whose sources differ between folders is reported."""
+    if a.out is None:
+        raise BenchmarkError("--merge needs --out (the folder of the merged report)")
+    if a.resume or a.seeds or a.max_iters is not None:
+        raise BenchmarkError("--merge takes only --configs, --baseline and --out")
+    reports = []
+    for d in a.merge:
+        report = load_record(d / "benchmark.json")
+        if report is None:
+            raise BenchmarkError(f"no readable {d / 'benchmark.json'}; run that benchmark (or --resume it) first")
+        reports.append((d, report))
+    shortened = {r["settings"]["max_iters"] for _, r in reports}
+    data = {json.dumps(r["environment"].get("data", {}).get("val.bin")) for _, r in reports}
+    if len(shortened) > 1 or len(data) > 1:
+        raise BenchmarkError("the folders differ in --max-iters or in the data (val.bin): their runs do not compare")
+    runs, origin, details, labels = {}, {}, {}, []
+    for d, report in reports:
+        for detail in report["settings"].get("config_details", []):
+            details.setdefault(detail["label"], []).append((d, detail))
+        for r in report["runs"]:
+            if r.get("status") != "ok" or (a.configs and r["config"] not in a.configs):
+                continue
+            key = (r["config"], r["seed"])
+            if key in runs:
+                raise BenchmarkError(f"{r['config']} seed {r['seed']} is in both {origin[key]} and {d}: pick one")
+            runs[key], origin[key] = r, d
+            if r["config"] not in labels:
+                labels.append(r["config"])
+    labels = [c for c in (a.configs or labels) if c in labels]
+    if not labels:
+        raise BenchmarkError(f"no finished runs of {a.configs or 'any configuration'} in {[str(d) for d in a.merge]}")
+    baseline = a.baseline or labels[0]
+    if baseline not in labels:
+        raise BenchmarkError(f"--baseline {baseline!r} has no finished runs among {labels}")
+    seeds = sorted({seed for _, seed in runs})
+    warnings = []
+    for label in labels:
+        shas = {json.dumps(det.get("sources_sha256"), sort_keys=True) for _, det in details.get(label, [])}
+        if len(shas) > 1:
+            where = ", ".join(str(d) for d, _ in details[label])
+            warnings.append(f"`{label}`'s sources differ between {where} (see each run's sources_sha256)")
+    order = [(c, seed) for seed in seeds for c in labels if (c, seed) in runs]
+    report = {
+        "schema": 1,
+        "environment": environment(argv, Path(reports[0][1]["settings"]["data_dir"])),
+        "previous_environments": [r["environment"] for _, r in reports],
+        "settings": {
+            **reports[0][1]["settings"],
+            "configs": labels,
+            "config_details": [det for label in labels for _, det in details.get(label, [])[:1]],
+            "seeds": seeds,
+            "baseline": baseline,
+        },
+        "merged_from": [
+            {"dir": str(d), "runs": [f"{c} seed {sd}" for (c, sd), o in origin.items() if o == d]} for d, _ in reports
+        ],
+        "merge_warnings": warnings,
+        "order": [{"index": i, "config": c, "seed": seed} for i, (c, seed) in enumerate(order)],
+        "runs": [runs[k] for k in order],
+        "complete": True,
+        "finished_at": datetime.now().isoformat(timespec="seconds"),
+    }
+    report["summary"] = summarize(report["runs"], labels, baseline)
+    a.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(a.out / "benchmark.json", report)
+    write_reports(report, a.out)
+    for w in warnings:
+        print(f"[benchmark] WARNING: {w}", flush=True)
+    print(render_markdown(report).split("\n## Runs")[0], flush=True)
+    print(f"[benchmark] merged {len(order)} runs from {len(reports)} folders -> {a.out}", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = parse_args(argv)
@@ -681,6 +771,8 @@ def main(argv: list[str] | None = None) -> int:
             if a.out is None:
                 raise BenchmarkError("--plot-only needs --out (the benchmark folder)")
             return plot_only(a.out)
+        if a.merge:
+            return merge(a, argv)
         return benchmark(a, argv)
     except BenchmarkError as e:
         print(f"[benchmark] error: {e}", file=sys.stderr, flush=True)

@@ -216,3 +216,36 @@ def test_candidate_breaking_the_constraints_is_refused_before_anything_runs(synt
     err = capsys.readouterr().err
     assert "refused" in err and "max_iters" in err and str(candidate) in err
     assert not out.exists()
+
+
+def test_merge_combines_runs_of_separate_benchmarks(finished, tmp_path, capsys):
+    src, _ = finished
+    full = load(src)
+    parts = []
+    for seed in SEEDS:  # as if each seed had been benchmarked in its own process
+        part = tmp_path / f"seed{seed}"
+        part.mkdir()
+        report = {**full, "runs": [r for r in full["runs"] if r["seed"] == seed]}
+        (part / "benchmark.json").write_text(json.dumps(report))
+        parts.append(part)
+    out = tmp_path / "merged"
+    assert benchmark.main(["--merge", *map(str, parts), "--out", str(out)]) == 0
+    merged = load(out)
+    assert merged["summary"]["configs"] == full["summary"]["configs"]  # the same numbers as one benchmark
+    assert [(r["config"], r["seed"]) for r in merged["runs"]] == [(c, s) for s in SEEDS for c in CONFIGS]
+    assert (out / "benchmark.png").is_file() and "Merged from" in (out / "benchmark.md").read_text()
+
+    only = tmp_path / "only"
+    assert benchmark.main(["--merge", *map(str, parts), "--configs", "canonical", "--out", str(only)]) == 0
+    assert load(only)["settings"]["configs"] == ["canonical"]
+
+    assert benchmark.main(["--merge", str(src), str(parts[0]), "--out", str(tmp_path / "dup")]) == 2
+    assert "is in both" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    changed = {**full, "settings": {**full["settings"], "max_iters": MAX_ITERS + 1}}
+    (other / "benchmark.json").write_text(json.dumps(changed))
+    assert benchmark.main(["--merge", str(parts[0]), str(other), "--out", str(tmp_path / "x")]) == 2
+    assert "do not compare" in capsys.readouterr().err
+    assert benchmark.main(["--merge", str(tmp_path / "missing"), "--out", str(tmp_path / "y")]) == 2
+    assert "benchmark.json" in capsys.readouterr().err
