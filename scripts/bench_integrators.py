@@ -1,11 +1,13 @@
 """Side-by-side train-step time of integrators: train_mps.train_step under each (solver, splitting, steps).
 
-Issue #3's budget for the canonical integrator is 1.15x the plain Euler block's wall time per
-iteration. Each configuration is train_mps's model and optimizer (Recipe defaults, only the
-integrator changed), built from the same seed on the same random batches. After a warm-up, repeats
-interleave the configurations (A B C ... A B C ...), `--steps` steps each, so drifts in machine load
-hit them alike. Reports per configuration the median ms/step, NFE, and the median over repeats of the
-per-repeat ratio to the first configuration (the reference, default euler/lie/1).
+Issue #3's budget for the canonical integrator is 1.15x the baseline's wall time per iteration (the
+seeds' starting point: plain Euler block, GPT-2's full softmax, `BASELINE_RECIPE` of benchmark.py).
+Each configuration is train_mps's model and optimizer (Recipe defaults, only the integrator changed;
+`baseline` is BASELINE_RECIPE), built from the same seed on the same batches of the training split.
+After a warm-up, repeats interleave the configurations (A B C ... A B C ...), `--steps` steps each,
+so drifts in machine load hit them alike. Reports per configuration the median ms/step, NFE, and the
+median over repeats of the per-repeat ratio to the first configuration (the reference, default
+`baseline`).
 
 Writes results/bench_integrators.json (atomic) and a PNG of the ratios drawn from it.
 
@@ -31,16 +33,28 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-DEFAULT_CONFIGS = ["euler/lie/1", "heun/parallel/1", "midpoint/strang/1", "bosh3/parallel/1", "rk4/parallel/1"]
-BUDGET = 1.15  # issue #3: the canonical integrator's time per iteration, relative to euler/lie/1
+DEFAULT_CONFIGS = [
+    "baseline",
+    "euler/lie/1",
+    "heun/parallel/1",
+    "midpoint/strang/1",
+    "bosh3/parallel/1",
+    "rk4/parallel/1",
+]
+BUDGET = 1.15  # issue #3: the canonical integrator's time per iteration, relative to the baseline
 
 
-def parse_config(text: str) -> tuple[str, str, int]:
-    """'solver/splitting/steps' -> (solver, splitting, steps); names are validated by model.GPTConfig."""
+def parse_config(text: str) -> dict:
+    """'baseline' or 'solver/splitting/steps' -> the Recipe fields it sets; names are validated by
+    model.GPTConfig."""
+    if text == "baseline":
+        from benchmark import BASELINE_RECIPE  # the one definition of the seeds' starting point
+
+        return dict(BASELINE_RECIPE)
     parts = text.split("/")
     if len(parts) != 3 or not parts[2].isdigit():
-        raise SystemExit(f"error: config {text!r} is not SOLVER/SPLITTING/STEPS, e.g. heun/parallel/1")
-    return parts[0], parts[1], int(parts[2])
+        raise SystemExit(f"error: config {text!r} is not `baseline` or SOLVER/SPLITTING/STEPS, e.g. heun/parallel/1")
+    return dict(solver=parts[0], splitting=parts[1], steps_per_layer=int(parts[2]))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -79,7 +93,9 @@ def plot(result: dict, png: Path) -> None:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, help="SOLVER/SPLITTING/STEPS; first = reference")
+    p.add_argument(
+        "--configs", nargs="+", default=DEFAULT_CONFIGS, help="baseline or SOLVER/SPLITTING/STEPS; first = reference"
+    )
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--steps", type=int, default=20, help="train steps per configuration per repeat")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration first")
@@ -120,8 +136,8 @@ def main(argv=None):
     batches = [tuple(t.to(device) for t in tm.get_batch(data, gen)) for _ in range(8)]
 
     runs = []
-    for name, (solver, splitting, steps) in zip(a.configs, parsed):
-        r = replace(tm.Recipe(), solver=solver, splitting=splitting, steps_per_layer=steps)
+    for name, fields in zip(a.configs, parsed):
+        r = replace(tm.Recipe(), **fields)
         torch.manual_seed(r.seed)
         model = tm.make_model(r, tokens).to(device)
         opts = tm.make_optimizers(model, r, device)

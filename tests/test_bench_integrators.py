@@ -24,6 +24,19 @@ def test_interleaved_step_times_and_ratios(tmp_path):
     assert heun["recipe"]["solver"] == "heun" and heun["recipe"]["steps_per_layer"] == 2
 
 
+def test_baseline_is_the_benchmarks_starting_point(tmp_path):
+    import benchmark
+
+    assert bench_integrators.parse_config("baseline") == benchmark.BASELINE_RECIPE
+    assert bench_integrators.parse_config("rk4/strang/2") == dict(solver="rk4", splitting="strang", steps_per_layer=2)
+    out = tmp_path / "bench.json"
+    argv = ["--configs", "baseline", "euler/lie/1", "--repeats", "1", "--steps", "1", "--warmup", "0"]
+    result = bench_integrators.main(argv + ["--out", str(out)])
+    base, canon = result["configs"]
+    assert base["recipe"]["shortlist"] is False and base["recipe"]["schedule"] == "constant"
+    assert canon["recipe"]["shortlist"] is True and base["ratios"] == [1.0]
+
+
 @pytest.mark.parametrize("bad", ["heun-parallel-1", "heun/parallel/x", "heun/parallel"])
 def test_bad_config_names_the_format(bad):
     with pytest.raises(SystemExit, match="SOLVER/SPLITTING/STEPS"):
