@@ -30,7 +30,7 @@ Outputs under --out (default results/benchmark/<timestamp>), each written atomic
     python scripts/benchmark.py --configs baseline canonical --seeds 0 1 --max-iters 200   # smoke (SHORTENED)
     python scripts/benchmark.py --out results/benchmark/X --resume    # finish an interrupted benchmark
     python scripts/benchmark.py --out results/benchmark/X --plot-only # redraw benchmark.md/.png from the JSON
-    python scripts/benchmark.py --merge results/benchmark/A results/benchmark/B --configs baseline canonical \
+    python scripts/benchmark.py --merge results/benchmark/A@baseline results/benchmark/B --configs baseline canonical \
         --out results/benchmark/AB      # one report from runs made in several benchmarks (e.g. side by side)
 
 Exit status: 0 all runs finished, 1 some run failed (recorded; the others go on), 2 a usage or input error
@@ -673,7 +673,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=Path,
         metavar="DIR",
         help="combine the finished runs of these benchmark folders into one report in --out (runs nothing); "
-        "--configs picks the configurations (default: all), --baseline the reference",
+        "DIR@LABEL@LABEL takes only those configurations from DIR; --configs picks (and orders) the "
+        "configurations of the report (default: all), --baseline the reference",
     )
     return p.parse_args(argv)
 
@@ -695,12 +696,15 @@ def merge(a: argparse.Namespace, argv: list[str]) -> int:
         raise BenchmarkError("--merge needs --out (the folder of the merged report)")
     if a.resume or a.seeds or a.max_iters is not None:
         raise BenchmarkError("--merge takes only --configs, --baseline and --out")
-    reports = []
-    for d in a.merge:
+    reports, picks = [], {}
+    for spec in a.merge:
+        d, *only = str(spec).split("@")  # DIR@LABEL@LABEL: only those configurations of that folder
+        d = Path(d)
         report = load_record(d / "benchmark.json")
         if report is None:
             raise BenchmarkError(f"no readable {d / 'benchmark.json'}; run that benchmark (or --resume it) first")
         reports.append((d, report))
+        picks[d] = set(only)
     shortened = {r["settings"]["max_iters"] for _, r in reports}
     data = {json.dumps(r["environment"].get("data", {}).get("val.bin")) for _, r in reports}
     if len(shortened) > 1 or len(data) > 1:
@@ -711,6 +715,8 @@ def merge(a: argparse.Namespace, argv: list[str]) -> int:
             details.setdefault(detail["label"], []).append((d, detail))
         for r in report["runs"]:
             if r.get("status") != "ok" or (a.configs and r["config"] not in a.configs):
+                continue
+            if picks[d] and r["config"] not in picks[d]:
                 continue
             key = (r["config"], r["seed"])
             if key in runs:

@@ -241,6 +241,13 @@ def test_merge_combines_runs_of_separate_benchmarks(finished, tmp_path, capsys):
 
     assert benchmark.main(["--merge", str(src), str(parts[0]), "--out", str(tmp_path / "dup")]) == 2
     assert "is in both" in capsys.readouterr().err
+    picked = tmp_path / "picked"  # DIR@LABEL: only that configuration of that folder
+    assert benchmark.main(["--merge", f"{src}@baseline", f"{parts[0]}@canonical", "--out", str(picked)]) == 0
+    assert [(r["config"], r["seed"]) for r in load(picked)["runs"]] == [
+        ("baseline", 0),
+        ("canonical", 0),
+        ("baseline", 1),
+    ]
     other = tmp_path / "other"
     other.mkdir()
     changed = {**full, "settings": {**full["settings"], "max_iters": MAX_ITERS + 1}}
