@@ -96,14 +96,15 @@ def run(args) -> dict:
         x, y = chunk[:, :-1], chunk[:, 1:]
         lp = log_probs(model, x)  # (n, T, V)
         pick = y.unsqueeze(-1)
-        nll_all.append(-lp.gather(-1, pick).squeeze(-1))
+        nll_all.append(-lp.gather(-1, pick).squeeze(-1))  # (n, T)
         seen_all.append((x.unsqueeze(1) == y.unsqueeze(2)).tril().any(-1))  # y_t among x_0..x_t
+        lp_y = lp.gather(-1, pick).squeeze(-1)  # (n, T): a mixture's loss needs only the target's terms
         for T_ in TEMPERATURES:
-            calib[("temperature", T_)] -= torch.log_softmax(lp / T_, -1).gather(-1, pick).sum().item()
+            calib[("temperature", T_)] -= (lp_y / T_ - torch.logsumexp(lp / T_, -1)).sum().item()
         for kind, prior in (("uniform", log_uniform), ("unigram", log_unigram)):
             for w in MIX_WEIGHTS[1:]:
-                mix = torch.logaddexp(lp + np.log1p(-w), prior + np.log(w))
-                calib[(kind, w)] -= mix.gather(-1, pick).sum().item()
+                mix = torch.logaddexp(lp_y + np.log1p(-w), prior[y] + np.log(w))
+                calib[(kind, w)] -= mix.sum().item()
         print(f"[{STUDY}] windows {min(start + args.chunk, n_windows)}/{n_windows}", flush=True)
     nll = torch.cat(nll_all).flatten().numpy().astype(np.float64)
     in_ctx = torch.cat(seen_all).flatten().numpy()
