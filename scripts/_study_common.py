@@ -123,7 +123,12 @@ def load_checkpoint(path: Path) -> tuple[GPT, dict]:
 
 
 def load_val_tokens(data_dir: Path, vocab_size: int) -> np.ndarray:
-    path = Path(data_dir) / "val.bin"
+    return load_tokens(data_dir, "val", vocab_size)
+
+
+def load_tokens(data_dir: Path, split: str, vocab_size: int) -> np.ndarray:
+    """A prepared split's uint16 token ids; a missing, empty or foreign file names `make data`."""
+    path = Path(data_dir) / f"{split}.bin"
     if not path.exists():
         raise StudyError(f"{path} not found; prepare the data with `make data` (or pass --data-dir)")
     tokens = np.fromfile(path, dtype=np.uint16)

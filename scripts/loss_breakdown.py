@@ -22,7 +22,6 @@ smoothing toward the unigram) could buy, not a method.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,6 +29,7 @@ from _study_common import (
     StudyError,
     base_parser,
     cli,
+    load_tokens,
     load_val_tokens,
     pyplot,
     run_record,
@@ -54,16 +54,6 @@ def bucket_name(lo: int, hi: int | None) -> str:
     return f"{lo}" if hi == lo else (f"> {lo - 1}" if hi is None else f"{lo}-{hi}")
 
 
-def load_train_counts(data_dir: Path, vocab_size: int) -> np.ndarray:
-    path = Path(data_dir) / "train.bin"
-    if not path.exists():
-        raise StudyError(f"{path} not found; prepare the data with `make data` (or pass --data-dir)")
-    tokens = np.fromfile(path, dtype=np.uint16)
-    if len(tokens) == 0 or int(tokens.max()) >= vocab_size:
-        raise StudyError(f"{path} is empty or holds ids >= vocab_size {vocab_size}; rebuild it with `make data`")
-    return np.bincount(tokens, minlength=vocab_size)
-
-
 @torch.no_grad()
 def log_probs(model, idx: torch.Tensor) -> torch.Tensor:
     """(n, T) windows -> (n, T, vocab) normalized log-probabilities from the model's own output layer."""
@@ -78,7 +68,7 @@ def run(args) -> dict:
     args.batches = 1  # setup draws random windows; this study covers the whole split instead
     model, info, _, env = setup(STUDY, args)
     c = model.config
-    counts = load_train_counts(args.data_dir, c.vocab_size)
+    counts = np.bincount(load_tokens(args.data_dir, "train", c.vocab_size), minlength=c.vocab_size)
     val = torch.from_numpy(load_val_tokens(args.data_dir, c.vocab_size).astype(np.int64))
     T = c.block_size
     n_windows = (len(val) - 1) // T
