@@ -509,8 +509,13 @@ def render_markdown(report: dict) -> str:
     if banner:
         lines += [f"> **⚠⚠ {banner} ⚠⚠**", ""]
     n_ok = sum(r.get("status") == "ok" for r in report["runs"])
+    how = (
+        "runs merged from separate benchmarks (listed below)"
+        if report.get("merged_from")
+        else "runs interleaved per seed (A B … A B …)"
+    )
     lines += [
-        f"Seeds {', '.join(map(str, s['seeds']))}; runs interleaved per seed (A B … A B …), each in a fresh "
+        f"Seeds {', '.join(map(str, s['seeds']))}; {how}, each in a fresh "
         f"subprocess; {n_ok} of {len(report['order'])} runs finished{'' if report.get('complete') else ' (INCOMPLETE)'}. "
         f"fitness = {summary['fitness']}. Lower is better everywhere. Cells: median (mean ± std) over seeds.",
         "",
@@ -731,6 +736,8 @@ def merge(a: argparse.Namespace, argv: list[str]) -> int:
     if baseline not in labels:
         raise BenchmarkError(f"--baseline {baseline!r} has no finished runs among {labels}")
     seeds = sorted({seed for _, seed in runs})
+    used = {(c, d) for (c, _), d in origin.items()}  # a folder's details count only where its runs are taken
+    details = {label: [(d, det) for d, det in dets if (label, d) in used] for label, dets in details.items()}
     warnings = []
     for label in labels:
         shas = {json.dumps(det.get("sources_sha256"), sort_keys=True) for _, det in details.get(label, [])}
