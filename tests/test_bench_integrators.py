@@ -35,6 +35,7 @@ def test_baseline_is_the_benchmarks_starting_point(tmp_path):
     base, canon = result["configs"]
     assert base["recipe"]["shortlist"] is False and base["recipe"]["schedule"] == "constant"
     assert canon["recipe"]["shortlist"] is True and base["ratios"] == [1.0]
+    assert base["shortlist_size"] == 0 and canon["shortlist_size"] > 0
 
 
 @pytest.mark.parametrize("bad", ["heun-parallel-1", "heun/parallel/x", "heun/parallel"])
