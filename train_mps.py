@@ -65,7 +65,8 @@ class Recipe:
     zero_init_proj: bool = False
     # output softmax over the tokens seen in train.bin only (~11.5k of 50304 on Shakespeare), the others
     # sharing their Good-Turing probability uniformly: a proper distribution over all 50304 tokens at
-    # ~1/4.5 of the step's cost (the output layer dominates it). False: GPT-2's full softmax.
+    # ~1/3.8 of the step's cost (scripts/bench_integrators.py; the output layer dominates it). False:
+    # GPT-2's full softmax.
     shortlist: bool = True
     kinetic_energy: float = 0.0
     jacobian_frobenius: float = 0.0

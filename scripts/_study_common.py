@@ -162,8 +162,10 @@ def setup(study: str, args) -> tuple[GPT, dict, list, dict]:
         f"{c.solver}/{c.splitting}x{c.steps_per_layer}, iters {info['iters']}, val_loss_full {info['val_loss_full']}",
         flush=True,
     )
-    tokens = load_val_tokens(args.data_dir, c.vocab_size)
-    batches = val_batches(tokens, args.batches, args.batch_size, c.block_size, args.seed)
+    batches = []  # --batches 0: a study that reads the splits itself (loss_breakdown covers all of val)
+    if args.batches > 0:
+        tokens = load_val_tokens(args.data_dir, c.vocab_size)
+        batches = val_batches(tokens, args.batches, args.batch_size, c.block_size, args.seed)
     return model, info, batches, env
 
 

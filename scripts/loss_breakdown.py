@@ -65,7 +65,6 @@ def log_probs(model, idx: torch.Tensor) -> torch.Tensor:
 
 def run(args) -> dict:
     t0 = time.time()
-    args.batches = 1  # setup draws random windows; this study covers the whole split instead
     model, info, _, env = setup(STUDY, args)
     c = model.config
     counts = np.bincount(load_tokens(args.data_dir, "train", c.vocab_size), minlength=c.vocab_size)
