@@ -4,6 +4,8 @@ Each configuration is a folder holding `model.py` + `train_mps.py`, trained exac
 candidate: a fresh Python process puts the folder first on sys.path, imports `train_mps` and calls `train()`
 (with a `Recipe` override for the built-in recipes). Runs are interleaved per seed (seed 0: A, B, C; seed 1:
 A, B, C; ...) on the same data and machine, so drifts in machine load hit every configuration alike.
+`--jobs N` runs N at a time in that order (the cores shared out evenly): the losses are those of a run
+alone; the times are contended, alike for every configuration, so compare them as ratios only.
 
 Configurations (`--configs`):
   baseline                       the seeds' starting point (BASELINE_RECIPE below) on the canonical files
@@ -28,6 +30,7 @@ Outputs under --out (default results/benchmark/<timestamp>), each written atomic
     python scripts/benchmark.py --configs baseline canonical                      # 3 seeds, full runs: hours
     python scripts/benchmark.py --configs canonical canonical:ema_decay=0.999,schedule=wsd path/to/cand --seeds 0 1 2 3
     python scripts/benchmark.py --configs baseline canonical --seeds 0 1 --max-iters 200   # smoke (SHORTENED)
+    python scripts/benchmark.py --configs canonical canonical:optimizer=muon --jobs 2   # two runs at once, 1 thread each
     python scripts/benchmark.py --out results/benchmark/X --resume    # finish an interrupted benchmark
     python scripts/benchmark.py --out results/benchmark/X --plot-only # redraw benchmark.md/.png from the JSON
     python scripts/benchmark.py --merge results/benchmark/A@baseline results/benchmark/B --configs baseline canonical \
@@ -40,6 +43,7 @@ Exit status: 0 all runs finished, 1 some run failed (recorded; the others go on)
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import hashlib
 import importlib.util
@@ -372,8 +376,23 @@ def tail(path: Path, n: int = 15) -> str:
         return ""
 
 
-def execute_run(config: Config, seed: int, index: int, out: Path, data_dir: Path, max_iters) -> dict:
-    """One training run in a fresh subprocess; returns its record (also saved as run.json)."""
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def threads_per_run(jobs: int) -> dict[str, str]:
+    """The thread settings of each run when `jobs` run at once: the cores shared out evenly, unless the
+    environment already sets them (then they are kept as they are)."""
+    if jobs <= 1 or any(k in os.environ for k in THREAD_VARS):
+        return {}
+    n = str(max(1, (os.cpu_count() or 1) // jobs))
+    return {k: n for k in THREAD_VARS}
+
+
+def execute_run(
+    config: Config, seed: int, index: int, out: Path, data_dir: Path, max_iters, threads: dict[str, str] | None = None
+) -> dict:
+    """One training run in a fresh subprocess; returns its record (also saved as run.json). `threads`: thread
+    variables for the subprocess (threads_per_run)."""
     rdir = run_dir(out, config.label, seed)
     if rdir.exists():  # leftovers of a failed or interrupted attempt
         shutil.rmtree(rdir)
@@ -381,6 +400,7 @@ def execute_run(config: Config, seed: int, index: int, out: Path, data_dir: Path
     source = out / "sources" / config.snapshot
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAIN_MPS_") and k != "PYTHONPATH"}
     env.update(TRAIN_MPS_SEED=str(seed), TRAIN_MPS_OUT_DIR=str(rdir), TRAIN_MPS_DATA_DIR=str(data_dir))
+    env.update(threads or {})
     if max_iters is not None:
         env["TRAIN_MPS_MAX_ITERS"] = str(max_iters)
     result_path = rdir / "returned.json"
@@ -403,6 +423,7 @@ def execute_run(config: Config, seed: int, index: int, out: Path, data_dir: Path
         "source_dir": str(source),
         "sources_sha256": {f: sha256(source / f) for f in SOURCE_FILES},
         "log": str(log_path.relative_to(out)),
+        "thread_env": {k: env[k] for k in THREAD_VARS if k in env},
         "warnings": [],
     }
     returned = load_record(result_path)
@@ -513,6 +534,7 @@ def render_markdown(report: dict) -> str:
         "runs merged from separate benchmarks (listed below)"
         if report.get("merged_from")
         else "runs interleaved per seed (A B … A B …)"
+        + (f", {s['jobs']} at a time (times contended alike)" if s.get("jobs", 1) > 1 else "")
     )
     lines += [
         f"Seeds {', '.join(map(str, s['seeds']))}; {how}, each in a fresh "
@@ -671,6 +693,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--data-dir", type=Path, help=f"folder with train.bin / val.bin (default {DEFAULT_DATA_DIR})")
     p.add_argument("--out", type=Path, help="output folder (default results/benchmark/<timestamp>)")
     p.add_argument("--resume", action="store_true", help="keep the finished runs in --out; run the rest")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once (default 1), started in the interleaved order; each gets cpu_count // jobs threads "
+        "unless OMP_NUM_THREADS / MKL_NUM_THREADS are set. Losses compare; elapsed_min is then contended alike",
+    )
     p.add_argument("--plot-only", action="store_true", help="redraw benchmark.md and .png from benchmark.json")
     p.add_argument(
         "--merge",
@@ -817,6 +846,8 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
         raise BenchmarkError(f"--baseline {baseline!r} is not one of --configs {a.configs}")
     if a.max_iters is not None and a.max_iters < 1:
         raise BenchmarkError("--max-iters must be >= 1")
+    if a.jobs < 1:
+        raise BenchmarkError(f"--jobs must be >= 1, got {a.jobs}")
     data_dir = (a.data_dir or DEFAULT_DATA_DIR).resolve()
     out = (a.out or DEFAULT_OUT_ROOT / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
 
@@ -903,6 +934,7 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
             "fixed_max_iters": tm.max_iters,
             "data_dir": str(data_dir),
             "time_weight": TIME_WEIGHT,
+            "jobs": a.jobs,
         },
         "order": [{"index": i, "config": c.label, "seed": seed} for i, c, seed in plan],
         "runs": [],
@@ -916,21 +948,34 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
         atomic_write_json(out / "benchmark.json", report)
 
     save()
+    threads = threads_per_run(a.jobs)
+    if a.jobs > 1:
+        print(f"[benchmark] {a.jobs} runs at once, thread settings {threads or 'from the environment'}", flush=True)
+    todo = []
     for i, c, seed in plan:
         head = f"[benchmark] run {i + 1}/{len(plan)} | {c.label} | seed {seed} |"
         if (c.label, seed) in records:
-            r = records[(c.label, seed)]
-            print(f"{head} skipped, finished earlier (--resume): {result_line(r)}", flush=True)
-            continue
-        print(head, end=" ", flush=True)
-        r = execute_run(c, seed, i, out, data_dir, a.max_iters)
-        records[(c.label, seed)] = r
-        if r["status"] == "ok":
-            print(result_line(r), flush=True)
+            print(f"{head} skipped, finished earlier (--resume): {result_line(records[(c.label, seed)])}", flush=True)
         else:
-            print(f"FAILED (exit {r['returncode']}) after {r['wall_s']:.1f} s; log {out / r['log']}:", flush=True)
-            print("    " + str(r["error"]).replace("\n", "\n    "), flush=True)
-        save()
+            todo.append((head, i, c, seed))
+    # A pool of `jobs` threads, each waiting on one subprocess: runs start in plan order as slots free up.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=a.jobs) as pool:
+        futures = {
+            pool.submit(announce_and_run, head, c, seed, i, out, data_dir, a.max_iters, threads): (head, c, seed)
+            for head, i, c, seed in todo
+        }
+        for future in concurrent.futures.as_completed(futures):
+            head, c, seed = futures[future]
+            r = records[(c.label, seed)] = future.result()
+            if r["status"] == "ok":
+                print(f"{head} {result_line(r)}", flush=True)
+            else:
+                print(
+                    f"{head} FAILED (exit {r['returncode']}) after {r['wall_s']:.1f} s; log {out / r['log']}:",
+                    flush=True,
+                )
+                print("    " + str(r["error"]).replace("\n", "\n    "), flush=True)
+            save()
 
     failed = [r for r in report["runs"] if r["status"] != "ok"]
     report["complete"] = not failed
@@ -942,6 +987,11 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
     if failed:
         print(f"[benchmark] {len(failed)} run(s) failed; rerun with --resume --out {out} to retry them", flush=True)
     return 1 if failed else 0
+
+
+def announce_and_run(head: str, *args) -> dict:
+    print(f"{head} started {datetime.now().strftime('%H:%M:%S')}", flush=True)
+    return execute_run(*args)
 
 
 def result_line(r: dict) -> str:

@@ -256,3 +256,35 @@ def test_merge_combines_runs_of_separate_benchmarks(finished, tmp_path, capsys):
     assert "do not compare" in capsys.readouterr().err
     assert benchmark.main(["--merge", str(tmp_path / "missing"), "--out", str(tmp_path / "y")]) == 2
     assert "benchmark.json" in capsys.readouterr().err
+
+
+def test_jobs_run_at_once_in_order_with_the_same_losses(finished, tmp_path, monkeypatch):
+    src, data = finished
+    for k in benchmark.THREAD_VARS:
+        monkeypatch.delenv(k, raising=False)
+    out = tmp_path / "jobs"
+    assert benchmark.main(bench_argv(data, out, "--jobs", "2")) == 0
+    report, alone = load(out), {(r["config"], r["seed"]): r for r in load(src)["runs"]}
+    runs = report["runs"]
+    assert report["complete"] and report["settings"]["jobs"] == 2
+    assert [(r["config"], r["seed"]) for r in runs] == [(c, s) for s in SEEDS for c in CONFIGS]
+    # two at a time: each run after the first two started before an earlier one had finished
+    overlapped = [r["started_at"] < max(q["finished_at"] for q in runs[:i]) for i, r in enumerate(runs) if i]
+    assert all(overlapped)
+    want = str(max(1, (benchmark.os.cpu_count() or 1) // 2))
+    for r in runs:
+        assert r["thread_env"] == {k: want for k in benchmark.THREAD_VARS}
+        for m in ("best_vloss", "val_loss_full"):  # the same training as one at a time, up to thread-count rounding
+            assert r[m] == pytest.approx(alone[(r["config"], r["seed"])][m], rel=1e-4)
+    assert "2 at a time" in (out / "benchmark.md").read_text()
+    assert benchmark.main(bench_argv(data, tmp_path / "bad", "--jobs", "0")) == 2
+
+
+def test_make_ablations_names_valid_configurations():
+    """`make ablations` (the README's table in one command) lists configurations the benchmark accepts."""
+    text = (REPO / "Makefile").read_text().replace("\\\n", " ")
+    specs = next(line for line in text.splitlines() if line.startswith("ABLATIONS :=")).split(":=", 1)[1].split()
+    assert specs[:2] == ["canonical", "baseline"] and len(set(specs)) == len(specs)
+    for spec in specs[2:]:
+        config = benchmark.parse_config(spec, train_mps.Recipe)
+        assert config.overrides and all(getattr(train_mps.Recipe(), k) != v for k, v in config.overrides.items())
