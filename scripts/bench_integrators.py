@@ -1,9 +1,11 @@
-"""Side-by-side train-step time of integrators: train_mps.train_step under each (solver, splitting, steps).
+"""Side-by-side train-step time of integrators and recipe switches: train_mps.train_step under each.
 
 Issue #3's budget for the canonical integrator is 1.15x the baseline's wall time per iteration (the
 seeds' starting point: plain Euler block, GPT-2's full softmax, `BASELINE_RECIPE` of benchmark.py).
 Each configuration is train_mps's model and optimizer (Recipe defaults, only the integrator changed;
-`baseline` is BASELINE_RECIPE), built from the same seed on the same batches of the training split.
+`baseline` is BASELINE_RECIPE; `canonical:FIELD=VALUE,...` overrides any Recipe field, parsed as
+benchmark.py parses it, e.g. for the time column of the README's ablation table), built from the same
+seed on the same batches of the training split; a recipe with an EMA also times its update.
 After a warm-up, repeats interleave the configurations (A B C ... A B C ...), `--steps` steps each,
 so drifts in machine load hit them alike. Reports per configuration the median ms/step, NFE, and the
 median over repeats of the per-repeat ratio to the first configuration (the reference, default
@@ -13,6 +15,8 @@ Writes results/bench_integrators.json (atomic) and a PNG of the ratios drawn fro
 
     python scripts/bench_integrators.py                                   # default grid, 7 repeats x 20 steps
     python scripts/bench_integrators.py --configs euler/lie/1 heun/parallel/1 rk4/strang/2 --repeats 3
+    python scripts/bench_integrators.py --configs baseline canonical canonical:optimizer=muon canonical:ema_decay=0.999 \
+        --out results/bench_recipes.json                                  # the recipe switches' step times
     python scripts/bench_integrators.py --plot-only
 """
 
@@ -45,15 +49,27 @@ BUDGET = 1.15  # issue #3: the canonical integrator's time per iteration, relati
 
 
 def parse_config(text: str) -> dict:
-    """'baseline' or 'solver/splitting/steps' -> the Recipe fields it sets; names are validated by
-    model.GPTConfig."""
-    if text == "baseline":
-        from benchmark import BASELINE_RECIPE  # the one definition of the seeds' starting point
+    """'baseline', 'canonical', 'canonical:field=value,...' or 'solver/splitting/steps' -> the Recipe
+    fields it sets; names are validated by model.GPTConfig and benchmark.parse_overrides."""
+    import benchmark  # the one definition of the seeds' starting point and of the override syntax
 
-        return dict(BASELINE_RECIPE)
+    if text == "baseline":
+        return dict(benchmark.BASELINE_RECIPE)
+    if text == "canonical":
+        return {}
+    if text.startswith("canonical:"):
+        import train_mps
+
+        try:
+            return benchmark.parse_overrides(text.split(":", 1)[1], train_mps.Recipe)
+        except benchmark.BenchmarkError as e:
+            raise SystemExit(f"error: config {text!r}: {e}") from None
     parts = text.split("/")
     if len(parts) != 3 or not parts[2].isdigit():
-        raise SystemExit(f"error: config {text!r} is not `baseline` or SOLVER/SPLITTING/STEPS, e.g. heun/parallel/1")
+        raise SystemExit(
+            f"error: config {text!r} is not `baseline`, `canonical[:FIELD=VALUE,...]` or SOLVER/SPLITTING/STEPS, "
+            "e.g. heun/parallel/1"
+        )
     return dict(solver=parts[0], splitting=parts[1], steps_per_layer=int(parts[2]))
 
 
@@ -94,7 +110,10 @@ def plot(result: dict, png: Path) -> None:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--configs", nargs="+", default=DEFAULT_CONFIGS, help="baseline or SOLVER/SPLITTING/STEPS; first = reference"
+        "--configs",
+        nargs="+",
+        default=DEFAULT_CONFIGS,
+        help="baseline, canonical[:FIELD=VALUE,...] or SOLVER/SPLITTING/STEPS; first = reference",
     )
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--steps", type=int, default=20, help="train steps per configuration per repeat")
@@ -141,9 +160,9 @@ def main(argv=None):
         torch.manual_seed(r.seed)
         model = tm.make_model(r, tokens).to(device)
         opts = tm.make_optimizers(model, r, device)
-        runs.append(
-            dict(name=name, recipe=r, model=model, opts=opts, params=[q for q in model.parameters()], it=0, ms=[])
-        )
+        params = [q for q in model.parameters()]
+        ema = [q.detach().clone() for q in params if q.requires_grad] if r.ema_decay > 0 else None
+        runs.append(dict(name=name, recipe=r, model=model, opts=opts, params=params, ema=ema, it=0, ms=[]))
 
     def steps(run, n):
         t0 = time.perf_counter()
@@ -151,6 +170,8 @@ def main(argv=None):
         for _ in range(n):
             xb, yb = batches[run["it"] % len(batches)]
             loss = tm.train_step(run["model"], run["opts"], run["params"], xb, yb, run["recipe"])
+            if run["ema"] is not None:
+                tm.ema_update(run["ema"], [q for q in run["params"] if q.requires_grad], run["recipe"].ema_decay)
             run["it"] += 1
         if loss is not None:
             loss.item()  # the step's result on the host

@@ -47,3 +47,17 @@ def test_bad_config_names_the_format(bad):
 def test_plot_only_without_json_says_what_to_run(tmp_path):
     with pytest.raises(SystemExit, match="run scripts/bench_integrators.py first"):
         bench_integrators.main(["--plot-only", "--out", str(tmp_path / "none.json")])
+
+
+def test_recipe_switches_parse_as_the_benchmark_parses_them(tmp_path):
+    assert bench_integrators.parse_config("canonical") == {}
+    assert bench_integrators.parse_config("canonical:optimizer=muon,ema_decay=0.999") == dict(
+        optimizer="muon", ema_decay=0.999
+    )
+    with pytest.raises(SystemExit, match="unknown Recipe field 'nope'"):
+        bench_integrators.parse_config("canonical:nope=1")
+    out = tmp_path / "bench.json"
+    argv = ["--configs", "canonical", "canonical:ema_decay=0.5,optimizer=muon", "--repeats", "1", "--steps", "2"]
+    canon, switched = bench_integrators.main(argv + ["--warmup", "0", "--out", str(out)])["configs"]
+    assert canon["recipe"]["ema_decay"] == 0 and canon["recipe"]["optimizer"] == "adamw"
+    assert switched["recipe"]["ema_decay"] == 0.5 and switched["recipe"]["optimizer"] == "muon"
