@@ -35,6 +35,8 @@ Outputs under --out (default results/benchmark/<timestamp>), each written atomic
     python scripts/benchmark.py --out results/benchmark/X --plot-only # redraw benchmark.md/.png from the JSON
     python scripts/benchmark.py --merge results/benchmark/A@baseline results/benchmark/B --configs baseline canonical \
         --out results/benchmark/AB      # one report from runs made in several benchmarks (e.g. side by side)
+    python scripts/benchmark.py --merge results/benchmark/A --relabel canonical:ema_decay=0.999 canonical \
+        --out results/benchmark/A2      # runs made before that became the default, reported under today's name
 
 Exit status: 0 all runs finished, 1 some run failed (recorded; the others go on), 2 a usage or input error
 (nothing ran).
@@ -598,6 +600,10 @@ def render_markdown(report: dict) -> str:
         lines += ["", "Merged from (runs made in separate benchmarks):", ""]
         lines += [f"- `{md_cell(m['dir'])}`: {', '.join(m['runs']) or 'none'}" for m in report["merged_from"]]
         lines += [f"- WARNING: {w}" for w in report.get("merge_warnings", [])]
+        lines += [
+            f"- runs recorded as `{md_cell(k)}` reported as `{md_cell(v)}`"
+            for k, v in report.get("relabeled", {}).items()
+        ]
     env = report["environment"]
     lines += ["", "## Environment", ""]
     lines += [f"- {k}: `{md_cell(env[k])}`" for k in env if k != "data"]
@@ -605,6 +611,7 @@ def render_markdown(report: dict) -> str:
     for d in s.get("config_details", []):
         lines.append(
             f"- `{md_cell(d['label'])}`: {d['kind']} from `{md_cell(d['origin'])}`, overrides `{d['overrides']}`"
+            + (f" (recorded as `{md_cell(d['recorded_label'])}`)" if "recorded_label" in d else "")
         )
     return "\n".join(lines) + "\n"
 
@@ -710,6 +717,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "DIR@LABEL@LABEL takes only those configurations from DIR; --configs picks (and orders) the "
         "configurations of the report (default: all), --baseline the reference",
     )
+    p.add_argument(
+        "--relabel",
+        nargs=2,
+        action="append",
+        metavar=("RECORDED", "NEW"),
+        help="with --merge: report the runs recorded as RECORDED under NEW (repeatable; applied at once, so two "
+        "can swap), e.g. runs of canonical:ema_decay=0.999 made before that became the default; each run keeps "
+        "its recorded label and full recipe",
+    )
     return p.parse_args(argv)
 
 
@@ -729,7 +745,10 @@ def merge(a: argparse.Namespace, argv: list[str]) -> int:
     if a.out is None:
         raise BenchmarkError("--merge needs --out (the folder of the merged report)")
     if a.resume or a.seeds or a.max_iters is not None:
-        raise BenchmarkError("--merge takes only --configs, --baseline and --out")
+        raise BenchmarkError("--merge takes only --configs, --baseline, --relabel and --out")
+    relabel = dict(a.relabel or [])
+    if len(relabel) != len(a.relabel or []):
+        raise BenchmarkError(f"--relabel names a recorded label twice: {a.relabel}")
     reports, picks = [], {}
     for spec in a.merge:
         d, *only = str(spec).split("@")  # DIR@LABEL@LABEL: only those configurations of that folder
@@ -746,11 +765,15 @@ def merge(a: argparse.Namespace, argv: list[str]) -> int:
     runs, origin, details, labels = {}, {}, {}, []
     for d, report in reports:
         for detail in report["settings"].get("config_details", []):
+            if detail["label"] in relabel:
+                detail = {**detail, "label": relabel[detail["label"]], "recorded_label": detail["label"]}
             details.setdefault(detail["label"], []).append((d, detail))
         for r in report["runs"]:
-            if r.get("status") != "ok" or (a.configs and r["config"] not in a.configs):
+            if r.get("status") != "ok" or (picks[d] and r["config"] not in picks[d]):
                 continue
-            if picks[d] and r["config"] not in picks[d]:
+            if r["config"] in relabel:
+                r = {**r, "config": relabel[r["config"]], "recorded_config": r["config"]}
+            if a.configs and r["config"] not in a.configs:
                 continue
             key = (r["config"], r["seed"])
             if key in runs:
@@ -789,6 +812,7 @@ def merge(a: argparse.Namespace, argv: list[str]) -> int:
             {"dir": str(d), "runs": [f"{c} seed {sd}" for (c, sd), o in origin.items() if o == d]} for d, _ in reports
         ],
         "merge_warnings": warnings,
+        "relabeled": relabel,
         "order": [{"index": i, "config": c, "seed": seed} for i, (c, seed) in enumerate(order)],
         "runs": [runs[k] for k in order],
         "complete": True,
@@ -815,6 +839,8 @@ def main(argv: list[str] | None = None) -> int:
             return plot_only(a.out)
         if a.merge:
             return merge(a, argv)
+        if a.relabel:
+            raise BenchmarkError("--relabel only renames runs in a --merge report")
         return benchmark(a, argv)
     except BenchmarkError as e:
         print(f"[benchmark] error: {e}", file=sys.stderr, flush=True)

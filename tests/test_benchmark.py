@@ -288,3 +288,40 @@ def test_make_ablations_names_valid_configurations():
     for spec in specs[2:]:
         config = benchmark.parse_config(spec, train_mps.Recipe)
         assert config.overrides and all(getattr(train_mps.Recipe(), k) != v for k, v in config.overrides.items())
+
+
+def test_merge_relabels_runs_made_under_an_older_default(finished, tmp_path, capsys):
+    src, _ = finished
+    by_key = {(r["config"], r["seed"]): r for r in load(src)["runs"]}
+    out = tmp_path / "swapped"
+    swap = ["--relabel", "baseline", "canonical", "--relabel", "canonical", "baseline"]
+    assert benchmark.main(["--merge", str(src), *swap, "--configs", "canonical", "baseline", "--out", str(out)]) == 0
+    merged = load(out)
+    assert merged["settings"]["configs"] == ["canonical", "baseline"] and merged["settings"]["baseline"] == "canonical"
+    for r in merged["runs"]:  # the same runs, reported under the other name, their recorded label kept
+        other = {"canonical": "baseline", "baseline": "canonical"}[r["config"]]
+        assert r["recorded_config"] == other and r["best_vloss"] == by_key[(other, r["seed"])]["best_vloss"]
+    paired = merged["summary"]["configs"]["baseline"]["paired_vs_baseline"]["val_loss_full"]["diffs"]
+    want = [by_key[("canonical", s)]["val_loss_full"] - by_key[("baseline", s)]["val_loss_full"] for s in SEEDS]
+    assert paired == pytest.approx(want)
+    assert "reported as `canonical`" in (out / "benchmark.md").read_text()
+    assert (
+        benchmark.main(
+            [
+                "--merge",
+                str(src),
+                "--relabel",
+                "baseline",
+                "x",
+                "--relabel",
+                "baseline",
+                "y",
+                "--out",
+                str(tmp_path / "z"),
+            ]
+        )
+        == 2
+    )
+    assert "twice" in capsys.readouterr().err
+    assert benchmark.main(bench_argv(src.parent / "data", tmp_path / "r", "--relabel", "a", "b")) == 2
+    assert "--merge" in capsys.readouterr().err
