@@ -82,7 +82,9 @@ class Recipe:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 disables
-    ema_decay: float = 0.0  # > 0: evaluate an exponential moving average of the weights
+    # > 0: evaluate (and end with) an exponential moving average of the weights; 0 disables. 0.999 (a
+    # ~1000-step horizon) lowered the whole-split val loss on each of 3 seeds (README, ablation table).
+    ema_decay: float = 0.999
     # model selection: > 0 keeps the weights whose mean val loss over the last `select_window` evaluations is
     # lowest and ends train() with them (early stopping); 0 ends with the last weights. Costs a copy per new best.
     select_window: int = 0
