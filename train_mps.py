@@ -297,6 +297,15 @@ def train_step(model: GPT, optimizers, params, xb, yb, r: Recipe):
     return loss
 
 
+def make_ema(model: GPT) -> tuple[GPT, list]:
+    """A frozen copy of `model` (buffers included) and its trainable parameters, for ema_update."""
+    ema = copy.deepcopy(model)
+    ema_params = [p for p in ema.parameters() if p.requires_grad]
+    for p in ema_params:
+        p.requires_grad_(False)
+    return ema, ema_params
+
+
 @torch.no_grad()
 def ema_update(ema_params, params, decay: float) -> None:
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
@@ -356,12 +365,7 @@ def train(recipe: Recipe = None):
     optimizers = make_optimizers(model, r, dev)
     base_lrs = [[g["lr"] for g in opt.param_groups] for opt in optimizers]
     params = [p for p in model.parameters() if p.requires_grad]
-    ema = None
-    if r.ema_decay > 0:
-        ema = copy.deepcopy(model)
-        ema_params = [p for p in ema.parameters() if p.requires_grad]
-        for p in ema_params:
-            p.requires_grad_(False)
+    ema, ema_params = make_ema(model) if r.ema_decay > 0 else (None, None)
     eval_model = ema if ema is not None else model
 
     print(

@@ -160,8 +160,8 @@ def main(argv=None):
         torch.manual_seed(r.seed)
         model = tm.make_model(r, tokens).to(device)
         opts = tm.make_optimizers(model, r, device)
-        params = [q for q in model.parameters()]
-        ema = [q.detach().clone() for q in params if q.requires_grad] if r.ema_decay > 0 else None
+        params = [q for q in model.parameters() if q.requires_grad]  # as train() passes them
+        ema = tm.make_ema(model)[1] if r.ema_decay > 0 else None  # the averaged parameters
         runs.append(dict(name=name, recipe=r, model=model, opts=opts, params=params, ema=ema, it=0, ms=[]))
 
     def steps(run, n):
@@ -171,7 +171,7 @@ def main(argv=None):
             xb, yb = batches[run["it"] % len(batches)]
             loss = tm.train_step(run["model"], run["opts"], run["params"], xb, yb, run["recipe"])
             if run["ema"] is not None:
-                tm.ema_update(run["ema"], [q for q in run["params"] if q.requires_grad], run["recipe"].ema_decay)
+                tm.ema_update(run["ema"], run["params"], run["recipe"].ema_decay)
             run["it"] += 1
         if loss is not None:
             loss.item()  # the step's result on the host

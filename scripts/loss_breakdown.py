@@ -84,10 +84,9 @@ def run(args) -> dict:
         chunk = windows[start : start + args.chunk]
         x, y = chunk[:, :-1], chunk[:, 1:]
         lp = log_probs(model, x)  # (n, T, V)
-        pick = y.unsqueeze(-1)
-        nll_all.append(-lp.gather(-1, pick).squeeze(-1))  # (n, T)
+        lp_y = lp.gather(-1, y.unsqueeze(-1)).squeeze(-1)  # (n, T): the losses need only the target's terms
+        nll_all.append(-lp_y)
         seen_all.append((x.unsqueeze(1) == y.unsqueeze(2)).tril().any(-1))  # y_t among x_0..x_t
-        lp_y = lp.gather(-1, pick).squeeze(-1)  # (n, T): a mixture's loss needs only the target's terms
         for T_ in TEMPERATURES:
             calib[("temperature", T_)] -= (lp_y / T_ - torch.logsumexp(lp / T_, -1)).sum().item()
         for kind, prior in (("uniform", log_uniform), ("unigram", log_unigram)):
