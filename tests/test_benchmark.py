@@ -280,12 +280,16 @@ def test_jobs_run_at_once_in_order_with_the_same_losses(finished, tmp_path, monk
     assert benchmark.main(bench_argv(data, tmp_path / "bad", "--jobs", "0")) == 2
 
 
-def test_make_ablations_names_valid_configurations():
-    """`make ablations` (the README's table in one command) lists configurations the benchmark accepts."""
+@pytest.mark.parametrize("variable, head", [("ABLATIONS", ["canonical", "baseline"]), ("LR_SWEEP", [])])
+def test_make_targets_name_valid_configurations(variable, head):
+    """`make ablations` and `make lr-sweep` (the README's tables in one command each) list configurations the
+    benchmark accepts, each a real change of the recipe, and all on the same reference."""
     text = (REPO / "Makefile").read_text().replace("\\\n", " ")
-    specs = next(line for line in text.splitlines() if line.startswith("ABLATIONS :=")).split(":=", 1)[1].split()
-    assert specs[:2] == ["canonical", "baseline"] and len(set(specs)) == len(specs)
-    for spec in specs[2:]:
+    specs = next(line for line in text.splitlines() if line.startswith(f"{variable} :=")).split(":=", 1)[1].split()
+    assert specs[: len(head)] == head and len(set(specs)) == len(specs)
+    reference = "canonical:ema_decay=0.0"
+    assert reference in specs and f"--baseline {reference}" in text.split(f"$({variable})")[1].splitlines()[0]
+    for spec in specs[len(head) :]:
         config = benchmark.parse_config(spec, train_mps.Recipe)
         assert config.overrides and all(getattr(train_mps.Recipe(), k) != v for k, v in config.overrides.items())
 
