@@ -37,6 +37,8 @@ Outputs under --out (default results/benchmark/<timestamp>), each written atomic
         --out results/benchmark/AB      # one report from runs made in several benchmarks (e.g. side by side)
     python scripts/benchmark.py --merge results/benchmark/A --relabel canonical:ema_decay=0.999 canonical \
         --out results/benchmark/A2      # runs made before that became the default, reported under today's name
+    python scripts/benchmark.py --merge results/benchmark/A results/benchmark/screen --seeds 0 \
+        --out results/benchmark/S       # a one-seed screen beside seed 0 of a three-seed benchmark
 
 Exit status: 0 all runs finished, 1 some run failed (recorded; the others go on), 2 a usage or input error
 (nothing ran).
@@ -694,7 +696,7 @@ def write_reports(report: dict, out: Path, png: bool = True) -> None:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", nargs="+", help="baseline, canonical, canonical:FIELD=VALUE,..., or folders")
-    p.add_argument("--seeds", nargs="+", type=int, help="seeds (default 0 1 2)")
+    p.add_argument("--seeds", nargs="+", type=int, help="seeds (default 0 1 2); with --merge: only these seeds' runs")
     p.add_argument("--baseline", help="configuration the paired differences are against (default: the first)")
     p.add_argument("--max-iters", type=int, help="TRAIN_MPS_MAX_ITERS: shortened smoke runs, reported loudly")
     p.add_argument("--data-dir", type=Path, help=f"folder with train.bin / val.bin (default {DEFAULT_DATA_DIR})")
@@ -744,8 +746,8 @@ def merge(a: argparse.Namespace, argv: list[str]) -> int:
     sha256, environment); a configuration whose sources differ between folders is reported."""
     if a.out is None:
         raise BenchmarkError("--merge needs --out (the folder of the merged report)")
-    if a.resume or a.seeds or a.max_iters is not None:
-        raise BenchmarkError("--merge takes only --configs, --baseline, --relabel and --out")
+    if a.resume or a.max_iters is not None:
+        raise BenchmarkError("--merge takes only --configs, --seeds, --baseline, --relabel and --out")
     relabel = dict(a.relabel or [])
     if len(relabel) != len(a.relabel or []):
         raise BenchmarkError(f"--relabel names a recorded label twice: {a.relabel}")
@@ -773,7 +775,7 @@ def merge(a: argparse.Namespace, argv: list[str]) -> int:
                 continue
             if r["config"] in relabel:
                 r = {**r, "config": relabel[r["config"]], "recorded_config": r["config"]}
-            if a.configs and r["config"] not in a.configs:
+            if (a.configs and r["config"] not in a.configs) or (a.seeds and r["seed"] not in a.seeds):
                 continue
             key = (r["config"], r["seed"])
             if key in runs:

@@ -238,6 +238,10 @@ def test_merge_combines_runs_of_separate_benchmarks(finished, tmp_path, capsys):
     only = tmp_path / "only"
     assert benchmark.main(["--merge", *map(str, parts), "--configs", "canonical", "--out", str(only)]) == 0
     assert load(only)["settings"]["configs"] == ["canonical"]
+    screen = tmp_path / "screen"  # --seeds: a one-seed screen beside one seed of a longer benchmark
+    assert benchmark.main(["--merge", str(src), "--seeds", "1", "--out", str(screen)]) == 0
+    assert [(r["config"], r["seed"]) for r in load(screen)["runs"]] == [(c, 1) for c in CONFIGS]
+    assert load(screen)["settings"]["seeds"] == [1]
 
     assert benchmark.main(["--merge", str(src), str(parts[0]), "--out", str(tmp_path / "dup")]) == 2
     assert "is in both" in capsys.readouterr().err
