@@ -289,9 +289,11 @@ def test_make_targets_name_valid_configurations(variable, head):
     """`make ablations` and `make lr-sweep` (the README's tables in one command each) list configurations the
     benchmark accepts, each a real change of the recipe, and all on the same reference."""
     text = (REPO / "Makefile").read_text().replace("\\\n", " ")
+    reference = "canonical:ema_decay=0.0"
+    assert f"REFERENCE := {reference}\n" in text
+    text = text.replace("$(REFERENCE)", reference)
     specs = next(line for line in text.splitlines() if line.startswith(f"{variable} :=")).split(":=", 1)[1].split()
     assert specs[: len(head)] == head and len(set(specs)) == len(specs)
-    reference = "canonical:ema_decay=0.0"
     assert reference in specs and f"--baseline {reference}" in text.split(f"$({variable})")[1].splitlines()[0]
     for spec in specs[len(head) :]:
         config = benchmark.parse_config(spec, train_mps.Recipe)
