@@ -603,7 +603,7 @@ def render_markdown(report: dict) -> str:
         lines += [f"- `{md_cell(m['dir'])}`: {', '.join(m['runs']) or 'none'}" for m in report["merged_from"]]
         lines += [f"- WARNING: {w}" for w in report.get("merge_warnings", [])]
         lines += [
-            f"- runs recorded as `{md_cell(k)}` reported as `{md_cell(v)}`"
+            f"- runs labelled `{md_cell(k)}` in those folders reported as `{md_cell(v)}` (each run keeps its `recorded_config`)"
             for k, v in report.get("relabeled", {}).items()
         ]
     env = report["environment"]
@@ -768,13 +768,18 @@ def merge(a: argparse.Namespace, argv: list[str]) -> int:
     for d, report in reports:
         for detail in report["settings"].get("config_details", []):
             if detail["label"] in relabel:
-                detail = {**detail, "label": relabel[detail["label"]], "recorded_label": detail["label"]}
+                # a report merged twice keeps the label its runs were first recorded under
+                detail = {
+                    **detail,
+                    "label": relabel[detail["label"]],
+                    "recorded_label": detail.get("recorded_label", detail["label"]),
+                }
             details.setdefault(detail["label"], []).append((d, detail))
         for r in report["runs"]:
             if r.get("status") != "ok" or (picks[d] and r["config"] not in picks[d]):
                 continue
             if r["config"] in relabel:
-                r = {**r, "config": relabel[r["config"]], "recorded_config": r["config"]}
+                r = {**r, "config": relabel[r["config"]], "recorded_config": r.get("recorded_config", r["config"])}
             if (a.configs and r["config"] not in a.configs) or (a.seeds and r["seed"] not in a.seeds):
                 continue
             key = (r["config"], r["seed"])

@@ -315,6 +315,12 @@ def test_merge_relabels_runs_made_under_an_older_default(finished, tmp_path, cap
     want = [by_key[("canonical", s)]["val_loss_full"] - by_key[("baseline", s)]["val_loss_full"] for s in SEEDS]
     assert paired == pytest.approx(want)
     assert "reported as `canonical`" in (out / "benchmark.md").read_text()
+    again = tmp_path / "again"  # relabelling a merged report keeps the label each run was recorded under
+    assert benchmark.main(["--merge", str(out), "--relabel", "canonical", "c2", "--out", str(again)]) == 0
+    relabelled = {(r["config"], r["seed"]): r["recorded_config"] for r in load(again)["runs"]}
+    assert relabelled == {**{("c2", s): "baseline" for s in SEEDS}, **{("baseline", s): "canonical" for s in SEEDS}}
+    details = {d["label"]: d.get("recorded_label") for d in load(again)["settings"]["config_details"]}
+    assert details == {"c2": "baseline", "baseline": "canonical"}
     assert (
         benchmark.main(
             [
