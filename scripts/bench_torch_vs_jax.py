@@ -1,7 +1,7 @@
 """Side-by-side train-step time: torch eager (train_mps.train_step) vs the jit-compiled JAX step.
 
 The canonical configuration: train_mps's fixed block (batch 8, block 64, 4 layers, 4 heads, 32 embd)
-and Recipe defaults (vocab 50304, no bias, euler / lie / 1 step, AdamW with the cosine schedule,
+and Recipe defaults (vocab 50304, no bias, euler / lie / 1 step, AdamW with the Recipe's schedule,
 clipping at 1.0, the shortlist softmax over the tokens of train.bin: train_mps.make_model). Both
 sides start from the same weights (torch's init, params_from_torch) and take the same batches, drawn
 from the training split (TRAIN_MPS_DATA_DIR, else data/shakespeare; scripts/prepare_shakespeare.py). After a warm-up (JAX: compilation), repeats alternate: `--steps` torch

@@ -267,6 +267,17 @@ def parse_config(spec: str, recipe_cls) -> Config:
     return Config(spec, "folder", str(folder.resolve()), f"folder-{slug(spec)}", None)
 
 
+def recipe_drift(label: str, recorded: dict, recipe_cls) -> dict:
+    """Where a built-in label no longer means the Recipe its run recorded (metrics' `recipe`), e.g. after a
+    default changed: {field: (today's value, recorded value)}. Fields the run predates are skipped; {} for
+    candidate folders and names that are not built-ins (nothing to compare)."""
+    if label != "baseline" and label != "canonical" and not label.startswith("canonical:"):
+        return {}
+    overrides = parse_config(label, recipe_cls).overrides or {}
+    today = dataclasses.asdict(recipe_cls(**{**overrides, "seed": recorded.get("seed", 0)}))
+    return {k: (today[k], v) for k, v in recorded.items() if k in today and today[k] != v}
+
+
 def check_train_mps(source: str, filename: str) -> list[str]:
     """scripts/check_constraints.py on one train_mps.py: the violations as `path:line: RULE: message`."""
     checker = load_module("_benchmark_check_constraints", SCRIPTS / "check_constraints.py")
@@ -798,6 +809,16 @@ def merge(a: argparse.Namespace, argv: list[str]) -> int:
     used = {(c, d) for (c, _), d in origin.items()}  # a folder's details count only where its runs are taken
     details = {label: [(d, det) for d, det in dets if (label, d) in used] for label, dets in details.items()}
     warnings = []
+    recipe_cls = canonical_train_mps().Recipe
+    for (label, seed), r in runs.items():
+        drift = recipe_drift(label, r.get("metrics", {}).get("recipe", {}), recipe_cls)
+        if drift:
+            was = r.get("recorded_config", label)
+            warnings.append(
+                f"`{label}` seed {seed} ran with {', '.join(f'{k}={v[1]!r}' for k, v in drift.items())}, but that label "
+                f"now means {', '.join(f'{k}={v[0]!r}' for k, v in drift.items())} (a default changed since, or a "
+                f"--relabel is wrong; recorded as `{was}`): report it under a label that reproduces it (--relabel)"
+            )
     for label in labels:
         shas = {json.dumps(det.get("sources_sha256"), sort_keys=True) for _, det in details.get(label, [])}
         if len(shas) > 1:

@@ -284,20 +284,46 @@ def test_jobs_run_at_once_in_order_with_the_same_losses(finished, tmp_path, monk
     assert benchmark.main(bench_argv(data, tmp_path / "bad", "--jobs", "0")) == 2
 
 
-@pytest.mark.parametrize("variable, head", [("ABLATIONS", ["canonical", "baseline"]), ("LR_SWEEP", [])])
-def test_make_targets_name_valid_configurations(variable, head):
-    """`make ablations` and `make lr-sweep` (the README's tables in one command each) list configurations the
-    benchmark accepts, each a real change of the recipe, and all on the same reference."""
+@pytest.mark.parametrize(
+    "variable, head, reference",
+    [
+        ("ABLATIONS", ["canonical", "baseline"], "$(REFERENCE)"),
+        ("LR_SWEEP", [], "$(REFERENCE)"),
+        ("CANDIDATES", ["canonical"], "canonical"),
+    ],
+)
+def test_make_targets_name_valid_configurations(variable, head, reference):
+    """`make ablations`, `make lr-sweep` and `make candidates` (the README's tables in one command each) list
+    configurations the benchmark accepts, each a real change of the recipe, and each list on its reference."""
     text = (REPO / "Makefile").read_text().replace("\\\n", " ")
-    reference = "canonical:ema_decay=0.0"
-    assert f"REFERENCE := {reference}\n" in text
-    text = text.replace("$(REFERENCE)", reference)
+    assert "REFERENCE := canonical:ema_decay=0.0,schedule=cosine\n" in text
+    text = text.replace("$(REFERENCE)", "canonical:ema_decay=0.0,schedule=cosine")
+    reference = reference.replace("$(REFERENCE)", "canonical:ema_decay=0.0,schedule=cosine")
     specs = next(line for line in text.splitlines() if line.startswith(f"{variable} :=")).split(":=", 1)[1].split()
     assert specs[: len(head)] == head and len(set(specs)) == len(specs)
-    assert reference in specs and f"--baseline {reference}" in text.split(f"$({variable})")[1].splitlines()[0]
-    for spec in specs[len(head) :]:
+    assert reference in specs and f"--baseline {reference} " in text.split(f"$({variable})")[1].splitlines()[0]
+    for spec in (s for s in specs[len(head) :] if s != "baseline"):
         config = benchmark.parse_config(spec, train_mps.Recipe)
         assert config.overrides and all(getattr(train_mps.Recipe(), k) != v for k, v in config.overrides.items())
+
+
+@pytest.mark.parametrize("report", ["ablations", "candidates", "lr_sweep", "canonical_vs_baseline"])
+def test_readme_reports_label_each_run_by_the_recipe_it_ran(report):
+    """The README's tables (results/benchmark/<report>) name each run by a configuration that, with today's
+    Recipe defaults, reproduces the recipe it recorded: a default changed without relabelling fails here."""
+    runs = json.loads((REPO / "results" / "benchmark" / report / "benchmark.json").read_text())["runs"]
+    assert runs
+    drift = {
+        (r["config"], r["seed"]): d
+        for r in runs
+        if (d := benchmark.recipe_drift(r["config"], r["metrics"]["recipe"], train_mps.Recipe))
+    }
+    assert drift == {}
+    # and the check can fail: under the previous default the adopted canonical is another recipe
+    canonical = next(r for r in runs if r["config"] in ("canonical", "canonical:ema_decay=0.0,schedule=cosine"))
+    assert benchmark.recipe_drift(
+        canonical["config"], {**canonical["metrics"]["recipe"], "schedule": "x"}, train_mps.Recipe
+    )
 
 
 def test_merge_relabels_runs_made_under_an_older_default(finished, tmp_path, capsys):
@@ -315,6 +341,9 @@ def test_merge_relabels_runs_made_under_an_older_default(finished, tmp_path, cap
     want = [by_key[("canonical", s)]["val_loss_full"] - by_key[("baseline", s)]["val_loss_full"] for s in SEEDS]
     assert paired == pytest.approx(want)
     assert "reported as `canonical`" in (out / "benchmark.md").read_text()
+    # the swapped labels no longer mean the recipes their runs recorded: every run is flagged
+    assert sum("now means" in w for w in merged["merge_warnings"]) == 2 * len(SEEDS)
+    assert "now means" in capsys.readouterr().out
     again = tmp_path / "again"  # relabelling a merged report keeps the label each run was recorded under
     assert benchmark.main(["--merge", str(out), "--relabel", "canonical", "c2", "--out", str(again)]) == 0
     relabelled = {(r["config"], r["seed"]): r["recorded_config"] for r in load(again)["runs"]}

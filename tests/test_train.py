@@ -100,9 +100,9 @@ def test_metrics_and_checkpoint_reproduce_the_whole_split_loss(run_env, syntheti
     [
         dict(optimizer="muon", ema_decay=0.9),
         dict(solver="heun", splitting="parallel", kinetic_energy=0.01, jacobian_frobenius=0.01),
-        dict(schedule="wsd", zero_init_proj=True, grad_clip=0.0),
+        dict(schedule="cosine", zero_init_proj=True, grad_clip=0.0),
     ],
-    ids=["muon-ema", "heun-regularized", "wsd-zeroinit-noclip"],
+    ids=["muon-ema", "heun-regularized", "cosine-zeroinit-noclip"],
 )
 def test_recipe_switches_train(run_env, recipe):
     best, minutes = train_mps.train(replace(train_mps.Recipe(), **recipe))
@@ -110,7 +110,7 @@ def test_recipe_switches_train(run_env, recipe):
 
 
 def test_lr_schedules():
-    r = train_mps.Recipe(learning_rate=3e-3, min_lr=3e-4, warmup_iters=200)
+    r = train_mps.Recipe(learning_rate=3e-3, min_lr=3e-4, warmup_iters=200, schedule="cosine")
     total = 10001
     warm = [train_mps.lr_at(s, total, r) for s in range(200)]
     assert all(a < b for a, b in zip(warm, warm[1:])) and warm[-1] == 1.0
