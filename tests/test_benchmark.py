@@ -296,9 +296,9 @@ def test_make_targets_name_valid_configurations(variable, head, reference):
     """`make ablations`, `make lr-sweep` and `make candidates` (the README's tables in one command each) list
     configurations the benchmark accepts, each a real change of the recipe, and each list on its reference."""
     text = (REPO / "Makefile").read_text().replace("\\\n", " ")
-    assert "REFERENCE := canonical:ema_decay=0.0,schedule=cosine\n" in text
-    text = text.replace("$(REFERENCE)", "canonical:ema_decay=0.0,schedule=cosine")
-    reference = reference.replace("$(REFERENCE)", "canonical:ema_decay=0.0,schedule=cosine")
+    tables_reference = "canonical:ema_decay=0.0,schedule=cosine"  # where the switches were chosen
+    assert f"REFERENCE := {tables_reference}\n" in text
+    text, reference = (t.replace("$(REFERENCE)", tables_reference) for t in (text, reference))
     specs = next(line for line in text.splitlines() if line.startswith(f"{variable} :=")).split(":=", 1)[1].split()
     assert specs[: len(head)] == head and len(set(specs)) == len(specs)
     assert reference in specs and f"--baseline {reference} " in text.split(f"$({variable})")[1].splitlines()[0]
