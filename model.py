@@ -1,28 +1,29 @@
-"""
-odegpt model: a nanoGPT-compatible GPT whose residual stream is a continuous-depth ODE.
-
-Depth time t runs over [0, n_layer]; layer l owns [l, l+1) and two sub-fields
-
-    A_l(x) = Attn_l(LN1_l(x))     causal self-attention, pre-LayerNorm
-    M_l(x) = MLP_l(LN2_l(x))      4C hidden, exact GELU
-
-integrated by an explicit Runge-Kutta method (a Butcher tableau, one generic stepper) with
-`steps_per_layer` steps of size h = 1 / steps_per_layer, under a splitting of A and M:
-
-    lie       A by h, then M by h         first order overall, whatever the solver
-    strang    M by h/2, A by h, M by h/2  second order (Macaron-style)
-    parallel  F = A + M by h              the solver's full order
-
-solver='euler', steps_per_layer=1, splitting='lie' is exactly the standard pre-LN block
-x <- x + A(x); x <- x + M(x), bit for bit. The weights do not depend on the integrator: one
-state_dict runs under every solver, step count and splitting. Parameter names follow nanoGPT
-(transformer.wte, transformer.h.0.attn.c_attn, ..., lm_head), so a nanoGPT checkpoint of the same
-shape loads.
-
-Self-contained: stdlib + torch only, no side effects at import. Runs on MPS in float32.
-"""
-
 import inspect
+
+# odegpt model: a nanoGPT-compatible GPT whose residual stream is a continuous-depth ODE.
+#
+# Depth time t runs over [0, n_layer]; layer l owns [l, l+1) and two sub-fields
+#
+#     A_l(x) = Attn_l(LN1_l(x))     causal self-attention, pre-LayerNorm
+#     M_l(x) = MLP_l(LN2_l(x))      4C hidden, exact GELU
+#
+# integrated by an explicit Runge-Kutta method (a Butcher tableau, one generic stepper) with
+# `steps_per_layer` steps of size h = 1 / steps_per_layer, under a splitting of A and M:
+#
+#     lie       A by h, then M by h         first order overall, whatever the solver
+#     strang    M by h/2, A by h, M by h/2  second order (Macaron-style)
+#     parallel  F = A + M by h              the solver's full order
+#
+# solver='euler', steps_per_layer=1, splitting='lie' is exactly the standard pre-LN block
+# x <- x + A(x); x <- x + M(x), bit for bit. The weights do not depend on the integrator: one
+# state_dict runs under every solver, step count and splitting. Parameter names follow nanoGPT
+# (transformer.wte, transformer.h.0.attn.c_attn, ..., lm_head), so a nanoGPT checkpoint of the same
+# shape loads, and nanoGPT's API holds: forward(idx, targets) -> (logits (b, t, vocab_size), loss),
+# Block(x), crop_block_size, configure_optimizers, estimate_mfu, generate.
+#
+# Self-contained: stdlib + torch only, no side effects at import. Runs on MPS in float32, on
+# Python >= 3.9 and torch >= 2.3. The file starts with an import and holds no Markdown code fence,
+# so an agent harness that cuts it out of an LLM reply accepts it as it is.
 import math
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -265,6 +266,7 @@ class Block(nn.Module):
 
     def __init__(self, config):
         super().__init__()
+        self.config = config  # its integrator (solver, steps_per_layer, splitting); GPT.set_integrator updates it
         self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
@@ -279,11 +281,13 @@ class Block(nn.Module):
     def both_field(self, x):
         return self.attn_field(x) + self.mlp_field(x)  # F = A + M, (B, T, C)
 
-    def forward(self, x, tableau, steps_per_layer, scheme, stats=None):
-        """Integrate this layer's field over its unit interval."""
-        h = 1.0 / steps_per_layer
+    def forward(self, x, stats=None):
+        """Integrate this layer's field over its unit interval, x: (B, T, C) -> (B, T, C). Under the
+        default integrator (euler/lie/1) this is nanoGPT's x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))."""
+        c = self.config
+        tableau, scheme, h = get_tableau(c.solver), SPLITTING_SCHEMES[c.splitting], 1.0 / c.steps_per_layer
         fields = {"attn": self.attn_field, "mlp": self.mlp_field, "both": self.both_field}
-        for _ in range(steps_per_layer):
+        for _ in range(c.steps_per_layer):
             for field_name, fraction in scheme:
                 x = rk_step(fields[field_name], x, h * fraction, tableau, stats)
         return x
@@ -353,6 +357,8 @@ class GPT(nn.Module):
         chosen = {"solver": solver, "steps_per_layer": steps_per_layer, "splitting": splitting}
         new = GPTConfig(**{**c.__dict__, **{k: v for k, v in chosen.items() if v is not None}})
         self.config = new
+        for block in self.transformer.h:
+            block.config = new
         return self
 
     def nfe(self) -> dict:
@@ -393,13 +399,10 @@ class GPT(nn.Module):
         """Flow the residual stream through depth. x: (B, T, C) -> (B, T, C).
 
         `trajectory`, if a list, receives x at every layer boundary (diagnostics only)."""
-        c = self.config
-        tableau = get_tableau(c.solver)
-        scheme = SPLITTING_SCHEMES[c.splitting]
         if trajectory is not None:
             trajectory.append(x)
         for block in self.transformer.h:
-            x = block(x, tableau, c.steps_per_layer, scheme, stats)
+            x = block(x, stats)
             if trajectory is not None:
                 trajectory.append(x)
         return x
@@ -422,37 +425,56 @@ class GPT(nn.Module):
         return logits, loss
 
     def head(self, x, targets=None):
-        """Final states x (b, t, C) -> (logits, loss), as forward: targets None -> logits of the last
-        position (b, 1, vocab) and loss None; else the mean cross-entropy over targets != -1 and the
-        logits (b, t, vocab), or None under a shortlist (see shortlist_head)."""
+        """Final states x (b, t, C) -> (logits, loss), nanoGPT's output layer: with targets, the logits
+        of every position (b, t, vocab_size) and their mean cross-entropy over targets != -1; without,
+        the logits of the last position (b, 1, vocab_size) and None."""
         x = self.transformer.ln_f(x)
         if targets is None:
-            x = x[:, [-1], :]  # inference needs the last position only
-        if self.config.shortlist_size:
-            return self.shortlist_head(x, targets)
-        logits = self.lm_head(x)  # (b, t, vocab)
-        if targets is None:
-            return logits, None
-        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            return self.logits(x[:, [-1], :]), None  # (b, 1, vocab): inference needs the last position only
+        if not self.config.shortlist_size:
+            logits = self.lm_head(x)  # (b, t, vocab)
+            return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        logp = self.shortlist_log_probs(x)  # (b, t, k)
+        # the loss is F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1),
+        # read off the shortlist's k columns instead of all vocab_size (a test checks they agree)
+        return self.full_log_probs(logp), self.shortlist_loss(logp, targets)
 
-    def shortlist_head(self, x, targets=None):
-        """x: (b, t, C) after ln_f -> (log-probabilities over all vocab_size tokens (b, t, vocab), None) without
-        targets; (None, mean NLL) with them: a (b, t, vocab) tensor would cost more than the shortlist saves.
+    def logits(self, x):
+        """Output logits over all vocab_size tokens, x: (b, t, C) after ln_f -> (b, t, vocab). Under a
+        shortlist they are normalized log-probabilities (softmax, sampling and cross-entropy on them
+        give the model's distribution)."""
+        if not self.config.shortlist_size:
+            return self.lm_head(x)
+        return self.full_log_probs(self.shortlist_log_probs(x))
 
-        The log-probabilities are normalized, so softmax / sampling on them give the model's distribution."""
+    def shortlist_log_probs(self, x):
+        """x: (b, t, C) after ln_f -> log P(token) of the k shortlisted tokens, in row order (b, t, k)."""
         c = self.config
-        k = c.shortlist_size
         log_in = math.log1p(-c.unseen_mass)  # log P(token in the shortlist)
-        log_out = math.log(c.unseen_mass / (c.vocab_size - k))  # log P(one given token outside it)
-        logp = F.log_softmax(F.linear(x, self.lm_head.weight[:k]), dim=-1) + log_in  # (b, t, k)
-        if targets is None:
-            full = logp.new_full((*logp.shape[:-1], c.vocab_size), log_out)  # (b, t, vocab)
-            return full.index_copy(-1, self.row_tokens, logp), None
-        valid = targets >= 0  # ignore_index=-1, as F.cross_entropy
+        return F.log_softmax(F.linear(x, self.lm_head.weight[: c.shortlist_size]), dim=-1) + log_in
+
+    def unseen_log_prob(self) -> float:
+        """log P(one given token outside the shortlist): unseen_mass shared evenly."""
+        c = self.config
+        return math.log(c.unseen_mass / (c.vocab_size - c.shortlist_size))
+
+    def full_log_probs(self, logp):
+        """The shortlist's log-probabilities (b, t, k) spread over the whole vocabulary (b, t, vocab)."""
+        shape = (*logp.shape[:-1], self.config.vocab_size)
+        # filled in place: on CPU a fresh (b, t, vocab) tensor costs page faults, and an out-of-place
+        # index_copy a second pass over it (README: what the logits cost per step)
+        full = torch.full(shape, self.unseen_log_prob(), dtype=logp.dtype, device=logp.device)
+        return full.index_copy_(-1, self.row_tokens, logp)
+
+    def shortlist_loss(self, logp, targets):
+        """Mean NLL over targets != -1 (F.cross_entropy's ignore_index=-1) from the shortlist's
+        log-probabilities logp (b, t, k), without the (b, t, vocab) tensor."""
+        k = self.config.shortlist_size
+        valid = targets >= 0
         rows = self.token_rows[torch.where(valid, targets, 0)]  # (b, t)
         nll = -logp.gather(-1, rows.clamp(max=k - 1).unsqueeze(-1)).squeeze(-1)  # (b, t)
-        nll = torch.where(rows == k, -log_out, nll)
-        return None, (nll * valid).sum() / valid.sum()
+        nll = torch.where(rows == k, -self.unseen_log_prob(), nll)
+        return (nll * valid).sum() / valid.sum()
 
     def regularization_loss(self):
         """lambda_K K + lambda_J J from the last training forward; 0.0 when regularization is off.
@@ -484,6 +506,22 @@ class GPT(nn.Module):
         fused_available = "fused" in inspect.signature(torch.optim.AdamW).parameters
         extra_args = dict(fused=True) if fused_available and device_type == "cuda" else dict()
         return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, **extra_args)
+
+    def estimate_mfu(self, fwdbwd_per_iter, dt):
+        """Model flops utilization: achieved flops per second over an A100's bf16 peak (312 TFLOPS), as
+        nanoGPT estimates it. Flops per token follow the PaLM paper's appendix B, 6 N + 12 L H Q T,
+        with each layer's parameters and attention counted once per evaluation of their field (NFE);
+        for the default integrator (one evaluation each) this is nanoGPT's number."""
+        c = self.config
+        nfe = self.nfe()
+        attn_evals, mlp_evals = nfe["attn"] / c.n_layer, nfe["mlp"] / c.n_layer  # per layer and forward
+        n_attn = sum(p.numel() for b in self.transformer.h for p in (*b.ln_1.parameters(), *b.attn.parameters()))
+        n_mlp = sum(p.numel() for b in self.transformer.h for p in (*b.ln_2.parameters(), *b.mlp.parameters()))
+        n_params = self.get_num_params() + (attn_evals - 1) * n_attn + (mlp_evals - 1) * n_mlp
+        L, H, Q, T = c.n_layer, c.n_head, c.n_embd // c.n_head, c.block_size
+        flops_per_token = 6 * n_params + 12 * L * H * Q * T * attn_evals
+        flops_per_iter = flops_per_token * T * fwdbwd_per_iter
+        return flops_per_iter / dt / 312e12
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):

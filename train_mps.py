@@ -1,21 +1,26 @@
-"""
-Train the odegpt model on Shakespeare under the harness contract.
-
-The harness copies model.py and train_mps.py into a folder, imports this module, calls train()
-and ranks candidates by the returned (best_vloss, elapsed_min). The fixed block below is the
-contract; everything else (the recipe) is ours to improve, each switch measured (see README).
-
-Environment variables (for tests, smoke runs and benchmarks; the harness sets none of them):
-  TRAIN_MPS_DATA_DIR   folder holding train.bin / val.bin (default: data/shakespeare beside this file)
-  TRAIN_MPS_OUT_DIR    where the metrics JSON and the checkpoint go (default: out/ beside this file)
-  TRAIN_MPS_SEED       seed (default Recipe.seed)
-  TRAIN_MPS_MAX_ITERS  shortens the run (tests and smoke runs only; announced loudly)
-
-Self-contained: stdlib, numpy, torch and model.py; no side effects at import.
-"""
-
 import copy
+
+# Train the odegpt model on Shakespeare under the harness contract.
+#
+# The harness copies model.py and train_mps.py into a folder, imports this module, calls train()
+# and ranks candidates by the returned (best_vloss, elapsed_min). The fixed block below is the
+# contract; everything else (the recipe) is ours to improve, each switch measured (see README).
+#
+# Environment variables (for tests, smoke runs and benchmarks; the harness sets none of them):
+#   TRAIN_MPS_DATA_DIR   the folder holding train.bin / val.bin, or its parent holding shakespeare/
+#                        (default: data/shakespeare in this file's folder, the working directory, or
+#                        any folder above either: the DreamTeam repository keeps it at its root)
+#   TRAIN_MPS_OUT_DIR    where the metrics JSON and the checkpoint go (default: out/ beside this file)
+#   TRAIN_MPS_SEED       seed (default Recipe.seed)
+#   TRAIN_MPS_MAX_ITERS  shortens the run (tests and smoke runs only; announced loudly)
+#
+# Self-contained: stdlib, numpy, torch and the model.py beside this file (loaded from there even when
+# another module named `model` was imported first); no side effects at import beyond loading it.
+# Python >= 3.9, torch >= 2.3. The file starts with an import and holds no Markdown code fence, so an
+# agent harness that cuts it out of an LLM reply accepts it as it is.
 import hashlib
+import importlib
+import importlib.util
 import json
 import math
 import os
@@ -27,11 +32,41 @@ from collections import deque
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
-from model import GPT, GPTConfig
+
+def load_model_module():
+    """The model.py in this file's folder, as a module. A harness that imported another `model` first
+    (DreamTeam's main.py imports its own at startup, then loads each candidate's train_mps.py by path)
+    would otherwise hand every candidate that module, and a candidate's edits of model.py would be
+    silently ignored. Where `import model` finds this same file, it is imported as usual."""
+    path = Path(__file__).resolve().parent / "model.py"
+
+    def is_beside(origin) -> bool:
+        return bool(origin) and Path(origin).resolve() == path
+
+    loaded = sys.modules.get("model")
+    if loaded is not None and is_beside(getattr(loaded, "__file__", None)):
+        return loaded
+    if loaded is None:
+        spec = importlib.util.find_spec("model")
+        if spec is not None and is_beside(spec.origin):
+            return importlib.import_module("model")
+    if not path.exists():
+        raise ImportError(f"model.py is missing beside {Path(__file__).resolve()}: copy both files into the folder")
+    name = "odegpt_model_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]  # one per folder
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickle look classes up by their module's name
+    spec.loader.exec_module(module)
+    return module
+
+
+_model = load_model_module()
+GPT, GPTConfig = _model.GPT, _model.GPTConfig
 
 # fmt: off
 # --- fixed block: the harness ranks candidates under exactly these settings; do not edit ---
@@ -112,7 +147,7 @@ def train_vocabulary(tokens: np.ndarray, vocab_size: int) -> tuple[np.ndarray, f
     return np.flatnonzero(counts), min(max(n_once, 1), n - 1) / n
 
 
-def model_config(r: Recipe, vocabulary: tuple[np.ndarray, float] | None = None) -> GPTConfig:
+def model_config(r: Recipe, vocabulary: Optional[tuple[np.ndarray, float]] = None) -> GPTConfig:
     """The model train() builds: the fixed block's sizes and the recipe's model fields. A shortlist recipe
     needs the training split's `vocabulary` (train_vocabulary); one covering every token falls back to
     the full softmax."""
@@ -150,7 +185,7 @@ def make_model(r: Recipe, train_tokens: np.ndarray) -> GPT:
     return model
 
 
-def window_best(recent: deque, vloss: float, best: float, window: int) -> float | None:
+def window_best(recent: deque, vloss: float, best: float, window: int) -> Optional[float]:
     """Model selection's rule: record vloss; return the mean of the last `window` evaluations when the
     window is full and the mean beats `best` (the caller then keeps the current weights), else None."""
     recent.append(vloss)
@@ -185,15 +220,34 @@ class DataError(RuntimeError):
     """The training data is missing or malformed; the message names the fix."""
 
 
-def find_data_dir() -> Path:
-    here = Path(__file__).resolve().parent
+def data_dir_candidates() -> list:
+    """Where train() looks for train.bin / val.bin, in order. TRAIN_MPS_DATA_DIR names the folder or, as
+    the original train_mps.py's data path did, its parent holding shakespeare/. Otherwise data/shakespeare
+    in this file's folder, in the working directory, and in each folder above them (DreamTeam keeps
+    its data at the repository root and runs from src/dreamteam or from the root)."""
     env = os.environ.get("TRAIN_MPS_DATA_DIR")
-    candidates = [Path(env)] if env else [here / "data" / "shakespeare", Path.cwd() / "data" / "shakespeare"]
+    if env:
+        return [Path(env), Path(env) / "shakespeare"]
+    here, cwd = Path(__file__).resolve().parent, Path.cwd().resolve()
+    tried = []
+    for start in (here, cwd):
+        for folder in (start, *start.parents):
+            d = folder / "data" / "shakespeare"
+            if d not in tried:
+                tried.append(d)
+    return tried
+
+
+def find_data_dir() -> Path:
+    candidates = data_dir_candidates()
     for d in candidates:
-        if (d / "train.bin").exists() and (d / "val.bin").exists():
+        if (d / "train.bin").is_file() and (d / "val.bin").is_file():
             return d
-    tried = ", ".join(str(d) for d in candidates)
-    raise DataError(f"no train.bin/val.bin found (tried: {tried}); {PREPARE_HINT}, or set TRAIN_MPS_DATA_DIR")
+    tried = "\n  ".join(str(d) for d in candidates)
+    raise DataError(
+        f"no train.bin/val.bin found; tried:\n  {tried}\n{PREPARE_HINT}, or set TRAIN_MPS_DATA_DIR to the folder "
+        "that holds them"
+    )
 
 
 def load_split(data_dir: Path, split: str, vocab_size: int) -> np.ndarray:
@@ -224,9 +278,8 @@ def load_split(data_dir: Path, split: str, vocab_size: int) -> np.ndarray:
 def get_batch(data: torch.Tensor, generator: torch.Generator):
     """Random (batch_size, block_size) windows and their next-token targets, on data's device."""
     ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator, device="cpu")
-    offsets = (ix[:, None] + torch.arange(block_size + 1)[None, :]).to(data.device)  # (B, T+1)
-    chunk = data[offsets]  # (B, T+1)
-    return chunk[:, :-1], chunk[:, 1:]
+    offsets = (ix[:, None] + torch.arange(block_size)[None, :]).to(data.device)  # (B, T)
+    return data[offsets], data[offsets + 1]  # contiguous, as nanoGPT's: targets.view(-1) works
 
 
 @torch.no_grad()
@@ -237,11 +290,11 @@ def full_split_loss(model, data: torch.Tensor, windows_per_batch: int = 64) -> f
     total, count = 0.0, 0
     for start in range(0, n_windows, windows_per_batch):
         w = torch.arange(start, min(start + windows_per_batch, n_windows), device=data.device)
-        offsets = w[:, None] * block_size + torch.arange(block_size + 1, device=data.device)[None, :]
-        chunk = data[offsets]
-        _, loss = model(chunk[:, :-1], chunk[:, 1:])  # mean over the chunk's targets
-        total += loss.item() * chunk[:, 1:].numel()
-        count += chunk[:, 1:].numel()
+        offsets = w[:, None] * block_size + torch.arange(block_size, device=data.device)[None, :]  # (n, T)
+        targets = data[offsets + 1]  # contiguous, as get_batch's
+        _, loss = model(data[offsets], targets)  # mean over the chunk's targets
+        total += loss.item() * targets.numel()
+        count += targets.numel()
     model.train()
     return total / count
 
@@ -263,6 +316,10 @@ def make_optimizers(model: GPT, r: Recipe, device_type: str):
     if r.optimizer == "adamw":
         return [model.configure_optimizers(r.weight_decay, r.learning_rate, (r.beta1, r.beta2), device_type)]
     if r.optimizer == "muon":
+        if not hasattr(torch.optim, "Muon"):
+            raise RuntimeError(
+                f"optimizer='muon' needs torch >= 2.9 (torch.optim.Muon); this is torch {torch.__version__}"
+            )
         hidden = [p for n, p in model.named_parameters() if p.dim() == 2 and ".h." in n]
         hidden_ids = {id(p) for p in hidden}
         rest = [p for p in model.parameters() if id(p) not in hidden_ids]
@@ -337,6 +394,7 @@ def file_sha256(path: Path) -> str:
 
 
 def train(recipe: Recipe = None):
+    t0 = time.time()  # first line, as in the original train_mps.py: loading the data counts
     r = recipe or Recipe()
     if os.environ.get("TRAIN_MPS_SEED"):
         r = replace(r, seed=int(os.environ["TRAIN_MPS_SEED"]))
@@ -354,7 +412,6 @@ def train(recipe: Recipe = None):
     train_np = load_split(data_dir, "train", r.vocab_size)
     val_np = load_split(data_dir, "val", r.vocab_size)
 
-    t0 = time.time()
     dev = pick_device()
     torch.manual_seed(r.seed)
     train_data = torch.from_numpy(train_np.astype(np.int64)).to(dev)

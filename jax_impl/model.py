@@ -559,20 +559,22 @@ def _head(params, config, x, targets):
 
 
 def _shortlist_head(wte, config, x, targets):
-    """model.GPT.shortlist_head. x: (b, t, C) after ln_f. targets None -> (normalized log-probabilities
-    over all vocab_size tokens (b, t, vocab), None); else (None, mean NLL over targets >= 0).
+    """model.GPT.head under a shortlist. x: (b, t, C) after ln_f -> (normalized log-probabilities over
+    all vocab_size tokens (b, t, vocab), None if targets is None else the mean NLL over targets >= 0).
 
     The softmax covers wte's first k rows (row k is an input embedding only) and carries
     1 - unseen_mass; a token outside the shortlist has log-probability log(unseen_mass / (V - k))
-    whatever x is. As cross_entropy, the NLL is logsumexp - picked logit: no (b, t, k) log-softmax."""
+    whatever x is. As cross_entropy, the NLL is logsumexp - picked logit: no (b, t, k) log-softmax.
+    Under jit the (b, t, vocab) tensor costs nothing when the caller drops it (XLA removes it)."""
     k = config.shortlist_size
     log_in, log_out = shortlist_log_probs(config)
     logits = x @ wte[:k].T  # (b, t, k)
+    logp = jax.nn.log_softmax(logits, axis=-1) + log_in  # (b, t, k)
+    full = jnp.full((*logp.shape[:-1], config.vocab_size), log_out, logp.dtype)  # (b, t, vocab)
+    full = full.at[..., jnp.asarray(config.shortlist, jnp.int32)].set(logp)
     if targets is None:
-        logp = jax.nn.log_softmax(logits, axis=-1) + log_in  # (b, t, k)
-        full = jnp.full((*logp.shape[:-1], config.vocab_size), log_out, logp.dtype)  # (b, t, vocab)
-        return full.at[..., jnp.asarray(config.shortlist, jnp.int32)].set(logp), None
-    valid = targets >= 0  # torch's shortlist_head: ignore_index=-1 as F.cross_entropy
+        return full, None
+    valid = targets >= 0  # torch's shortlist_loss: ignore_index=-1 as F.cross_entropy
     rows = _token_rows(config)[jnp.where(valid, targets, 0)]  # (b, t), k outside the shortlist
     inside = valid & (rows < k)
     picked = jnp.take_along_axis(logits, jnp.where(inside, rows, 0)[..., None], axis=-1)[..., 0]  # (b, t)
@@ -582,7 +584,7 @@ def _shortlist_head(wte, config, x, targets):
     # (measured, float32, 512 targets 94% outside: |loss - float64 loss| 9.2e-6 summed, 3.0e-7 counted;
     # torch's pairwise sum 1.3e-6)
     n_out = jnp.sum(valid & ~inside).astype(nll_in.dtype)
-    return None, (jnp.sum(nll_in) + n_out * -log_out) / jnp.sum(valid)
+    return full, (jnp.sum(nll_in) + n_out * -log_out) / jnp.sum(valid)
 
 
 def _forward(params, config, idx, targets, probes, regularize):

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import torch
+import torch.nn.functional as F
 
 import jax_impl
 import model as torch_model
@@ -229,16 +230,18 @@ def check_shortlist(solver, splitting, steps, dtype) -> dict:
     logits_t, loss_t = model(idx, targets)
     loss_t.backward()
     loss_j, logits_j, grads_j = _jax_loss_logits_grads(params, jconfig, jnp_(idx), jnp_(targets))
-    assert logits_t is None and logits_j is None  # torch's contract: no (b, t, vocab) tensor with targets
+    # nanoGPT's contract: the (b, t, vocab) logits with the loss, whose cross-entropy is the loss
+    assert tuple(logits_t.shape) == tuple(logits_j.shape) == (*targets.shape, jconfig.vocab_size)
+    ce_t = F.cross_entropy(logits_t.detach().view(-1, logits_t.size(-1)), targets.view(-1), ignore_index=-1)
     with torch.no_grad():
         logp_t, none_t = model.eval()(idx)
     logp_j, none_j = jax_impl.forward(params, jconfig, jnp_(idx))
     assert none_t is None and none_j is None
     assert tuple(logp_j.shape) == tuple(logp_t.shape) == (BATCH, 1, jconfig.vocab_size)
     return {
-        "loss": max_abs(loss_j, loss_t),
+        "loss": max(max_abs(loss_j, loss_t), max_abs(ce_t, loss_t)),
         "grads": tree_max_rel(grads_j, torch_grads_as_params(model, jconfig)),
-        "logits": max_abs(logp_j, logp_t),
+        "logits": max(max_abs(logp_j, logp_t), max_abs(logits_j, logits_t)),
     }
 
 

@@ -17,6 +17,12 @@ Writes results/bench_integrators.json (atomic) and a PNG of the ratios drawn fro
     python scripts/bench_integrators.py --configs euler/lie/1 heun/parallel/1 rk4/strang/2 --repeats 3
     python scripts/bench_integrators.py --configs baseline canonical canonical:optimizer=muon canonical:ema_decay=0.999 \
         --out results/bench_recipes.json                                  # the recipe switches' step times
+    python scripts/bench_integrators.py --configs canonical canonical@loss_only canonical@ce_on_logits baseline \
+        --out results/bench_output_layer.json                             # what the (b, t, vocab) logits cost
+
+A config may end in `@loss_only`: its step computes the loss alone (the shortlist's k columns; no (b, t, vocab)
+logits), as train() did before forward returned nanoGPT's logits; or `@ce_on_logits`: the loss recomputed as
+F.cross_entropy over forward's logits, as code written against nanoGPT (an LLM's edit, say) does.
     python scripts/bench_integrators.py --plot-only
 """
 
@@ -46,6 +52,42 @@ DEFAULT_CONFIGS = [
     "rk4/parallel/1",
 ]
 BUDGET = 1.15  # issue #3: the canonical integrator's time per iteration, relative to the baseline
+
+
+STEP_VARIANTS = ("loss_only", "ce_on_logits")
+
+
+def split_variant(text: str) -> tuple[str, str | None]:
+    """'canonical@loss_only' -> ('canonical', 'loss_only'); no '@' -> (text, None)."""
+    if "@" not in text:
+        return text, None
+    config, variant = text.rsplit("@", 1)
+    if variant not in STEP_VARIANTS:
+        raise SystemExit(f"error: config {text!r}: unknown step variant {variant!r}; valid: {', '.join(STEP_VARIANTS)}")
+    return config, variant
+
+
+class VariantForward:
+    """The model as train_mps.train_step calls it, `model(xb, yb)` -> (logits, loss), with the loss
+    computed another way (see the module docstring); everything else is the model's."""
+
+    def __init__(self, model, variant: str):
+        if variant == "loss_only" and not model.config.shortlist_size:
+            raise SystemExit("error: @loss_only needs a shortlist recipe (the full softmax has no cheaper loss)")
+        self.model, self.variant = model, variant
+
+    def __call__(self, xb, yb):
+        import torch.nn.functional as F
+
+        m = self.model
+        if self.variant == "loss_only":
+            x = m.transformer.ln_f(m.integrate(m.embed(xb)))
+            return None, m.shortlist_loss(m.shortlist_log_probs(x), yb)
+        logits, _ = m(xb, yb)
+        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), yb.view(-1))
+
+    def regularization_loss(self):
+        return self.model.regularization_loss()
 
 
 def parse_config(text: str) -> dict:
@@ -136,7 +178,7 @@ def main(argv=None):
 
     import train_mps as tm
 
-    parsed = [parse_config(c) for c in a.configs]
+    parsed = [parse_config(split_variant(c)[0]) for c in a.configs]
     device = "cpu"  # the step time that matters on the Mac is MPS; this measures where we run
     if torch.cuda.is_available():
         device = "cuda"
@@ -162,14 +204,18 @@ def main(argv=None):
         opts = tm.make_optimizers(model, r, device)
         params = [q for q in model.parameters() if q.requires_grad]  # as train() passes them
         ema = tm.make_ema(model)[1] if r.ema_decay > 0 else None  # the averaged parameters
-        runs.append(dict(name=name, recipe=r, model=model, opts=opts, params=params, ema=ema, it=0, ms=[]))
+        variant = split_variant(name)[1]
+        forward = model if variant is None else VariantForward(model, variant)
+        runs.append(
+            dict(name=name, recipe=r, model=model, forward=forward, opts=opts, params=params, ema=ema, it=0, ms=[])
+        )
 
     def steps(run, n):
         t0 = time.perf_counter()
         loss = None
         for _ in range(n):
             xb, yb = batches[run["it"] % len(batches)]
-            loss = tm.train_step(run["model"], run["opts"], run["params"], xb, yb, run["recipe"])
+            loss = tm.train_step(run["forward"], run["opts"], run["params"], xb, yb, run["recipe"])
             if run["ema"] is not None:
                 tm.ema_update(run["ema"], run["params"], run["recipe"].ema_decay)
             run["it"] += 1

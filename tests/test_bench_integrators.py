@@ -63,3 +63,29 @@ def test_recipe_switches_parse_as_the_benchmark_parses_them(tmp_path):
     canon, switched = bench_integrators.main(argv + ["--warmup", "0", "--out", str(out)])["configs"]
     assert canon["recipe"]["ema_decay"] == train_mps.Recipe().ema_decay and canon["recipe"]["optimizer"] == "adamw"
     assert switched["recipe"]["ema_decay"] == 0.5 and switched["recipe"]["optimizer"] == "muon"
+
+
+def test_step_variants_compute_the_same_loss_another_way():
+    """@loss_only and @ce_on_logits give the default forward's loss (the variants time the same number)."""
+    import numpy as np
+    import torch
+
+    tokens = np.random.default_rng(0).integers(0, 300, 3000).astype(np.uint16)
+    torch.manual_seed(0)
+    model = train_mps.make_model(train_mps.Recipe(), tokens)
+    data = torch.from_numpy(tokens.astype(np.int64))
+    xb, yb = train_mps.get_batch(data, torch.Generator().manual_seed(0))
+    _, loss = model(xb, yb)
+    for variant in bench_integrators.STEP_VARIANTS:
+        logits, other = bench_integrators.VariantForward(model, variant)(xb, yb)
+        assert abs(other.item() - loss.item()) < 1e-4  # float32: nll_loss's own reduction rounds at ~1e-5
+        assert (logits is None) == (variant == "loss_only")
+    assert bench_integrators.split_variant("canonical:ema_decay=0.5@loss_only") == (
+        "canonical:ema_decay=0.5",
+        "loss_only",
+    )
+    with pytest.raises(SystemExit, match="unknown step variant"):
+        bench_integrators.split_variant("canonical@fast")
+    baseline = train_mps.make_model(train_mps.Recipe(shortlist=False), tokens)
+    with pytest.raises(SystemExit, match="needs a shortlist"):
+        bench_integrators.VariantForward(baseline, "loss_only")

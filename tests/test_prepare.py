@@ -7,6 +7,7 @@ subprocess to prove the command line works.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import subprocess
@@ -193,6 +194,24 @@ def test_input_utf8(tmp_path, encoding):
     assert meta["n_chars"] == len(text)
     ids = _read_bins(out_dir)
     assert encoding.decode(ids["train"].tolist()) + encoding.decode(ids["val"].tolist()) == text
+
+
+TINYSHAKESPEARE = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare"  # the harness's own text, kept beside
+
+
+@pytest.mark.skipif(not (TINYSHAKESPEARE / "input.txt").exists(), reason="no ../shared/data/tinyshakespeare here")
+def test_input_on_tinyshakespeare_gives_the_dreamteam_bins(tmp_path):
+    """--input on nanoGPT's tinyshakespeare text reproduces the DreamTeam repository's train.bin and
+    val.bin byte for byte (their sha256 in SHA256SUMS beside the text), and nanoGPT's token counts."""
+    sums = dict(reversed(line.split()) for line in (TINYSHAKESPEARE / "SHA256SUMS").read_text().splitlines() if line)
+    source = TINYSHAKESPEARE / "input.txt"
+    assert hashlib.sha256(source.read_bytes()).hexdigest() == sums["input.txt"]
+    out_dir = tmp_path / "shakespeare"
+    assert _run(out_dir, "--input", str(source)) == 0
+    for split, n_tokens in (("train", 301_966), ("val", 36_059)):
+        data = (out_dir / f"{split}.bin").read_bytes()
+        assert len(data) == 2 * n_tokens
+        assert hashlib.sha256(data).hexdigest() == sums[f"{split}.bin"], f"{split}.bin differs from DreamTeam's"
 
 
 @pytest.mark.parametrize(

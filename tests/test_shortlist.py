@@ -52,9 +52,13 @@ def test_loss_and_inference_match_the_direct_distribution():
         expected = direct_log_probs(model, ids, idx)
         logits, loss = model(idx, targets)
         last, none = model(idx)
-    assert logits is None and none is None
+    assert none is None
+    assert torch.allclose(logits, expected, rtol=0, atol=1e-12)  # nanoGPT's (b, t, vocab) logits, normalized
     ref = F.nll_loss(expected.view(-1, V), targets.view(-1), ignore_index=-1)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-12)
+    # nanoGPT's identity, which code written against it relies on: the loss is the logits' cross-entropy
+    ce = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+    assert loss.item() == pytest.approx(ce.item(), rel=1e-12)
     assert torch.allclose(last, expected[:, -1:], rtol=0, atol=1e-12)
     assert torch.allclose(last.exp().sum(-1), torch.ones(3, 1, dtype=last.dtype), atol=1e-12)  # normalized
 
