@@ -344,6 +344,32 @@ def environment(argv: list[str], data_dir: Path) -> dict:
     return env
 
 
+REFERENCE_ORDERS = (2, 3, 4, 5)
+
+
+def reference_losses(data_dir: Path) -> dict | None:
+    """The count-based reference row of every loss table: interpolated modified Kneser-Ney n-grams fitted on
+    the benchmark's train.bin, scored under full_split_loss's protocol (scripts/kneser_ney.py; seconds).
+    None, with a note, where the data is not there to fit (a merge of runs made elsewhere)."""
+    import kneser_ney
+    import numpy as np
+
+    if not ((data_dir / "train.bin").exists() and (data_dir / "val.bin").exists()):
+        print(f"[benchmark] no train.bin/val.bin in {data_dir}: no Kneser-Ney reference row", flush=True)
+        return None
+    train = np.fromfile(data_dir / "train.bin", dtype=np.uint16)
+    val = np.fromfile(data_dir / "val.bin", dtype=np.uint16)
+    full = kneser_ney.fit(train, max(REFERENCE_ORDERS), kneser_ney.VOCAB_SIZE)
+    losses = {n: kneser_ney.whole_split_loss(full.with_order(n), val) for n in REFERENCE_ORDERS}
+    print(
+        "[benchmark] reference, Kneser-Ney whole-split val: " + ", ".join(f"n={n} {v:.4f}" for n, v in losses.items()),
+        flush=True,
+    )
+    return {
+        "kneser_ney": {"whole_split_val": {str(n): v for n, v in losses.items()}, "script": "scripts/kneser_ney.py"}
+    }
+
+
 def print_environment(env: dict) -> None:
     print("[benchmark] environment", flush=True)
     for k, v in env.items():
@@ -566,6 +592,15 @@ def render_markdown(report: dict) -> str:
             digits = 2 if m in ("elapsed_min", "wall_min") else 4
             cells.append(f"{fmt(c[m]['median'], digits)} ({fmt_pm(c[m], digits)})")
         lines.append("| " + " | ".join(cells) + " |")
+    kn = (report.get("references") or {}).get("kneser_ney")
+    if kn:
+        row = ", ".join(f"n={n} {fmt(v)}" for n, v in kn["whole_split_val"].items())
+        best = min(kn["whole_split_val"].values())
+        lines += [
+            "",
+            f"Reference, not a model: an interpolated modified Kneser-Ney n-gram fitted on the same train.bin "
+            f"(`{kn['script']}`), whole-split val {row}; best **{fmt(best)}**.",
+        ]
     paired_metrics = ("best_vloss", "val_loss_full", "fitness", "elapsed_min")
     lines += [
         "",
@@ -841,6 +876,7 @@ def merge(a: argparse.Namespace, argv: list[str]) -> int:
         ],
         "merge_warnings": warnings,
         "relabeled": relabel,
+        "references": reference_losses(Path(reports[0][1]["settings"]["data_dir"])),
         "order": [{"index": i, "config": c, "seed": seed} for i, (c, seed) in enumerate(order)],
         "runs": [runs[k] for k in order],
         "complete": True,
@@ -993,6 +1029,7 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
         "order": [{"index": i, "config": c.label, "seed": seed} for i, c, seed in plan],
         "runs": [],
         "summary": {},
+        "references": reference_losses(data_dir),
         "complete": False,
     }
 

@@ -49,7 +49,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -295,21 +294,10 @@ def sha256(path: Path) -> str:
 
 
 def write_json(path: Path, record: dict) -> None:
-    """Write via a temp file in the same folder, then os.replace: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(record, indent=1, allow_nan=False) + "\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Atomically (benchmark.atomic_write_bytes: a temp file, then os.replace); NaN is refused."""
+    from benchmark import atomic_write_bytes  # scripts/ is on sys.path when this runs as a script
+
+    atomic_write_bytes(Path(path), (json.dumps(record, indent=1, allow_nan=False) + "\n").encode())
 
 
 def environment() -> dict:

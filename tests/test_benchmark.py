@@ -48,6 +48,20 @@ def load(out):
     return json.loads((out / "benchmark.json").read_text())
 
 
+def test_every_report_carries_the_kneser_ney_reference_row(finished):
+    """Fitted on the benchmark's own train.bin and scored as the models are (scripts/kneser_ney.py)."""
+    import kneser_ney
+    import numpy as np
+
+    out, data = finished
+    kn = load(out)["references"]["kneser_ney"]["whole_split_val"]
+    assert list(kn) == ["2", "3", "4", "5"]
+    train = np.fromfile(data / "train.bin", dtype=np.uint16)
+    val = np.fromfile(data / "val.bin", dtype=np.uint16)
+    assert kn["3"] == kneser_ney.whole_split_loss(kneser_ney.fit(train, 3), val)
+    assert f"best **{min(kn.values()):.4f}**" in (out / "benchmark.md").read_text()
+
+
 def test_end_to_end_outputs_order_and_summary(finished):
     out, _ = finished
     assert (out / "benchmark.md").is_file()

@@ -1,18 +1,6 @@
-"""Harness fidelity: the two files inside the public DreamTeam harness, replayed.
-
-The harness (kevinbdsouza/DreamTeam, src/dreamteam/main.py) is reimplemented here from what it does, in
-its two versions:
-- current: runs from src/dreamteam, imports that folder's `train_mps` and `model` at startup, cuts each
-  file out of the LLM reply with a regex on a ```python block whose first line names the file, accepts a
-  block only if its first line starts with `import` and it compiles, writes the files to
-  dreamteam_generations/gen_N/<name>/, loads train_mps.py with spec_from_file_location and calls
-  train() in the same process, candidate after candidate; any exception scores (inf, inf).
-- older (commit 985a9ac): runs from the repository root, puts the candidate folder first on sys.path,
-  imports and reloads `train_mps`, takes float(best_vloss.item()), ranks by best_vloss + 0.01 *
-  elapsed_min, and deletes `train_mps` and `model` from sys.modules after each candidate.
-The data lies where that repository keeps it, data/shakespeare/ at its root. Runs are shortened by
-TRAIN_MPS_MAX_ITERS and use tiny random data.
-"""
+"""Harness fidelity: the two files inside the public DreamTeam harness, replayed (tests/dreamteam_harness.py
+reimplements both of its versions), in its folder layout with the data at the repository root, the
+working directory as the harness has it, tiny random data and runs shortened by TRAIN_MPS_MAX_ITERS."""
 
 from __future__ import annotations
 
@@ -20,7 +8,6 @@ import ast
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -30,33 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import REPO, write_bins
-
-FILES = ("train_mps.py", "model.py")
-FENCE = "`" * 3  # written this way so this file can sit inside a reply too
-
-
-# -- the harness's block parser, as the current main.py applies it ---------------------------------------
-
-
-def harness_block(reply: str, name: str) -> str:
-    match = re.search(FENCE + r"python\s*" + re.escape(name) + r"\s*\n(.*?)" + FENCE, reply, re.DOTALL)
-    return match.group(1).strip() if match else ""
-
-
-def harness_accepts(code: str) -> bool:
-    if not code.strip() or not code.strip().split("\n")[0].strip().startswith("import"):
-        return False
-    try:
-        compile(code, "<string>", "exec")
-    except SyntaxError:
-        return False
-    return True
-
-
-def seeds_reply(files: dict) -> str:
-    """A reply in the seeds' output format: one python block per file, its first line naming it."""
-    blocks = [f"{FENCE}python\n{name}\n{code}\n{FENCE}" for name, code in files.items()]
-    return "Here are my changes.\n\n" + "\n\n".join(blocks) + "\n"
+from dreamteam_harness import CURRENT_MAIN, FENCE, FILES, OLDER_MAIN, harness_accepts, harness_block, seeds_reply
 
 
 def our_sources() -> dict:
@@ -106,84 +67,6 @@ def harness_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAIN_MPS_")}
     env.update(TRAIN_MPS_MAX_ITERS="3", OMP_NUM_THREADS="1", PYTHONPATH="", **extra)
     return env
-
-
-CURRENT_MAIN = textwrap.dedent(
-    """
-    import importlib.util, json, os, re, sys
-    from train_mps import train          # as main.py: the base files, imported at startup
-    from model import GPT, GPTConfig
-
-    FENCE = "`" * 3
-    originals = {n: open(n).read() for n in ("train_mps.py", "model.py")}
-
-    def block(reply, name):
-        m = re.search(FENCE + r"python\\s*" + re.escape(name) + r"\\s*\\n(.*?)" + FENCE, reply, re.DOTALL)
-        return m.group(1).strip() if m else ""
-
-    def valid(code):
-        if not code.strip() or not code.strip().split("\\n")[0].strip().startswith("import"):
-            return False
-        try:
-            compile(code, "<string>", "exec")
-        except SyntaxError:
-            return False
-        return True
-
-    results = {}
-    for reply_path in sys.argv[1:]:
-        name = os.path.splitext(os.path.basename(reply_path))[0]
-        reply = open(reply_path).read()
-        codes = {n: block(reply, n) for n in originals}
-        if not any(valid(c) for c in codes.values()):
-            results[name] = "ignored"
-            continue
-        codes = {n: c if valid(c) else originals[n] for n, c in codes.items()}
-        cand = f"dreamteam_generations/gen_1/{name}"
-        os.makedirs(cand, exist_ok=True)
-        for n, c in codes.items():
-            with open(f"{cand}/{n}", "w") as f:
-                f.write(c)
-        try:
-            spec = importlib.util.spec_from_file_location("temp_train_mps", f"{cand}/train_mps.py")
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            best_vloss, elapsed_min = module.train()
-        except Exception as e:
-            print(f"  Error running training for {name}: {e!r}")
-            best_vloss, elapsed_min = float("inf"), float("inf")
-        results[name] = {"scores": [best_vloss, elapsed_min], "types": [type(best_vloss).__name__, type(elapsed_min).__name__]}
-    print("RESULTS " + json.dumps(results))
-    """
-)
-
-OLDER_MAIN = textwrap.dedent(
-    """
-    import importlib, json, sys
-
-    def evaluate_candidate(cand_dir):
-        sys.path.insert(0, str(cand_dir))
-        try:
-            import train_mps
-            importlib.reload(train_mps)
-            best_vloss, elapsed_min = train_mps.train()
-            if hasattr(best_vloss, "item"):
-                best_vloss = float(best_vloss.item())
-        finally:
-            sys.path.pop(0)
-            if "train_mps" in sys.modules:
-                del sys.modules["train_mps"]
-            if "model" in sys.modules:
-                del sys.modules["model"]
-        return float(best_vloss), float(elapsed_min)
-
-    results = {}
-    for cand in sys.argv[1:]:
-        vloss, elapsed = evaluate_candidate(cand)
-        results[cand] = {"scores": [vloss, vloss + 0.01 * elapsed]}
-    print("RESULTS " + json.dumps(results))
-    """
-)
 
 
 def run_harness(script: str, cwd: Path, args: list, timeout: int = 600) -> tuple[dict, str]:

@@ -1,7 +1,7 @@
 """scripts/intake_reply.py: the harness's acceptance rules, each decision's reason, the candidate folder, exits.
 
-Replies are written here in the seeds' format. `harness_reference` transcribes DreamTeam's
-parse_python_blocks rules independently of the script, as the oracle for what the harness would write.
+Replies are written here in the seeds' format. `harness_reference` is the tests' transcription of
+DreamTeam's parse_python_blocks rules (tests/dreamteam_harness.py), the oracle for what the harness writes.
 """
 
 import json
@@ -11,6 +11,7 @@ import sys
 
 import pytest
 from conftest import REPO
+from dreamteam_harness import FILES, harness_files
 
 sys.path.insert(0, str(REPO / "scripts"))
 import intake_reply  # noqa: E402
@@ -32,28 +33,9 @@ def reply_of(train: str, model: str, preamble: str = "Here are my changes.\n\n")
 
 
 def harness_reference(reply: str, originals: dict) -> dict | None:
-    """What DreamTeam's harness writes for each file, or None when it ignores the candidate."""
-
-    def valid(code):
-        if not code.strip() or not code.strip().split("\n")[0].strip().startswith("import"):
-            return False
-        try:
-            compile(code, "<string>", "exec")
-        except SyntaxError:
-            return False
-        return True
-
-    out = {}
-    for name, pattern in (
-        ("train_mps.py", r"```python\s*train_mps\.py\s*\n(.*?)```"),
-        ("model.py", r"```python\s*model\.py\s*\n(.*?)```"),
-    ):
-        match = re.search(pattern, reply, re.DOTALL)
-        out[name] = match.group(1).strip() if match else ""
-    ok = {name: valid(code) for name, code in out.items()}
-    if not any(ok.values()):
-        return None
-    return {name: out[name] if ok[name] else originals[name] for name in out}
+    """What DreamTeam's harness writes for each file, or None when it ignores the candidate: the tests'
+    own transcription of its rules (tests/dreamteam_harness.py), independent of the script."""
+    return harness_files(reply, {name: originals.get(name) for name in FILES})
 
 
 @pytest.fixture
