@@ -163,6 +163,14 @@ SPLITTING_SCHEMES = {
 # Model
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # 2.0 and True are no sizes or step counts
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 @dataclass
 class GPTConfig:
     block_size: int = 1024
@@ -189,21 +197,30 @@ class GPTConfig:
     unseen_mass: float = 0.0
 
     def __post_init__(self):
+        """Reject at construction every value the model cannot run, naming the field and its valid range."""
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "steps_per_layer"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         get_tableau(self.solver)
         if self.splitting not in SPLITTINGS:
             raise ValueError(f"unknown splitting {self.splitting!r}; valid splittings: {', '.join(SPLITTINGS)}")
-        if int(self.steps_per_layer) != self.steps_per_layer or self.steps_per_layer < 1:
-            raise ValueError(f"steps_per_layer must be a positive integer, got {self.steps_per_layer!r}")
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.kinetic_energy < 0 or self.jacobian_frobenius < 0:
-            raise ValueError("regularization weights must be >= 0")
+        if not _is_real(self.dropout) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        for name in ("kinetic_energy", "jacobian_frobenius"):
+            value = getattr(self, name)
+            if not _is_real(value) or value < 0:
+                raise ValueError(f"regularization weight {name} must be a finite number >= 0 (0 = off), got {value!r}")
+        if not _is_int(self.shortlist_size) or not 0 <= self.shortlist_size < self.vocab_size:
+            raise ValueError(
+                f"shortlist_size must be 0 (full softmax) or an integer in [1, vocab_size - 1], "
+                f"got {self.shortlist_size!r} with vocab_size {self.vocab_size}"
+            )
+        if not _is_real(self.unseen_mass):
+            raise ValueError(f"unseen_mass must be a finite number, got {self.unseen_mass!r}")
         if self.shortlist_size:
-            if int(self.shortlist_size) != self.shortlist_size or not 0 < self.shortlist_size < self.vocab_size:
-                raise ValueError(
-                    f"shortlist_size must be 0 (full softmax) or an integer in [1, vocab_size - 1], "
-                    f"got {self.shortlist_size!r} with vocab_size {self.vocab_size}"
-                )
             if not 0.0 < self.unseen_mass < 1.0:
                 raise ValueError(
                     f"a shortlist needs 0 < unseen_mass < 1 (the probability of the tokens outside it), "

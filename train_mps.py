@@ -10,9 +10,11 @@ import copy
 #   TRAIN_MPS_DATA_DIR   the folder holding train.bin / val.bin, or its parent holding shakespeare/
 #                        (default: data/shakespeare in this file's folder, the working directory, or
 #                        any folder above either: the DreamTeam repository keeps it at its root)
-#   TRAIN_MPS_OUT_DIR    where the metrics JSON and the checkpoint go (default: out/ beside this file)
-#   TRAIN_MPS_SEED       seed (default Recipe.seed)
-#   TRAIN_MPS_MAX_ITERS  shortens the run (tests and smoke runs only; announced loudly)
+#   TRAIN_MPS_OUT_DIR    where the metrics JSON and the checkpoint go (default: out/ beside this file); checked
+#                        before training, and the pair is replaced together or not at all (write_pair)
+#   TRAIN_MPS_SEED       seed (default Recipe.seed), an integer
+#   TRAIN_MPS_MAX_ITERS  shortens the run to N >= 1 iterations (tests and smoke runs only; announced loudly)
+# A value that does not parse stops the run before any work, with an error naming the variable.
 #
 # Self-contained: stdlib, numpy, torch and the model.py beside this file (loaded from there even when
 # another module named `model` was imported first); no side effects at import beyond loading it.
@@ -25,9 +27,11 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
+import uuid
 from collections import deque
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
@@ -83,6 +87,39 @@ ctx = nullcontext()
 # fmt: on
 
 PREPARE_HINT = "prepare the data with `make data` (or `python scripts/prepare_shakespeare.py`)"
+OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("constant", "cosine", "wsd")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # 2.0 and True are no counts
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_unit(v) -> bool:
+    return _is_real(v) and 0 <= v < 1
+
+
+# (field, test, what it must be): the training fields' valid values, checked when a Recipe is built
+RECIPE_RULES = (
+    ("seed", lambda v: _is_int(v) and 0 <= v < 2**63, "an integer in [0, 2**63)"),
+    ("optimizer", lambda v: v in OPTIMIZERS, "one of " + ", ".join(OPTIMIZERS)),
+    ("learning_rate", lambda v: _is_real(v) and v > 0, "a finite number > 0"),
+    ("muon_lr", lambda v: _is_real(v) and v > 0, "a finite number > 0"),
+    ("min_lr", lambda v: _is_real(v) and v >= 0, "a finite number >= 0"),
+    ("schedule", lambda v: v in SCHEDULES, "one of " + ", ".join(SCHEDULES) + " (lower case)"),
+    ("warmup_iters", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    ("decay_frac", lambda v: _is_real(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    ("weight_decay", lambda v: _is_real(v) and v >= 0, "a finite number >= 0"),
+    ("beta1", _is_unit, "a number in [0, 1)"),
+    ("beta2", _is_unit, "a number in [0, 1)"),
+    ("grad_clip", lambda v: _is_real(v) and v >= 0, "a finite number >= 0 (0 disables clipping)"),
+    ("ema_decay", _is_unit, "a number in [0, 1) (0 disables the EMA)"),
+    ("select_window", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 ends with the last weights)"),
+)
 
 
 @dataclass(frozen=True)
@@ -128,9 +165,19 @@ class Recipe:
     select_window: int = 0
 
     def __post_init__(self):
-        if isinstance(self.select_window, bool) or not isinstance(self.select_window, int) or self.select_window < 0:
+        """Reject at once what train() could not run. The model fields are GPTConfig's to judge (one set of
+        rules): the config of this recipe's model is built here (without its shortlist) and discarded."""
+        GPTConfig(**model_fields(self))
+        for name, ok, rule in RECIPE_RULES:
+            value = getattr(self, name)
+            if not ok(value):
+                raise ValueError(f"{name} must be {rule}, got {value!r}")
+        # min_lr is the floor a decaying schedule ends at; above the peak the "decay" would be a rise (and
+        # lr_at's multiplier would leave [0, 1]). The constant schedule never reads it.
+        if self.schedule != "constant" and self.min_lr > self.learning_rate:
             raise ValueError(
-                f"select_window must be an integer >= 0 (0 ends with the last weights), got {self.select_window!r}"
+                f"min_lr ({self.min_lr!r}) must be <= learning_rate ({self.learning_rate!r}) under "
+                f"schedule={self.schedule!r}: it is the floor the schedule decays to"
             )
 
 
@@ -147,17 +194,9 @@ def train_vocabulary(tokens: np.ndarray, vocab_size: int) -> tuple[np.ndarray, f
     return np.flatnonzero(counts), min(max(n_once, 1), n - 1) / n
 
 
-def model_config(r: Recipe, vocabulary: Optional[tuple[np.ndarray, float]] = None) -> GPTConfig:
-    """The model train() builds: the fixed block's sizes and the recipe's model fields. A shortlist recipe
-    needs the training split's `vocabulary` (train_vocabulary); one covering every token falls back to
-    the full softmax."""
-    shortlist_size, unseen_mass = 0, 0.0
-    if r.shortlist:
-        if vocabulary is None:
-            raise ValueError("Recipe.shortlist needs the training split's vocabulary: pass train_vocabulary(tokens)")
-        if len(vocabulary[0]) < r.vocab_size:
-            shortlist_size, unseen_mass = len(vocabulary[0]), vocabulary[1]
-    return GPTConfig(
+def model_fields(r: Recipe) -> dict:
+    """The GPTConfig fields of the recipe's model but its shortlist: the fixed block's sizes, the recipe's rest."""
+    return dict(
         block_size=block_size,
         vocab_size=r.vocab_size,
         n_layer=n_layer,
@@ -171,9 +210,20 @@ def model_config(r: Recipe, vocabulary: Optional[tuple[np.ndarray, float]] = Non
         kinetic_energy=r.kinetic_energy,
         jacobian_frobenius=r.jacobian_frobenius,
         zero_init_proj=r.zero_init_proj,
-        shortlist_size=shortlist_size,
-        unseen_mass=unseen_mass,
     )
+
+
+def model_config(r: Recipe, vocabulary: Optional[tuple[np.ndarray, float]] = None) -> GPTConfig:
+    """The model train() builds: the fixed block's sizes and the recipe's model fields. A shortlist recipe
+    needs the training split's `vocabulary` (train_vocabulary); one covering every token falls back to
+    the full softmax."""
+    shortlist_size, unseen_mass = 0, 0.0
+    if r.shortlist:
+        if vocabulary is None:
+            raise ValueError("Recipe.shortlist needs the training split's vocabulary: pass train_vocabulary(tokens)")
+        if len(vocabulary[0]) < r.vocab_size:
+            shortlist_size, unseen_mass = len(vocabulary[0]), vocabulary[1]
+    return GPTConfig(**model_fields(r), shortlist_size=shortlist_size, unseen_mass=unseen_mass)
 
 
 def make_model(r: Recipe, train_tokens: np.ndarray) -> GPT:
@@ -209,7 +259,7 @@ def lr_at(step: int, total: int, r: Recipe) -> float:
             return 1.0
         progress = min(1.0, (step - decay_start) / max(1, total - decay_start))
         return floor + (1.0 - floor) * (1.0 - progress)
-    raise ValueError(f"unknown schedule {r.schedule!r}; valid: constant, cosine, wsd")
+    raise ValueError(f"unknown schedule {r.schedule!r}; valid: {', '.join(SCHEDULES)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,22 +300,49 @@ def find_data_dir() -> Path:
     )
 
 
+def read_meta(data_dir: Path) -> dict:
+    """The folder's meta.json (scripts/prepare_shakespeare.py writes it), or {} where there is none: the
+    DreamTeam repository's data has none, and then each file is only checked on its own, as always."""
+    path = data_dir / "meta.json"
+    if not path.exists():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path} is unreadable ({e}); {PREPARE_HINT} --force") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path} is not a JSON object; {PREPARE_HINT} --force")
+    return meta
+
+
+def check_against_meta(path: Path, split: str, meta: dict) -> None:
+    """The split's file must be the one meta.json records: its size, then its sha256 (~1 ms per 700 KB).
+    prepare_shakespeare.py moves meta.json into place before the .bin files, so a run interrupted between
+    two moves leaves a new meta.json beside an old file, which this refuses: the two splits are checked
+    against one meta.json, so only a complete set trains."""
+    n_tokens = path.stat().st_size // 2
+    expected = meta.get(f"{split}_tokens")
+    if expected is not None and expected != n_tokens:
+        raise DataError(
+            f"{path} holds {n_tokens} tokens but meta.json says {expected}: truncated or stale; {PREPARE_HINT} --force"
+        )
+    digest = meta.get(f"{split}_bin_sha256")
+    if digest is not None and file_sha256(path) != digest:
+        raise DataError(
+            f"{path} is not the file meta.json records (its sha256 differs): a stale or mixed set, e.g. left by "
+            f"an interrupted prepare; {PREPARE_HINT} --force"
+        )
+
+
 def load_split(data_dir: Path, split: str, vocab_size: int) -> np.ndarray:
-    """Load a uint16 token file into RAM, validating it before any training."""
+    """Load a uint16 token file into RAM, validating it (and its place in the set) before any training."""
     path = data_dir / f"{split}.bin"
     if not path.exists():
         raise DataError(f"{path} is missing; {PREPARE_HINT}")
     size = path.stat().st_size
     if size % 2:
         raise DataError(f"{path} has an odd size ({size} bytes), so it is truncated; {PREPARE_HINT} --force")
-    meta_path = data_dir / "meta.json"
-    if meta_path.exists():
-        expected = json.loads(meta_path.read_text()).get(f"{split}_tokens")
-        if expected is not None and expected != size // 2:
-            raise DataError(
-                f"{path} holds {size // 2} tokens but meta.json says {expected}: truncated or stale; "
-                f"{PREPARE_HINT} --force"
-            )
+    check_against_meta(path, split, read_meta(data_dir))
     tokens = np.fromfile(path, dtype=np.uint16)
     if len(tokens) < block_size + 2:
         raise DataError(f"{path} holds {len(tokens)} tokens, fewer than block_size + 2; {PREPARE_HINT}")
@@ -303,6 +380,73 @@ def full_split_loss(model, data: torch.Tensor, windows_per_batch: int = 64) -> f
 # setup
 
 
+ITERS_FIX = f"give a whole number of iterations >= 1 (e.g. 200), or unset it for the full {max_iters}"
+
+
+def env_int(name: str, fix: str) -> Optional[int]:
+    """An integer environment variable; None when unset or empty. Anything else stops the run before any
+    work, naming the variable, its value and `fix`, rather than with int()'s traceback."""
+    raw = os.environ.get(name)
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer: {fix}") from None
+
+
+def seed_from_env(r: Recipe) -> Recipe:
+    """The recipe with TRAIN_MPS_SEED's seed, if set (Recipe judges its range)."""
+    seed = env_int("TRAIN_MPS_SEED", "give a whole number such as 0, or unset it")
+    if seed is None:
+        return r
+    try:
+        return replace(r, seed=seed)
+    except ValueError as e:
+        raise ValueError(f"TRAIN_MPS_SEED={seed}: {e}") from None
+
+
+def iters_from_env() -> int:
+    """max_iters, or TRAIN_MPS_MAX_ITERS's shorter (or longer) run of N >= 1 iterations."""
+    n = env_int("TRAIN_MPS_MAX_ITERS", ITERS_FIX)
+    if n is None:
+        return max_iters
+    if n < 1:
+        raise ValueError(f"TRAIN_MPS_MAX_ITERS={n} is not a run: {ITERS_FIX}")
+    return n
+
+
+def out_dir_path() -> Path:
+    return Path(os.environ.get("TRAIN_MPS_OUT_DIR") or Path(__file__).resolve().parent / "out")
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Fail before training, not after it, where write_pair could not write: the folder, or the nearest one
+    above it that exists (where it would be created), must be a writable directory in which symlinks can be
+    made (a probe file and a link to it are created and removed), and the pair's own names must not be
+    folders."""
+    fix = "set TRAIN_MPS_OUT_DIR to a writable folder"
+    for name in (LATEST, *PAIR):
+        if (out_dir / name).is_dir() and not (out_dir / name).is_symlink():
+            raise IsADirectoryError(f"{out_dir / name} is a folder, where train() writes a link; {fix}")
+    existing = out_dir
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"output folder {out_dir}: {existing} is not a folder; {fix}")
+    probe = None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".probe-", suffix=".tmp", dir=existing)
+        os.close(fd)
+        os.symlink(os.path.basename(probe), probe + ".link")
+        os.unlink(probe + ".link")
+    except OSError as e:
+        raise PermissionError(f"cannot write the outputs in {existing} ({e.strerror or e}); {fix}") from None
+    finally:
+        if probe is not None and os.path.exists(probe):
+            os.unlink(probe)
+
+
 def pick_device() -> str:
     if device == "mps" and torch.backends.mps.is_available():
         return device
@@ -333,7 +477,7 @@ def make_optimizers(model: GPT, r: Recipe, device_type: str):
             betas=(r.beta1, r.beta2),
         )
         return [muon, adamw]
-    raise ValueError(f"unknown optimizer {r.optimizer!r}; valid: adamw, muon")
+    raise ValueError(f"unknown optimizer {r.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
 
 
 def set_lr(optimizers, base_lrs, scale: float) -> None:
@@ -371,22 +515,91 @@ def ema_update(ema_params, params, decay: float) -> None:
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    """Write via a temp file in the same folder, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+class DivergedError(RuntimeError):
+    """Training produced a non-finite loss; the message names the likely cause and the fix."""
+
+
+def check_finite(loss: float, what: str, it: int, r: Recipe) -> None:
+    """Stop at a NaN or infinite loss, before anything is written. train() calls it only on losses it already
+    reads on the host (each evaluation, the train loss logged beside it, the final whole-split loss), never
+    with a .item() of its own: one per step would add a host sync to every MPS iteration. A non-finite loss
+    poisons the weights (and the EMA) for good, so the evaluations still catch it within eval_interval."""
+    if not math.isfinite(loss):
+        raise DivergedError(
+            f"training diverged: the {what} loss is {loss} at iteration {it}. The learning rate is probably too "
+            f"high for this recipe: try a lower learning_rate (now {r.learning_rate:g}) or a grad_clip > 0 "
+            f"(now {r.grad_clip:g}; 0 = off). Nothing was written."
+        )
 
 
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
+
+
+# The output pair, replaced together or not at all. Each pair is written into a folder of its own,
+# out/run-<id>/; out/metrics.json and out/ckpt.pt are fixed symlinks into out/latest, itself a symlink to the
+# current run folder. Swapping the pair is one atomic rename, of out/latest, so an interruption at any point
+# leaves the complete old pair or the complete new one at the documented paths (two renames, one per file,
+# would leave a new metrics.json beside an old ckpt.pt if killed between them). On an exception the new
+# folder is removed; a run-* folder that out/latest does not name is a killed run's leftover.
+PAIR = ("metrics.json", "ckpt.pt")
+LATEST = "latest"
+
+
+def replace_symlink(link: Path, target: str) -> None:
+    """Point `link` at `target` in one atomic step: a new symlink under a temp name, renamed over `link`."""
+    temp = link.with_name(f".{link.name}.{uuid.uuid4().hex}.tmp")
+    os.symlink(target, temp)
+    try:
+        os.replace(temp, link)
+    except BaseException:
+        os.unlink(temp)
+        raise
+
+
+def write_synced(path: Path, write) -> None:
+    with open(path, "xb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the swap can make it visible
+
+
+def current_run(out_dir: Path) -> Path:
+    """The run folder out/latest names. The first time in a folder an older train_mps.py wrote (plain
+    metrics.json and ckpt.pt files), copies them into a run folder and turns them into the fixed links: every
+    step keeps the old pair's bytes at the same paths."""
+    latest = out_dir / LATEST
+    if not latest.is_symlink():
+        legacy = Path(tempfile.mkdtemp(prefix="run-", dir=out_dir))
+        try:
+            for name in PAIR:
+                if (out_dir / name).is_file():
+                    shutil.copy2(out_dir / name, legacy / name)
+            replace_symlink(latest, legacy.name)
+        except BaseException:
+            shutil.rmtree(legacy, ignore_errors=True)
+            raise
+    for name in PAIR:
+        link, target = out_dir / name, f"{LATEST}/{name}"
+        if not (link.is_symlink() and os.readlink(link) == target):
+            replace_symlink(link, target)
+    return out_dir / os.readlink(latest)
+
+
+def write_pair(out_dir: Path, metrics: dict, ckpt: dict) -> None:
+    """Write out/metrics.json and out/ckpt.pt as one pair (see PAIR above)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    new = Path(tempfile.mkdtemp(prefix="run-", dir=out_dir))
+    try:
+        write_synced(new / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=1).encode()))
+        write_synced(new / "ckpt.pt", lambda f: torch.save(ckpt, f))
+        old = current_run(out_dir)
+        replace_symlink(out_dir / LATEST, new.name)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    if old.parent.resolve() == out_dir.resolve() and old.name.startswith("run-"):  # never a folder elsewhere
+        shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,12 +608,10 @@ def file_sha256(path: Path) -> str:
 
 def train(recipe: Recipe = None):
     t0 = time.time()  # first line, as in the original train_mps.py: loading the data counts
-    r = recipe or Recipe()
-    if os.environ.get("TRAIN_MPS_SEED"):
-        r = replace(r, seed=int(os.environ["TRAIN_MPS_SEED"]))
-    n_iters = max_iters
-    if os.environ.get("TRAIN_MPS_MAX_ITERS"):
-        n_iters = int(os.environ["TRAIN_MPS_MAX_ITERS"])
+    # everything that could stop the run is checked here, before any work: settings, output folder, data
+    r = seed_from_env(recipe or Recipe())
+    n_iters = iters_from_env()
+    if n_iters != max_iters:
         print(
             f"!!! [train_mps] TRAIN_MPS_MAX_ITERS={n_iters}: a SHORT run instead of the fixed {max_iters} "
             f"iterations, for tests and smoke runs only !!!",
@@ -408,6 +619,8 @@ def train(recipe: Recipe = None):
             flush=True,
         )
 
+    out_dir = out_dir_path()
+    check_out_dir(out_dir)
     data_dir = find_data_dir()
     train_np = load_split(data_dir, "train", r.vocab_size)
     val_np = load_split(data_dir, "val", r.vocab_size)
@@ -447,6 +660,7 @@ def train(recipe: Recipe = None):
                 _, vloss_t = eval_model(xv, yv)
             eval_model.train()
             vloss = vloss_t.item()
+            check_finite(vloss, "val", it, r)
             best_vloss = min(best_vloss, vloss)
             sel = window_best(recent, vloss, best_sel, r.select_window)
             if sel is not None:
@@ -468,6 +682,7 @@ def train(recipe: Recipe = None):
             ema_update(ema_params, params, r.ema_decay)
         if it % eval_interval == eval_interval - 1 or it == n_iters - 1:
             last_train_loss = loss.item()  # the train loss logged beside the next evaluation
+            check_finite(last_train_loss, "train", it, r)
 
     last_state = None
     if best_state is not None:  # end with the selected weights (inside the clock: it is part of training)
@@ -479,12 +694,12 @@ def train(recipe: Recipe = None):
 
     # --- reporting: after the clock stops; none of it changes the return value ---
     val_full = full_split_loss(eval_model, val_data)
+    check_finite(val_full, "whole-split val", n_iters, r)
     val_full_last = val_full
     if last_state is not None:  # what the last weights would have given, for the ablation
         eval_model.load_state_dict(last_state)
         val_full_last = full_split_loss(eval_model, val_data)
         eval_model.load_state_dict(best_state)
-    out_dir = Path(os.environ.get("TRAIN_MPS_OUT_DIR") or Path(__file__).resolve().parent / "out")
     here = Path(__file__).resolve().parent
     metrics = {
         "best_vloss": best_vloss,
@@ -504,20 +719,17 @@ def train(recipe: Recipe = None):
         "sources_sha256": {f: file_sha256(here / f) for f in ("model.py", "train_mps.py")},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
     }
-    metrics_path = out_dir / "metrics.json"
-    ckpt_path = out_dir / "ckpt.pt"
-    atomic_write_bytes(metrics_path, lambda f: f.write(json.dumps(metrics, indent=1).encode()))
     ckpt = {
         "model": eval_model.state_dict(),
         "model_args": asdict(config),
         "iter_num": metrics["selected_iter"],
         "metrics": metrics,
     }
-    atomic_write_bytes(ckpt_path, lambda f: torch.save(ckpt, f))
+    write_pair(out_dir, metrics, ckpt)
     print(
         f"[train_mps] best_vloss {best_vloss:.4f} | whole-split val {val_full:.4f} "
         f"(weights of iter {metrics['selected_iter']}; last weights {val_full_last:.4f}) | seed {r.seed} | "
-        f"{elapsed_min:.2f} min\n[train_mps] wrote {metrics_path} and {ckpt_path}",
+        f"{elapsed_min:.2f} min\n[train_mps] wrote {out_dir / 'metrics.json'} and {out_dir / 'ckpt.pt'}",
         flush=True,
     )
     return best_vloss, elapsed_min

@@ -46,6 +46,14 @@ ADJOINTS = ("recursive", "backsolve")
 # Config
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # model.py's rule: 2.0 and True are no counts
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 @dataclass(frozen=True)
 class GPTConfig:
     """model.GPTConfig's fields and defaults, frozen (hashable: a static argument of jax.jit), then
@@ -81,15 +89,24 @@ class GPTConfig:
     adjoint: str = "recursive"  # recursive: discretise-then-optimise (exact backprop); backsolve
 
     def __post_init__(self):
+        # model.GPTConfig's rules and messages, in its order (parity_tests compare the messages)
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "steps_per_layer"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         method = get_method(self.solver)
         if self.splitting not in SPLITTINGS:
             raise ValueError(f"unknown splitting {self.splitting!r}; valid splittings: {', '.join(SPLITTINGS)}")
-        if int(self.steps_per_layer) != self.steps_per_layer or self.steps_per_layer < 1:
-            raise ValueError(f"steps_per_layer must be a positive integer, got {self.steps_per_layer!r}")
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.kinetic_energy < 0 or self.jacobian_frobenius < 0:
-            raise ValueError("regularization weights must be >= 0")
+        if not _is_real(self.dropout) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        for name in ("kinetic_energy", "jacobian_frobenius"):
+            value = getattr(self, name)
+            if not _is_real(value) or value < 0:
+                raise ValueError(f"regularization weight {name} must be a finite number >= 0 (0 = off), got {value!r}")
+        if not _is_real(self.unseen_mass):
+            raise ValueError(f"unseen_mass must be a finite number, got {self.unseen_mass!r}")
         self._validate_shortlist()
         # JAX-only rules
         if self.rtol <= 0 or self.atol < 0 or self.max_steps_per_layer < 1:

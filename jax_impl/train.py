@@ -13,17 +13,19 @@ the recipe, so with Recipe.shortlist (canonical) its softmax covers the tokens o
 Prints a progress line per evaluation, then best_vloss, the whole-split val loss and elapsed
 minutes (clock as train_mps: from after the data load to the end of the loop); `train()` returns
 (best_vloss, elapsed_min, val_loss_full). Writes metrics.json and ckpt.pt (torch.save of
-{"model": state_dict, "model_args", "iter_num", "metrics"}, atomically), loadable by model.py:
+{"model": state_dict, "model_args", "iter_num", "metrics"}), as one pair (train_mps.write_pair), loadable by
+model.py:
 
     ckpt = torch.load(path); GPT(GPTConfig(**ckpt["model_args"])).load_state_dict(ckpt["model"])
     config = jax_impl.config_from_torch(ckpt["model_args"], ckpt["model"])  # and back into JAX
 
-Environment: TRAIN_MPS_DATA_DIR (data folder), TRAIN_MPS_OUT_DIR (default out/jax).
+Environment: TRAIN_MPS_DATA_DIR (data folder), TRAIN_MPS_OUT_DIR (default out/jax), TRAIN_MPS_SEED (unless
+--seed). Fails as train_mps does, before any work or before writing anything: a bad iteration count, seed or
+output folder, a stale data set, a non-finite loss (train_mps.check_finite, at the same points).
 Float32 (x64 stays off); CPU unless JAX sees a GPU (then matmuls at 'float32' precision, PARITY.md).
 """
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -112,12 +114,14 @@ def train(
 
     if jax.default_backend() == "gpu":
         jax.config.update("jax_default_matmul_precision", "float32")  # not TF32 (PARITY.md)
-    r = replace(tm.Recipe(), solver=solver, steps_per_layer=steps, splitting=splitting)
-    if seed is None and os.environ.get("TRAIN_MPS_SEED"):
-        seed = int(os.environ["TRAIN_MPS_SEED"])
-    if seed is not None:
-        r = replace(r, seed=seed)
+    # The recipe keeps torch's default solver: the torch model only supplies the initial weights (which do not
+    # depend on the integrator), and a JAX-only solver (tsit5, dopri5) is no Recipe value; the JAX solver is
+    # `solver`, recorded in the metrics' recipe.
+    r = replace(tm.Recipe(), steps_per_layer=steps, splitting=splitting)
+    r = replace(r, seed=seed) if seed is not None else tm.seed_from_env(r)
     n_iters = tm.max_iters if max_iters is None else max_iters
+    if not tm._is_int(n_iters) or n_iters < 1:
+        raise ValueError(f"max_iters must be an integer >= 1, got {n_iters!r}; omit it for the full {tm.max_iters}")
     if n_iters != tm.max_iters:
         print(
             f"!!! [jax_impl.train] --max-iters {n_iters}: a SHORT run instead of the fixed {tm.max_iters} "
@@ -126,6 +130,8 @@ def train(
             flush=True,
         )
 
+    out = Path(out_dir or os.environ.get("TRAIN_MPS_OUT_DIR") or Path(tm.__file__).resolve().parent / "out" / "jax")
+    tm.check_out_dir(out)
     data_dir = tm.find_data_dir()
     train_np = tm.load_split(data_dir, "train", r.vocab_size)
     val_np = tm.load_split(data_dir, "val", r.vocab_size)
@@ -134,9 +140,9 @@ def train(
     # train_mps's model for the recipe, its shortlist from train.bin (built by model.py under a torch
     # solver: the weights are integrator-independent), then the JAX integrator; seeded as train_mps.train
     torch.manual_seed(r.seed)
-    torch_model = tm.make_model(replace(r, solver="euler"), train_np)
+    torch_model = tm.make_model(r, train_np)
     config = config_from_torch(
-        torch_model.config, torch_model.state_dict(), solver=r.solver, rtol=rtol, atol=atol, adjoint=adjoint
+        torch_model.config, torch_model.state_dict(), solver=solver, rtol=rtol, atol=atol, adjoint=adjoint
     )
     # the torch model only supplies the initial weights (and, below, the checkpoint's format)
     torch_args = torch_config_kwargs(config)
@@ -183,6 +189,7 @@ def train(
             eval_params = ema if ema is not None else params
             _, vloss_j, stats = forward_with_stats(eval_params, config, as_jnp(xv), as_jnp(yv))
             vloss = float(vloss_j)
+            tm.check_finite(vloss, "val", it, r)
             nfe_eval = int(stats["nfe"])
             best_vloss = min(best_vloss, vloss)
             sel = tm.window_best(recent, vloss, best_sel, r.select_window)
@@ -205,7 +212,8 @@ def train(
         if ema is not None:
             ema = ema_step(ema, params)
         if it % tm.eval_interval == tm.eval_interval - 1 or it == n_iters - 1:
-            last_train_loss = float(loss)
+            last_train_loss = float(loss)  # read here only, as train_mps: no per-step host sync
+            tm.check_finite(last_train_loss, "train", it, r)
     last = ema if ema is not None else params
     final = best_params if best_params is not None else last
     selected_iter = best_sel_iter if best_params is not None else n_iters
@@ -214,8 +222,8 @@ def train(
 
     # --- reporting: after the clock stops ---
     val_full = full_split_loss(final, config, val_np, tm.block_size)
+    tm.check_finite(val_full, "whole-split val", n_iters, r)
     val_full_last = val_full if final is last else full_split_loss(last, config, val_np, tm.block_size)
-    out = Path(out_dir or os.environ.get("TRAIN_MPS_OUT_DIR") or Path(tm.__file__).resolve().parent / "out" / "jax")
     here = Path(__file__).resolve().parent
     metrics = {
         "best_vloss": best_vloss,
@@ -228,7 +236,7 @@ def train(
         "device": jax.default_backend(),
         "init": init,
         "nfe_per_forward": nfe_eval,
-        "recipe": asdict(r),
+        "recipe": {**asdict(r), "solver": solver},
         "model_config": _describe(config),
         "fixed": {"batch_size": tm.batch_size, "block_size": tm.block_size, "max_iters": tm.max_iters},
         "history": history,
@@ -236,19 +244,17 @@ def train(
         "sources_sha256": {f: tm.file_sha256(here / f) for f in ("model.py", "solvers.py", "optim.py", "train.py")},
         "versions": _versions(),
     }
-    metrics_path, ckpt_path = out / "metrics.json", out / "ckpt.pt"
-    tm.atomic_write_bytes(metrics_path, lambda f: f.write(json.dumps(metrics, indent=1).encode()))
     ckpt = {
         "model": params_to_torch(final, config),
         "model_args": torch_args,
         "iter_num": selected_iter,
         "metrics": metrics,
     }
-    tm.atomic_write_bytes(ckpt_path, lambda f: torch.save(ckpt, f))
+    tm.write_pair(out, metrics, ckpt)
     print(
         f"[jax_impl.train] best_vloss {best_vloss:.4f} | whole-split val {val_full:.4f} (weights of iter "
         f"{selected_iter}; last weights {val_full_last:.4f}) | NFE {nfe_eval} | seed {r.seed} | "
-        f"{elapsed_min:.2f} min\n[jax_impl.train] wrote {metrics_path} and {ckpt_path}",
+        f"{elapsed_min:.2f} min\n[jax_impl.train] wrote {out / 'metrics.json'} and {out / 'ckpt.pt'}",
         flush=True,
     )
     return float(best_vloss), float(elapsed_min), float(val_full)
@@ -279,6 +285,17 @@ def _versions() -> dict:
     }
 
 
+def _iterations(text: str) -> int:
+    """--max-iters: a whole number >= 1, else argparse's usage error naming the option."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of iterations >= 1")
+    return n
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--solver", default="euler", choices=list(METHODS))
@@ -293,7 +310,7 @@ def main(argv=None):
         help="recursive: exact backprop through the steps; backsolve: solve the adjoint ODE backwards",
     )
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--max-iters", type=int, default=None, help="a short run (smoke tests only)")
+    p.add_argument("--max-iters", type=_iterations, default=None, help="a short run of N >= 1 (smoke tests only)")
     p.add_argument("--init", default="torch", choices=["torch", "jax"])
     p.add_argument("--out-dir", default=None)
     a = p.parse_args(argv)

@@ -81,6 +81,13 @@ def test_config_fields_and_defaults_match_torch():
         {"n_embd": 30, "n_head": 4},
         {"kinetic_energy": -1.0},
         {"jacobian_frobenius": -0.1},
+        {"steps_per_layer": 2.0},  # a float, even a whole one
+        {"n_head": 0},
+        {"n_layer": True},
+        {"block_size": 0},
+        {"dropout": 1.0},
+        {"kinetic_energy": float("nan")},
+        {"unseen_mass": float("inf")},
     ],
 )
 def test_config_is_validated_like_torch(bad):

@@ -8,9 +8,11 @@ Writes three files to the output folder (default `<repo>/data/shakespeare`):
 
 As in nanoGPT's data/shakespeare/prepare.py, the text is split by characters first and each part
 is tokenized on its own with `encode_ordinary` (no special tokens). Each file is written to a temp
-file in the output folder and moved into place; meta.json is moved last, so its presence marks a
-complete set. The script is idempotent: when meta.json matches the request and both .bin files
-match their recorded sha256 it says so and does nothing (`--force` rebuilds).
+file in the output folder, then moved into place, meta.json first: it records each .bin file's size
+and sha256, so a set is complete exactly when both files match it, and a run interrupted between two
+moves leaves a set that train_mps.py refuses and the next run here rebuilds (see write_outputs). The
+script is idempotent: when meta.json matches the request and both .bin files match their recorded
+sha256 it says so and does nothing (`--force` rebuilds).
 
 Sources (`--source`):
     tinyshakespeare  char-rnn's input.txt (1,115,394 chars), downloaded and checked by sha256.
@@ -393,21 +395,24 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def write_outputs(out_dir: Path, files: dict[str, bytes]) -> None:
-    """Write all files to temps first, then move them into place with meta.json last.
+    """Write all files to temps first, then move them into place with meta.json first.
 
-    A failure while writing leaves the previous set untouched; meta.json is removed before the
-    first move, so a failure between moves leaves no meta.json and the set reads as incomplete.
+    A failure while writing leaves the previous set untouched. From the first move on, meta.json is
+    the new set's and records every .bin file's sha256, so any state between moves (new meta.json,
+    some old .bin files) fails the check against it, in train_mps.py and in read_valid_meta here:
+    a mixed set can never pass for a complete one. (Removing meta.json first and moving it last would
+    leave new and old .bin files with no meta.json, which train_mps.py, trusting data without one,
+    would accept.)
     """
-    if list(files)[-1] != META_NAME:
-        raise ValueError(f"{META_NAME} must be written last")
+    if META_NAME not in files:
+        raise ValueError(f"the set needs its {META_NAME}")
     out_dir.mkdir(parents=True, exist_ok=True)
     temps: dict[str, Path] = {}
     try:
         for name, data in files.items():
             temps[name] = _write_temp(out_dir, name, data)
-        (out_dir / META_NAME).unlink(missing_ok=True)
-        for name, temp in temps.items():
-            os.replace(temp, out_dir / name)
+        for name in sorted(temps, key=lambda name: name != META_NAME):  # meta.json first
+            os.replace(temps[name], out_dir / name)
     finally:
         for temp in temps.values():
             temp.unlink(missing_ok=True)

