@@ -17,15 +17,63 @@ The canonical files and every candidate's two files are copied into `<out>/sourc
 starts (what the harness does), so edits to the working tree during a benchmark of hours cannot mix two
 versions of a recipe in one table; `--resume` reuses those copies.
 
-Reports per configuration best_vloss, whole-split val loss, elapsed_min (as train() returned it), the
-subprocess wall time and fitness = best_vloss + 0.01 * elapsed_min: median, mean +- std over seeds, and the
-per-seed paired differences against the baseline configuration with their median.
+Trusted scoring: the runner, not the candidate, produces every figure the benchmark ranks. In the subprocess,
+before the candidate is imported (`child_main`; torch is imported first, as every candidate imports it):
+  clock      time.perf_counter bound to a local name, so a candidate patching time.time / time.perf_counter (in
+             train_mps.py or model.py) cannot reach it; trusted_elapsed_min runs from before the import of
+             train_mps to train()'s return (the report inside train() counts: the runner cannot tell it apart);
+             the parent also keeps the subprocess's wall time (wall_min).
+  hooks      global torch hooks (TrainingMonitor). Model calls: the outermost module call whose first positional
+             argument is a (B, T) integer tensor; in training mode with gradients on it is a training forward
+             (its batch shape recorded), else an evaluation forward. Optimizer steps: every step() of every
+             torch.optim optimizer; a run's step count is that of the optimizer holding the largest share of
+             the trained model's parameters (the Muon recipe steps Muon and AdamW each iteration: one step).
+  the model  the trained model is the module with the most training forwards; the model scored is the module of
+             the last evaluation forward when it has the trained model's architecture (an EMA copy, as train()
+             evaluates and ends with), else the trained model. The monitor holds references to both.
+  held-out   the candidate's TRAIN_MPS_DATA_DIR is a runner-made folder (runs/<config>/seed<k>/data): train.bin
+             as it is, val.bin the first windows of the validation split, cut at a block_size window boundary
+             (TEST_FRACTION = 0.5 held out), and meta.json, where the source has one, with every count and
+             sha256 of the split recomputed. The held-out test split, the rest, is read before the import.
+  scoring    trusted_test_loss: the mean cross-entropy over every non-overlapping 64-token window of the test
+             split, computed from nanoGPT's inference call model(idx) alone (the last position's logits, no
+             targets): for j = 1..64, model(window[:, :j]) predicts token j, normalised by the runner
+             (logsumexp), in eval mode under no_grad. Causal by construction. ~15 s on one loaded CPU thread
+             for tinyshakespeare's held-out half (281 windows).
+Ranked (medians, paired differences against the baseline, the headline): trusted_test_loss, trusted_elapsed_min
+and trusted_fitness = trusted_test_loss + 0.01 * trusted_elapsed_min. The candidate's own figures stay in every
+record and table, labelled `own`: the returned (best_vloss, elapsed_min), its fitness = best_vloss + 0.01 *
+elapsed_min and its metrics.json's whole-split val (on the part of the split it was given). The runner also
+records the optimizer steps, training forwards and batch shapes. Reports made before the trusted runner (no
+trusted fields) merge as before, ranked on their own figures and flagged UNTRUSTED in benchmark.md.
+
+Violations (each run's `violations`, empty when clean): a run with any is never ranked (left out of the
+medians and paired differences, listed with its reasons in benchmark.md) and the exit status is 1:
+  - optimizer steps != the run's iterations (10001, or --max-iters), fewer training forwards than iterations,
+    a training batch shape other than (8, 64), more than one model trained, no model found;
+  - a return that is not a pair of plain floats (`type(x) is float`: a float subclass is not), not finite, or
+    negative;
+  - a returned best_vloss more than VLOSS_SLACK = 1.0 nats below the trusted test loss (best_vloss is the min of
+    ~101 single-batch losses: 0.32 to 0.63 nats below the whole split in our 151 full runs), a returned
+    elapsed_min below 0.9 x the runner's clock from the call of train() to the last optimizer step, minus 0.1 min;
+  - the runner could not score the model (model(idx) does not return (b, t, vocab) logits) or its loss is not
+    finite;
+  - a timeout: every run has one (--timeout-min; default 4 h for full runs, 5 min + its share of 4 h for
+    shortened ones). Each run is its own process group (start_new_session); on a timeout, or an interrupt of the
+    benchmark (Ctrl-C or SIGTERM), the whole group is killed (os.killpg), so no training process is orphaned.
+What it does not stop: code that attacks the runner inside its own process (removing the hooks makes a run
+a violation, but reading the runner's memory or the source data folder by path is not prevented; review stays the
+last line of defence), and warm starts from weights on disk outside the run's folder.
+
+Reports per configuration every figure above: median, mean +- std over seeds, and the per-seed paired differences
+against the baseline configuration with their median.
 
 Outputs under --out (default results/benchmark/<timestamp>), each written atomically:
   benchmark.json   environment, settings, order, every run's record with its full metrics.json, summary
   benchmark.md     the tables
   benchmark.png    val loss vs iteration, one colour per configuration, the median over seeds bold
-  runs/<config>/seed<k>/   train.log, metrics.json, ckpt.pt and run.json (the record, saved when the run ends)
+  runs/<config>/seed<k>/   train.log, metrics.json, ckpt.pt, returned.json (the runner's findings), data/ (the
+                           candidate's data folder) and run.json (the record, saved when the run ends)
 
     python scripts/benchmark.py --configs baseline canonical                      # 3 seeds, full runs: hours
     python scripts/benchmark.py --configs canonical canonical:ema_decay=0.999,schedule=wsd path/to/cand --seeds 0 1 2 3
@@ -40,8 +88,8 @@ Outputs under --out (default results/benchmark/<timestamp>), each written atomic
     python scripts/benchmark.py --merge results/benchmark/A results/benchmark/screen --seeds 0 \
         --out results/benchmark/S       # a one-seed screen beside seed 0 of a three-seed benchmark
 
-Exit status: 0 all runs finished, 1 some run failed (recorded; the others go on), 2 a usage or input error
-(nothing ran).
+Exit status: 0 all runs finished clean, 1 some run failed, timed out or broke the contract (recorded; the others
+go on), 2 a usage or input error (nothing ran), 130 interrupted (the training processes killed; --resume finishes).
 """
 
 from __future__ import annotations
@@ -59,10 +107,12 @@ import platform
 import re
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import typing
 from datetime import datetime
@@ -73,14 +123,20 @@ SCRIPTS = ROOT / "scripts"
 DEFAULT_DATA_DIR = ROOT / "data" / "shakespeare"
 DEFAULT_OUT_ROOT = ROOT / "results" / "benchmark"
 SOURCE_FILES = ("model.py", "train_mps.py")
-TIME_WEIGHT = 0.01  # fitness = best_vloss + TIME_WEIGHT * elapsed_min
-METRICS = ("best_vloss", "val_loss_full", "elapsed_min", "wall_min", "fitness")
+TIME_WEIGHT = 0.01  # fitness = loss + TIME_WEIGHT * minutes, for the trusted and the candidate's own figures
+# The runner's figures (what the benchmark ranks), then the candidate's own (its return value and metrics.json).
+TRUSTED_METRICS = ("trusted_test_loss", "trusted_elapsed_min", "trusted_fitness")
+OWN_METRICS = ("best_vloss", "val_loss_full", "elapsed_min", "fitness")
+METRICS = (*TRUSTED_METRICS, *OWN_METRICS, "wall_min")
 METRIC_TITLES = {
-    "best_vloss": "best_vloss",
-    "val_loss_full": "whole-split val",
-    "elapsed_min": "elapsed_min",
+    "trusted_test_loss": "trusted test loss",
+    "trusted_elapsed_min": "trusted min",
+    "trusted_fitness": "trusted fitness",
+    "best_vloss": "own best_vloss",
+    "val_loss_full": "own whole-split val",
+    "elapsed_min": "own elapsed_min",
+    "fitness": "own fitness",
     "wall_min": "wall min",
-    "fitness": "fitness",
 }
 BUILTIN_SOURCE = "canonical"  # the snapshot folder shared by baseline, canonical and canonical:...
 
@@ -115,17 +171,30 @@ BASELINE_RECIPE = dict(
     select_window=0,
 )
 
-# Runs in the fresh subprocess: the harness's import, then the returned value to a JSON file.
+# The harness contract's fixed values that the runner checks at run time (scripts/check_constraints.py checks
+# the source; a test compares these with train_mps's fixed block).
+FIXED = {"batch_size": 8, "block_size": 64, "max_iters": 10001}
+
+# Trusted scoring (see the module docstring). The candidate's val.bin holds the first windows of the validation
+# split; the last TEST_FRACTION of its block_size windows (cut at a window boundary) is the held-out test split.
+TEST_FRACTION = 0.5
+# A returned best_vloss more than VLOSS_SLACK nats below the trusted test loss is a violation. best_vloss is the
+# min of ~101 single-batch losses: on the 151 full runs in results/benchmark/ it sat 0.32 to 0.63 nats below the
+# whole-split loss; 1.0 leaves room for the difference between the two halves of the split.
+VLOSS_SLACK = 1.0
+# A returned elapsed_min below ELAPSED_SLACK_REL * (the runner's clock up to the last optimizer step) - ELAPSED_SLACK_MIN
+# is a violation: the returned clock must cover the training it did (10% and 6 s for jitter and the clock's start).
+ELAPSED_SLACK_REL, ELAPSED_SLACK_MIN = 0.9, 0.1
+FULL_TIMEOUT_MIN = 240.0  # a full run takes 10 to 40 min on a 2-core CPU
+
+# Runs in the fresh subprocess: imports this file (scripts/ then leaves sys.path), then child_main does the
+# harness's import of the candidate under the runner's hooks and clock, calls train() and scores the model.
 RUNNER = r"""
-import json, sys
-folder, overrides, result_path = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-sys.path.insert(0, folder)
-import train_mps
-result = train_mps.train() if overrides is None else train_mps.train(train_mps.Recipe(**overrides))
-ok = type(result) is tuple and len(result) == 2 and all(isinstance(v, float) for v in result)
-with open(result_path, "w") as f:
-    json.dump({"returned": list(result) if ok else repr(result), "module_file": train_mps.__file__}, f)
-sys.exit(0 if ok else 3)
+import sys
+sys.path.insert(0, sys.argv[1])
+import benchmark
+sys.path.remove(sys.argv[1])
+sys.exit(benchmark.child_main(sys.argv[2:]))
 """
 
 
@@ -365,15 +434,414 @@ def reference_losses(data_dir: Path) -> dict | None:
         "[benchmark] reference, Kneser-Ney whole-split val: " + ", ".join(f"n={n} {v:.4f}" for n, v in losses.items()),
         flush=True,
     )
-    return {
-        "kneser_ney": {"whole_split_val": {str(n): v for n, v in losses.items()}, "script": "scripts/kneser_ney.py"}
-    }
+    kn = {"whole_split_val": {str(n): v for n, v in losses.items()}, "script": "scripts/kneser_ney.py"}
+    try:  # the held-out test split the trusted test loss is computed on: the same windows
+        test = val[split_validation(len(val)) :]
+    except BenchmarkError:
+        test = None
+    if test is not None:
+        kn["heldout_test"] = {str(n): kneser_ney.whole_split_loss(full.with_order(n), test) for n in REFERENCE_ORDERS}
+    return {"kneser_ney": kn}
 
 
 def print_environment(env: dict) -> None:
     print("[benchmark] environment", flush=True)
     for k, v in env.items():
         print(f"  {k:18} {v}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the trusted runner: held-out data (parent), hooks, clock and scoring (subprocess)
+
+
+def split_validation(n_tokens: int, block_size: int = FIXED["block_size"]) -> int:
+    """Where the validation split is cut: the candidate's val.bin is tokens [0, cut), the held-out test split
+    [cut, n). A multiple of block_size, so both halves keep full_split_loss's windows; no token is a target in
+    both (the test split's first token is only an input)."""
+    n_windows = (n_tokens - 1) // block_size
+    cut = block_size * math.ceil(n_windows * (1 - TEST_FRACTION))
+    if cut < block_size + 2 or n_tokens - cut < block_size + 2:
+        raise BenchmarkError(
+            f"val.bin holds {n_tokens} tokens: too few to cut into the candidate's validation split and a held-out "
+            f"test split of at least {block_size + 2} tokens each"
+        )
+    return cut
+
+
+def rewrite_meta(meta, old: dict, new: dict):
+    """meta.json with every value that described the source split replaced by the new split's (token count, byte
+    count, sha256), whatever its key: the set stays self-consistent for any check train_mps.py makes of it."""
+    if isinstance(meta, dict):
+        return {k: rewrite_meta(v, old, new) for k, v in meta.items()}
+    if isinstance(meta, list):
+        return [rewrite_meta(v, old, new) for v in meta]
+    for kind in ("sha256", "tokens", "bytes"):
+        if meta == old[kind] and type(meta) is type(old[kind]):
+            return new[kind]
+    return meta
+
+
+def make_candidate_data(data_dir: Path, dest: Path) -> dict:
+    """The runner-made data folder the candidate trains on: train.bin as it is, val.bin the first part of the
+    validation split, meta.json (if the source has one) rewritten to match. Returns where the held-out test
+    split is, for the subprocess and the record."""
+    import numpy as np
+
+    val = np.fromfile(data_dir / "val.bin", dtype=np.uint16)
+    cut = split_validation(len(val))
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(data_dir / "train.bin", dest / "train.bin")
+    mine = val[:cut].tobytes()
+    atomic_write_bytes(dest / "val.bin", mine)
+    meta_path = data_dir / "meta.json"
+    if meta_path.exists():
+        val_bytes = (data_dir / "val.bin").read_bytes()
+        old = {"sha256": hashlib.sha256(val_bytes).hexdigest(), "tokens": len(val), "bytes": len(val_bytes)}
+        new = {"sha256": hashlib.sha256(mine).hexdigest(), "tokens": cut, "bytes": len(mine)}
+        atomic_write_json(dest / "meta.json", rewrite_meta(json.loads(meta_path.read_text()), old, new))
+    test = val[cut:]
+    return {
+        "source_val": str(data_dir / "val.bin"),
+        "candidate_val_tokens": cut,
+        "test_start": cut,
+        "test_tokens": len(test),
+        "test_windows": (len(test) - 1) // FIXED["block_size"],
+        "test_sha256": hashlib.sha256(test.tobytes()).hexdigest(),
+        "candidate_data_dir": str(dest),
+    }
+
+
+def is_token_batch(x) -> bool:
+    """A (B, T) tensor of token ids: what a language model's top-level call receives."""
+    import torch
+
+    return isinstance(x, torch.Tensor) and x.dim() == 2 and x.dtype in (torch.int64, torch.int32, torch.int16)
+
+
+class TrainingMonitor:
+    """Global torch hooks, installed before the candidate is imported, that watch what train() does.
+
+    Model calls: the outermost module call that receives a (B, T) integer tensor as its first positional argument
+    (the model, not its embedding inside it). A call in training mode with gradients on is a training forward
+    (its batch shape recorded), any other an evaluation forward. Optimizer steps: every `step()` of every
+    torch.optim.Optimizer (subclasses included), per optimizer. Strong references keep the modules and optimizers
+    alive after train() returns. `paused` stops recording (the runner's own scoring)."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.paused = False
+        self.stack: list[bool] = []  # one entry per module call in progress: was it a recorded model call?
+        self.inside = 0  # recorded model calls in progress
+        self.modules: dict[int, dict] = {}
+        self.optimizers: dict[int, dict] = {}
+        self.last_eval = None  # id of the module of the latest evaluation forward
+        self.handles = []
+
+    def install(self) -> None:
+        import torch.nn.modules.module as mm
+        import torch.optim.optimizer as om
+
+        self.handles = [
+            mm.register_module_forward_pre_hook(self.pre),
+            mm.register_module_forward_hook(self.post, always_call=True),
+            om.register_optimizer_step_post_hook(self.step),
+        ]
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def pre(self, module, args):
+        recorded = not self.inside and not self.paused and bool(args) and is_token_batch(args[0])
+        self.stack.append(recorded)
+        if recorded:
+            import torch
+
+            self.inside += 1
+            entry = self.modules.get(id(module))
+            if entry is None:
+                entry = self.modules[id(module)] = {
+                    "module": module,
+                    "train": 0,
+                    "eval": 0,
+                    "shapes": {},
+                    "eval_shapes": {},
+                }
+            shape = "x".join(map(str, args[0].shape))
+            kind = "train" if module.training and torch.is_grad_enabled() else "eval"
+            entry[kind] += 1
+            shapes = entry["shapes" if kind == "train" else "eval_shapes"]
+            shapes[shape] = shapes.get(shape, 0) + 1
+            if kind == "eval":
+                self.last_eval = id(module)
+
+    def post(self, module, args, output):
+        if self.stack and self.stack.pop():
+            self.inside -= 1
+
+    def step(self, optimizer, args, kwargs):
+        if self.paused:
+            return
+        entry = self.optimizers.get(id(optimizer))
+        if entry is None:
+            entry = self.optimizers[id(optimizer)] = {"optimizer": optimizer, "steps": 0}
+        entry["steps"] += 1
+        entry["last_step"] = self.clock()
+
+    def findings(self) -> dict:
+        """The trained model, the model to score (the last evaluated one if it is a copy of the trained one, as
+        an EMA; else the trained one), the optimizer steps of the trained model's main optimizer, the shapes."""
+        trained = max(self.modules.values(), key=lambda e: e["train"], default=None)
+        if trained is None or trained["train"] == 0:
+            return {"model_found": False, "modules": self.describe_modules()}
+        scored, scored_as = trained, "trained"
+        last = self.modules.get(self.last_eval)
+        if last is not None and last is not trained:
+            if same_architecture(last["module"], trained["module"]):
+                scored, scored_as = last, "evaluated copy"
+            else:
+                scored_as = "trained (the last evaluated module is another architecture)"
+        owned = {id(p): p.numel() for p in trained["module"].parameters()}
+        steps, main, last_step = 0, None, None
+        for i, o in enumerate(self.optimizers.values()):
+            share = sum(owned.get(id(p), 0) for g in o["optimizer"].param_groups for p in g["params"])
+            if share and (main is None or share > main[0]):
+                main, steps, last_step = (share, i), o["steps"], o.get("last_step")
+        return {
+            "model_found": True,
+            "model": scored["module"],
+            "scored_module": scored_as,
+            "model_class": type(scored["module"]).__qualname__,
+            "optimizer_steps": steps,
+            "main_optimizer": None if main is None else main[1],
+            "last_step_clock": last_step,
+            "training_forwards": trained["train"],
+            "training_batch_shapes": dict(trained["shapes"]),
+            "modules_trained": sum(e["train"] > 0 for e in self.modules.values()),
+            "modules": self.describe_modules(),
+            "optimizers": [
+                {"class": type(o["optimizer"]).__qualname__, "steps": o["steps"]} for o in self.optimizers.values()
+            ],
+        }
+
+    def describe_modules(self) -> list:
+        return [
+            {
+                "class": type(e["module"]).__qualname__,
+                "train": e["train"],
+                "eval": e["eval"],
+                "train_shapes": e["shapes"],
+                "eval_shapes": e["eval_shapes"],
+            }
+            for e in self.modules.values()
+        ]
+
+
+def same_architecture(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape for k in sa)
+
+
+def trusted_test_loss(model, tokens, block_size: int = FIXED["block_size"], windows_per_batch: int = 64) -> float:
+    """Mean cross-entropy (nats) of `model` over every non-overlapping block_size window of `tokens` (the windows
+    of train_mps.full_split_loss), computed by the runner from nanoGPT's inference call alone: for j = 1..T,
+    model(window[:, :j]) (no targets) returns the last position's logits (b, 1, vocab), normalised here by
+    log_softmax, and predicts token j. Causal by construction: no position sees a token after its target."""
+    import numpy as np
+    import torch
+
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    data = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
+    n_windows = (len(data) - 1) // block_size
+    if n_windows < 1:
+        raise ValueError(f"{len(data)} tokens hold no window of {block_size + 1}")
+    offsets = torch.arange(n_windows)[:, None] * block_size + torch.arange(block_size + 1)[None, :]  # (n, T + 1)
+    windows = data[offsets].to(device)
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64)  # summed in float64
+    try:
+        with torch.no_grad():
+            for start in range(0, n_windows, windows_per_batch):
+                w = windows[start : start + windows_per_batch]  # (b, T + 1)
+                for j in range(1, block_size + 1):
+                    out = model(w[:, :j])
+                    logits = out[0] if isinstance(out, (tuple, list)) else out
+                    if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or logits.shape[0] != len(w):
+                        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+                        raise ValueError(f"model(idx) returned logits of shape {shape}, not (b, 1 or t, vocab)")
+                    last = logits[:, -1, :].float()  # (b, vocab)
+                    nll = torch.logsumexp(last, dim=-1) - last.gather(1, w[:, j : j + 1])[:, 0]  # -log_softmax[target]
+                    total += nll.double().sum().cpu()
+    finally:
+        model.train(was_training)
+    return float(total) / (n_windows * block_size)
+
+
+def returned_value(v) -> dict:
+    """One returned value as the record keeps it: its exact type and, for floats (subclasses too), the plain value
+    (non-finite values as strings, so the JSON stays strict)."""
+    value = float.__float__(v) if isinstance(v, float) else None
+    if value is not None and not math.isfinite(value):
+        value = str(value)
+    return {"type": f"{type(v).__module__}.{type(v).__qualname__}", "value": value}
+
+
+def child_main(argv: list[str]) -> int:
+    """The subprocess: `folder overrides_json result_path heldout_json`. Clock and hooks first, then the harness's
+    import and train(), then the runner's scoring of the model it found; the facts go to result_path (judged by
+    the parent, judge_run)."""
+    clock = time.perf_counter  # bound before the candidate exists: patching time.* later cannot reach it
+    folder, overrides, result_path, heldout = argv[0], json.loads(argv[1]), argv[2], json.loads(argv[3])
+    import numpy as np
+    import torch  # noqa: F401  (imported before the clock starts: every candidate imports it)
+
+    test = np.fromfile(heldout["source_val"], dtype=np.uint16)[heldout["test_start"] :].astype(np.int64)
+    monitor = TrainingMonitor(clock)
+    monitor.install()
+    sys.path.insert(0, folder)
+    t_import = clock()
+    import train_mps
+
+    t_call = clock()
+    result = train_mps.train() if overrides is None else train_mps.train(train_mps.Recipe(**overrides))
+    t_return = clock()
+    monitor.paused = True
+    found = monitor.findings()
+    trusted = {
+        "elapsed_min": (t_return - t_import) / 60.0,
+        "import_s": t_call - t_import,
+        "train_min": None if found.get("last_step_clock") is None else (found["last_step_clock"] - t_call) / 60.0,
+    }
+    model = found.pop("model", None)
+    found.pop("last_step_clock", None)
+    if model is not None:
+        t = clock()
+        try:
+            trusted["test_loss"] = trusted_test_loss(model, test)
+        except Exception as e:  # a model that breaks nanoGPT's inference call is a finding, not a crash
+            trusted["test_loss"], trusted["scoring_error"] = None, f"{type(e).__name__}: {e}"
+        trusted["scoring_s"] = clock() - t
+        if trusted["test_loss"] is not None and not math.isfinite(trusted["test_loss"]):
+            trusted["test_loss"] = str(trusted["test_loss"])
+    pair = type(result) is tuple and len(result) == 2
+    payload = {
+        "returned": [returned_value(v) for v in result] if pair else None,
+        "returned_repr": repr(result)[:500],
+        "module_file": getattr(train_mps, "__file__", None),
+        "trusted": trusted,
+        "monitor": found,
+    }
+    with open(result_path, "w") as f:
+        json.dump(payload, f)
+    return 0
+
+
+def plain(value):
+    """A recorded number back to a float ('nan', 'inf' strings included); None stays None."""
+    return None if value is None else float(value)
+
+
+def judge_run(record: dict, returned: dict, expected_iters: int) -> None:
+    """The trusted figures and the violations of a finished run, from the subprocess's findings, into `record`."""
+    violations = record["violations"]
+    monitor, trusted = returned.get("monitor") or {}, returned.get("trusted") or {}
+    values = returned.get("returned")
+    own = [None, None]
+    if values is None:
+        violations.append(f"train() returned {returned.get('returned_repr')}, not a pair (best_vloss, elapsed_min)")
+    else:
+        for i, (name, v) in enumerate(zip(("best_vloss", "elapsed_min"), values)):
+            x = plain(v["value"])
+            if v["type"] != "builtins.float":
+                violations.append(f"returned {name} is a {v['type']}, not a float")
+            elif not math.isfinite(x):
+                violations.append(f"returned {name} is {x}: not finite")
+            elif x < 0:
+                violations.append(f"returned {name} is {x}: negative")
+            else:
+                own[i] = x
+    test_loss = plain(trusted.get("test_loss"))
+    record.update(
+        best_vloss=own[0],
+        elapsed_min=own[1],
+        fitness=fitness(*own) if None not in own else None,
+        returned_repr=returned.get("returned_repr"),
+        trusted_test_loss=test_loss if test_loss is not None and math.isfinite(test_loss) else None,
+        trusted_elapsed_min=trusted.get("elapsed_min"),
+        trusted_train_min=trusted.get("train_min"),
+        trusted_scoring_s=trusted.get("scoring_s"),
+        optimizer_steps=monitor.get("optimizer_steps"),
+        training_forwards=monitor.get("training_forwards"),
+        training_batch_shapes=monitor.get("training_batch_shapes"),
+        scored_module=monitor.get("scored_module"),
+        monitor=monitor,
+    )
+    record["trusted_fitness"] = (
+        fitness(record["trusted_test_loss"], record["trusted_elapsed_min"])
+        if record["trusted_test_loss"] is not None and record["trusted_elapsed_min"] is not None
+        else None
+    )
+    if not monitor.get("model_found"):
+        violations.append("no model found: no module was called in training mode on a (B, T) batch of token ids")
+        return
+    if trusted.get("scoring_error"):
+        violations.append(f"the runner could not score the model: {trusted['scoring_error']}")
+    elif record["trusted_test_loss"] is None:
+        violations.append(f"trusted test loss is {trusted.get('test_loss')}: not finite")
+    steps = monitor.get("optimizer_steps")
+    if steps != expected_iters:
+        violations.append(f"{steps} optimizer steps, not the {expected_iters} iterations of the run")
+    if (monitor.get("training_forwards") or 0) < expected_iters:
+        violations.append(f"{monitor.get('training_forwards')} training forwards for {expected_iters} iterations")
+    want = f"{FIXED['batch_size']}x{FIXED['block_size']}"
+    other = {s: n for s, n in (monitor.get("training_batch_shapes") or {}).items() if s != want}
+    if other:
+        violations.append(f"training batches of shape {other} (shape: count), not {want}")
+    if (monitor.get("modules_trained") or 0) > 1:
+        violations.append(f"{monitor['modules_trained']} models were trained, not one")
+    if own[0] is not None and record["trusted_test_loss"] is not None:
+        if own[0] < record["trusted_test_loss"] - VLOSS_SLACK:
+            violations.append(
+                f"returned best_vloss {own[0]:.4f} is more than {VLOSS_SLACK} nats below the trusted test loss "
+                f"{record['trusted_test_loss']:.4f}"
+            )
+    train_min = record["trusted_train_min"]
+    if own[1] is not None and train_min is not None and own[1] < ELAPSED_SLACK_REL * train_min - ELAPSED_SLACK_MIN:
+        violations.append(
+            f"returned elapsed_min {own[1]:.3f} is below the runner's clock ({train_min:.3f} min to the last "
+            f"optimizer step; allowed down to {ELAPSED_SLACK_REL:g} x that - {ELAPSED_SLACK_MIN:g} min)"
+        )
+
+
+# Process groups of the training subprocesses running now (pgid), killed on a timeout or an interrupt.
+LIVE_GROUPS: set[int] = set()
+LIVE_LOCK = threading.Lock()
+STOPPING = threading.Event()  # set on an interrupt: no new run starts, the running ones are recorded as interrupted
+
+
+def kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def kill_all_groups() -> int:
+    with LIVE_LOCK:
+        groups = list(LIVE_GROUPS)
+    for g in groups:
+        kill_group(g)
+    return len(groups)
+
+
+def default_timeout_min(max_iters) -> float:
+    """4 hours for a full run; a shortened run gets its share of that, plus 5 minutes for imports and scoring."""
+    if max_iters is None:
+        return FULL_TIMEOUT_MIN
+    return 5.0 + FULL_TIMEOUT_MIN * max_iters / FIXED["max_iters"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -430,63 +898,102 @@ def threads_per_run(jobs: int) -> dict[str, str]:
 
 
 def execute_run(
-    config: Config, seed: int, index: int, out: Path, data_dir: Path, max_iters, threads: dict[str, str] | None = None
+    config: Config,
+    seed: int,
+    index: int,
+    out: Path,
+    data_dir: Path,
+    max_iters,
+    threads: dict[str, str] | None = None,
+    timeout_min: float | None = None,
 ) -> dict:
-    """One training run in a fresh subprocess; returns its record (also saved as run.json). `threads`: thread
-    variables for the subprocess (threads_per_run)."""
+    """One training run in a fresh subprocess (its own process group) under the trusted runner; returns its
+    record (also saved as run.json). `threads`: thread variables for the subprocess (threads_per_run);
+    `timeout_min`: default default_timeout_min(max_iters); on a timeout the whole process group is killed."""
     rdir = run_dir(out, config.label, seed)
     if rdir.exists():  # leftovers of a failed or interrupted attempt
         shutil.rmtree(rdir)
     rdir.mkdir(parents=True)
     source = out / "sources" / config.snapshot
+    heldout = make_candidate_data(data_dir, rdir / "data")
+    timeout_min = default_timeout_min(max_iters) if timeout_min is None else timeout_min
+    expected_iters = FIXED["max_iters"] if max_iters is None else max_iters
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAIN_MPS_") and k != "PYTHONPATH"}
-    env.update(TRAIN_MPS_SEED=str(seed), TRAIN_MPS_OUT_DIR=str(rdir), TRAIN_MPS_DATA_DIR=str(data_dir))
+    env.update(TRAIN_MPS_SEED=str(seed), TRAIN_MPS_OUT_DIR=str(rdir), TRAIN_MPS_DATA_DIR=heldout["candidate_data_dir"])
     env.update(threads or {})
     if max_iters is not None:
         env["TRAIN_MPS_MAX_ITERS"] = str(max_iters)
     result_path = rdir / "returned.json"
     log_path = rdir / "train.log"
-    cmd = [sys.executable, "-c", RUNNER, str(source), json.dumps(config.overrides), str(result_path)]
+    args = [str(source), json.dumps(config.overrides), str(result_path), json.dumps(heldout)]
+    cmd = [sys.executable, "-c", RUNNER, str(SCRIPTS), *args]
     started = datetime.now().isoformat(timespec="milliseconds")
+    status, returncode, pgid = None, None, None
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=rdir)
+        if STOPPING.is_set():
+            status = "interrupted"
+        else:
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=rdir, start_new_session=True
+            )
+            pgid = proc.pid
+            with LIVE_LOCK:
+                LIVE_GROUPS.add(pgid)  # start_new_session: the child leads its own group, pgid = pid
+            atomic_write_json(rdir / "running.json", {"pid": proc.pid, "pgid": proc.pid, "started_at": started})
+            try:
+                returncode = proc.wait(timeout=60.0 * timeout_min)
+            except subprocess.TimeoutExpired:
+                status = "timeout"
+            finally:  # a timeout, an interrupt, or any error here: no training process outlives the run
+                kill_group(proc.pid)
+                returncode = proc.wait()
+                with LIVE_LOCK:
+                    LIVE_GROUPS.discard(proc.pid)
+            if STOPPING.is_set() and status is None and returncode != 0:
+                status = "interrupted"
     wall_s = time.perf_counter() - t0
     record = {
         **run_identity(config, seed, max_iters, data_dir),
         "order_index": index,
-        "status": "failed",
-        "returncode": proc.returncode,
+        "status": status or "failed",
+        "returncode": returncode,
         "started_at": started,
         "finished_at": datetime.now().isoformat(timespec="milliseconds"),
         "wall_s": wall_s,
         "wall_min": wall_s / 60.0,
+        "timeout_min": timeout_min,
         "source_dir": str(source),
         "sources_sha256": {f: sha256(source / f) for f in SOURCE_FILES},
         "log": str(log_path.relative_to(out)),
         "thread_env": {k: env[k] for k in THREAD_VARS if k in env},
+        "pgid": pgid,
+        "heldout": heldout,
+        "expected_iters": expected_iters,
+        "violations": [],
         "warnings": [],
     }
     returned = load_record(result_path)
     metrics = load_record(rdir / "metrics.json")
     record["metrics"] = metrics
-    if proc.returncode == 0 and returned and isinstance(returned.get("returned"), list):
-        best_vloss, elapsed_min = returned["returned"]
-        record.update(
-            status="ok",
-            best_vloss=best_vloss,
-            elapsed_min=elapsed_min,
-            val_loss_full=(metrics or {}).get("val_loss_full"),
-            fitness=fitness(best_vloss, elapsed_min),
-        )
-        if not returned.get("module_file", "").startswith(str(source)):
+    if status == "timeout":
+        record["violations"].append(f"timeout: still running after {timeout_min:g} min; its process group was killed")
+        record["error"] = tail(log_path)
+    elif returncode == 0 and returned and "trusted" in returned:
+        record["status"] = "ok"
+        judge_run(record, returned, expected_iters)
+        record["val_loss_full"] = (metrics or {}).get("val_loss_full")  # the candidate's own, from its metrics.json
+        if not str(returned.get("module_file") or "").startswith(str(source)):
             record["warnings"].append(f"train_mps was imported from {returned.get('module_file')}, not {source}")
         if metrics is None:
             record["warnings"].append("no metrics.json in TRAIN_MPS_OUT_DIR: no whole-split val, no curve")
         elif metrics.get("seed") != seed:
             record["warnings"].append(f"metrics.json says seed {metrics.get('seed')}, not {seed}")
+        if record.get("scored_module", "").startswith("trained ("):
+            record["warnings"].append(f"scored the trained model: {record['scored_module']}")
     else:
-        record["error"] = (returned or {}).get("returned") or tail(log_path)
+        record["error"] = tail(log_path)
+    (rdir / "running.json").unlink(missing_ok=True)
     atomic_write_json(rdir / "run.json", record)
     return record
 
@@ -505,9 +1012,16 @@ def describe(values: list) -> dict:
     }
 
 
+def ranked(r: dict) -> bool:
+    """A run the summary ranks: finished, and no violation recorded (runs made before the trusted runner have no
+    `violations` field: they rank on the candidate's own figures, flagged untrusted in benchmark.md)."""
+    return r.get("status") == "ok" and not r.get("violations")
+
+
 def summarize(runs: list[dict], labels: list[str], baseline: str) -> dict:
-    """Per configuration: each metric over seeds; per seed differences against the baseline."""
-    ok = {(r["config"], r["seed"]): r for r in runs if r.get("status") == "ok"}
+    """Per configuration: each metric over seeds; per seed differences against the baseline. Runs with
+    violations are left out (listed under `excluded`)."""
+    ok = {(r["config"], r["seed"]): r for r in runs if ranked(r)}
     configs = {}
     for label in labels:
         mine = sorted((r for (c, _), r in ok.items() if c == label), key=lambda r: r["seed"])
@@ -527,10 +1041,21 @@ def summarize(runs: list[dict], labels: list[str], baseline: str) -> dict:
                 paired[m] = {"seeds": seeds, "diffs": diffs, **describe(diffs), "n_lower": sum(d < 0 for d in diffs)}
             entry["paired_vs_baseline"] = paired
         configs[label] = entry
+    trusted = any(r.get("trusted_fitness") is not None for r in ok.values())
     return {
         "baseline": baseline,
+        "headline": "trusted_fitness" if trusted else "fitness",
+        "trusted_fitness": f"trusted_test_loss + {TIME_WEIGHT} * trusted_elapsed_min",
         "fitness": f"best_vloss + {TIME_WEIGHT} * elapsed_min",
         "paired": "configuration - baseline on the same seed; negative = lower = better",
+        "untrusted_runs": [
+            f"{r['config']} seed {r['seed']}" for r in ok.values() if r.get("trusted_test_loss") is None
+        ],
+        "excluded": [
+            {"config": r["config"], "seed": r["seed"], "violations": r["violations"]}
+            for r in runs
+            if r.get("violations")
+        ],
         "configs": configs,
     }
 
@@ -563,6 +1088,26 @@ def md_cell(text) -> str:
     return str(text).replace("|", "\\|")
 
 
+def paired_table(summary: dict, labels: list[str], metrics: tuple, lower: str) -> list[str]:
+    lines = [
+        "| configuration | " + " | ".join(f"Δ {METRIC_TITLES[m]} median | per seed" for m in metrics) + " | lower |",
+        "|---|" + "---|---|" * len(metrics) + "---|",
+    ]
+    for label in labels:
+        p = summary["configs"][label].get("paired_vs_baseline")
+        if p is None:
+            continue
+        cells = [f"`{md_cell(label)}`"]
+        for m in metrics:
+            digits = 2 if m.endswith("_min") else 4
+            per_seed = ", ".join(f"s{sd}: {d:+.{digits}f}" for sd, d in zip(p[m]["seeds"], p[m]["diffs"]))
+            cells += [fmt(p[m]["median"], digits) if p[m]["median"] is None else f"{p[m]['median']:+.{digits}f}"]
+            cells += [per_seed or "n/a"]
+        cells.append(f"{p[lower]['n_lower']}/{len(p[lower]['diffs'])}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_markdown(report: dict) -> str:
     s, summary = report["settings"], report["summary"]
     labels, baseline = s["configs"], summary["baseline"]
@@ -577,10 +1122,28 @@ def render_markdown(report: dict) -> str:
         else "runs interleaved per seed (A B … A B …)"
         + (f", {s['jobs']} at a time (times contended alike)" if s.get("jobs", 1) > 1 else "")
     )
+    headline = summary.get("headline", "fitness")
+    trusted_fitness = summary.get("trusted_fitness", f"trusted_test_loss + {TIME_WEIGHT} * trusted_elapsed_min")
     lines += [
         f"Seeds {', '.join(map(str, s['seeds']))}; {how}, each in a fresh "
         f"subprocess; {n_ok} of {len(report['order'])} runs finished{'' if report.get('complete') else ' (INCOMPLETE)'}. "
-        f"fitness = {summary['fitness']}. Lower is better everywhere. Cells: median (mean ± std) over seeds.",
+        f"Ranked by **{headline}**. Lower is better everywhere. Cells: median (mean ± std) over seeds.",
+        "",
+        f"The trusted figures are the runner's: trusted test loss = its own cross-entropy of the trained model on the "
+        f"held-out test split (the last {TEST_FRACTION:.0%} of val.bin's windows, which the candidate never sees), "
+        f"trusted min = its clock around the import and train(), trusted fitness = {trusted_fitness}. The `own` "
+        f"figures are the candidate's (its return value, fitness = {summary['fitness']}, and its metrics.json, on "
+        "the part of the validation split it was given), kept for continuity. Runs with violations are not ranked.",
+    ]
+    untrusted = summary.get("untrusted_runs", [])
+    if untrusted:
+        lines += [
+            "",
+            f"> **UNTRUSTED: {len(untrusted)} run(s) predate the trusted runner ({md_cell(', '.join(untrusted))}): "
+            "they carry only the candidate's own figures (own best_vloss, whole-split val, elapsed_min), as "
+            "train() reported them, on the whole validation split; their trusted columns are n/a.**",
+        ]
+    lines += [
         "",
         "| configuration | n | " + " | ".join(METRIC_TITLES[m] for m in METRICS) + " |",
         "|---|---|" + "---|" * len(METRICS),
@@ -589,57 +1152,72 @@ def render_markdown(report: dict) -> str:
         c = summary["configs"][label]
         cells = [f"`{md_cell(label)}`", str(c["n"])]
         for m in METRICS:
-            digits = 2 if m in ("elapsed_min", "wall_min") else 4
-            cells.append(f"{fmt(c[m]['median'], digits)} ({fmt_pm(c[m], digits)})")
+            digits = 2 if m.endswith("_min") else 4
+            cell = c.get(m, {})
+            cells.append(f"{fmt(cell.get('median'), digits)} ({fmt_pm(cell, digits)})")
         lines.append("| " + " | ".join(cells) + " |")
     kn = (report.get("references") or {}).get("kneser_ney")
     if kn:
         row = ", ".join(f"n={n} {fmt(v)}" for n, v in kn["whole_split_val"].items())
         best = min(kn["whole_split_val"].values())
+        test = kn.get("heldout_test")
         lines += [
             "",
             f"Reference, not a model: an interpolated modified Kneser-Ney n-gram fitted on the same train.bin "
-            f"(`{kn['script']}`), whole-split val {row}; best **{fmt(best)}**.",
+            f"(`{kn['script']}`), whole-split val {row}; best **{fmt(best)}**."
+            + (
+                " On the held-out test split (as the trusted test loss): "
+                + ", ".join(f"n={n} {fmt(v)}" for n, v in test.items())
+                + "."
+                if test
+                else ""
+            ),
         ]
-    paired_metrics = ("best_vloss", "val_loss_full", "fitness", "elapsed_min")
     lines += [
         "",
         f"## Paired differences against `{md_cell(baseline)}`",
         "",
         "Configuration minus baseline on the same seed (negative = better); median, then the per-seed values; "
-        "'lower' counts the seeds on which the configuration's fitness is lower.",
+        f"'lower' counts the seeds on which the configuration's {headline} is lower.",
         "",
-        "| configuration | "
-        + " | ".join(f"Δ {METRIC_TITLES[m]} median | per seed" for m in paired_metrics)
-        + " | lower |",
-        "|---|" + "---|---|" * len(paired_metrics) + "---|",
     ]
-    for label in labels:
-        p = summary["configs"][label].get("paired_vs_baseline")
-        if p is None:
-            continue
-        cells = [f"`{md_cell(label)}`"]
-        for m in paired_metrics:
-            digits = 2 if m == "elapsed_min" else 4
-            per_seed = ", ".join(f"s{sd}: {d:+.{digits}f}" for sd, d in zip(p[m]["seeds"], p[m]["diffs"]))
-            cells += [fmt(p[m]["median"], digits) if p[m]["median"] is None else f"{p[m]['median']:+.{digits}f}"]
-            cells += [per_seed or "n/a"]
-        cells.append(f"{p['fitness']['n_lower']}/{len(p['fitness']['diffs'])}")
-        lines.append("| " + " | ".join(cells) + " |")
+    if headline == "trusted_fitness":
+        lines += paired_table(
+            summary, labels, ("trusted_test_loss", "trusted_fitness", "trusted_elapsed_min"), headline
+        )
+        lines += ["", "The candidates' own figures (untrusted), for continuity:", ""]
+    lines += paired_table(summary, labels, ("best_vloss", "val_loss_full", "fitness", "elapsed_min"), "fitness")
+    excluded = summary.get("excluded", [])
+    if excluded:
+        lines += [
+            "",
+            "## Runs with violations (not ranked)",
+            "",
+            "| configuration | seed | violations |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| `{md_cell(e['config'])}` | {e['seed']} | {md_cell('; '.join(e['violations']))} |" for e in excluded
+        ]
     lines += [
         "",
         "## Runs (in execution order)",
         "",
-        "| # | configuration | seed | status | best_vloss | whole-split val | elapsed_min | wall min | fitness |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| # | configuration | seed | status | trusted test loss | trusted min | steps | batches | "
+        "own best_vloss | own whole-split val | own elapsed_min | wall min | own fitness | violations |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     by_key = {(r["config"], r["seed"]): r for r in report["runs"]}
     for o in report["order"]:
         r = by_key.get((o["config"], o["seed"]), {})
+        shapes = ", ".join(f"{k}: {v}" for k, v in (r.get("training_batch_shapes") or {}).items()) or "n/a"
+        violations = "n/a (untrusted run)" if "violations" not in r else str(len(r["violations"]))
         lines.append(
             f"| {o['index']} | `{md_cell(o['config'])}` | {o['seed']} | {r.get('status', 'pending')} | "
+            f"{fmt(r.get('trusted_test_loss'))} | {fmt(r.get('trusted_elapsed_min'), 2)} | "
+            f"{r.get('optimizer_steps', 'n/a')} | {shapes} | "
             f"{fmt(r.get('best_vloss'))} | {fmt(r.get('val_loss_full'))} | {fmt(r.get('elapsed_min'), 2)} | "
-            f"{fmt(r.get('wall_min'), 2)} | {fmt(r.get('fitness'))} |"
+            f"{fmt(r.get('wall_min'), 2)} | {fmt(r.get('fitness'))} | {violations} |"
         )
     warnings = [(r["config"], r["seed"], w) for r in report["runs"] for w in r.get("warnings", [])]
     if warnings:
@@ -755,6 +1333,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="runs at once (default 1), started in the interleaved order; each gets cpu_count // jobs threads "
         "unless OMP_NUM_THREADS / MKL_NUM_THREADS are set. Losses compare; elapsed_min is then contended alike",
     )
+    p.add_argument(
+        "--timeout-min",
+        type=float,
+        help="minutes a run may take before its process group is killed and it is recorded as a timeout "
+        f"(default {FULL_TIMEOUT_MIN:g} for full runs; 5 + its share of that for --max-iters runs)",
+    )
     p.add_argument("--plot-only", action="store_true", help="redraw benchmark.md and .png from benchmark.json")
     p.add_argument(
         "--merge",
@@ -792,7 +1376,7 @@ def merge(a: argparse.Namespace, argv: list[str]) -> int:
     sha256, environment); a configuration whose sources differ between folders is reported."""
     if a.out is None:
         raise BenchmarkError("--merge needs --out (the folder of the merged report)")
-    if a.resume or a.max_iters is not None:
+    if a.resume or a.max_iters is not None or a.timeout_min is not None:
         raise BenchmarkError("--merge takes only --configs, --seeds, --baseline, --relabel and --out")
     relabel = dict(a.relabel or [])
     if len(relabel) != len(a.relabel or []):
@@ -909,6 +1493,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchmarkError as e:
         print(f"[benchmark] error: {e}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:
+        print("[benchmark] interrupted: every training process group was killed; --resume finishes", flush=True)
+        return 130
 
 
 def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
@@ -938,6 +1525,9 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
         raise BenchmarkError("--max-iters must be >= 1")
     if a.jobs < 1:
         raise BenchmarkError(f"--jobs must be >= 1, got {a.jobs}")
+    if a.timeout_min is not None and not a.timeout_min > 0:
+        raise BenchmarkError(f"--timeout-min must be > 0, got {a.timeout_min}")
+    timeout_min = a.timeout_min if a.timeout_min is not None else default_timeout_min(a.max_iters)
     data_dir = (a.data_dir or DEFAULT_DATA_DIR).resolve()
     out = (a.out or DEFAULT_OUT_ROOT / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
 
@@ -951,6 +1541,7 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
         raise BenchmarkError(
             f"{data_dir} lacks {', '.join(missing)}; prepare the data with `make data` or pass --data-dir"
         )
+    split_validation((data_dir / "val.bin").stat().st_size // 2)  # room for the held-out test split
 
     # Everything is checked before anything is written or run.
     plan = [(i, c, seed) for i, (seed, c) in enumerate((seed, c) for seed in seeds for c in configs)]
@@ -1025,6 +1616,14 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
             "data_dir": str(data_dir),
             "time_weight": TIME_WEIGHT,
             "jobs": a.jobs,
+            "timeout_min": timeout_min,
+            "trusted": {
+                "runner": "trusted-v1",
+                "test_fraction": TEST_FRACTION,
+                "vloss_slack": VLOSS_SLACK,
+                "elapsed_slack": [ELAPSED_SLACK_REL, ELAPSED_SLACK_MIN],
+                "fixed": FIXED,
+            },
         },
         "order": [{"index": i, "config": c.label, "seed": seed} for i, c, seed in plan],
         "runs": [],
@@ -1049,26 +1648,44 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
             print(f"{head} skipped, finished earlier (--resume): {result_line(records[(c.label, seed)])}", flush=True)
         else:
             todo.append((head, i, c, seed))
-    # A pool of `jobs` threads, each waiting on one subprocess: runs start in plan order as slots free up.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=a.jobs) as pool:
-        futures = {
-            pool.submit(announce_and_run, head, c, seed, i, out, data_dir, a.max_iters, threads): (head, c, seed)
-            for head, i, c, seed in todo
-        }
-        for future in concurrent.futures.as_completed(futures):
-            head, c, seed = futures[future]
-            r = records[(c.label, seed)] = future.result()
-            if r["status"] == "ok":
-                print(f"{head} {result_line(r)}", flush=True)
-            else:
-                print(
-                    f"{head} FAILED (exit {r['returncode']}) after {r['wall_s']:.1f} s; log {out / r['log']}:",
-                    flush=True,
+    # A pool of `jobs` threads, each waiting on one subprocess: runs start in plan order as slots free up. An
+    # interrupt (Ctrl-C, or SIGTERM turned into one) kills every training process group before it propagates.
+    STOPPING.clear()
+    previous_sigterm = None
+    if threading.current_thread() is threading.main_thread():
+        previous_sigterm = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=a.jobs) as pool:
+            futures = {
+                pool.submit(announce_and_run, head, c, seed, i, out, data_dir, a.max_iters, threads, timeout_min): (
+                    head,
+                    c,
+                    seed,
                 )
-                print("    " + str(r["error"]).replace("\n", "\n    "), flush=True)
-            save()
+                for head, i, c, seed in todo
+            }
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    head, c, seed = futures[future]
+                    r = records[(c.label, seed)] = future.result()
+                    print(f"{head} {result_line(r)}", flush=True)
+                    if r["status"] != "ok":
+                        print("    " + str(r.get("error")).replace("\n", "\n    "), flush=True)
+                    for v in r.get("violations", []):
+                        print(f"    VIOLATION: {v}", flush=True)
+                    save()
+            except BaseException:
+                STOPPING.set()
+                pool.shutdown(wait=False, cancel_futures=True)
+                n = kill_all_groups()
+                print(f"[benchmark] stopping: killed {n} training process group(s)", flush=True)
+                raise
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
 
     failed = [r for r in report["runs"] if r["status"] != "ok"]
+    violated = [r for r in report["runs"] if r.get("violations")]
     report["complete"] = not failed
     report["finished_at"] = datetime.now().isoformat(timespec="seconds")
     save()
@@ -1077,7 +1694,13 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
     print(f"[benchmark] wrote {out / 'benchmark.json'}, benchmark.md, benchmark.png", flush=True)
     if failed:
         print(f"[benchmark] {len(failed)} run(s) failed; rerun with --resume --out {out} to retry them", flush=True)
-    return 1 if failed else 0
+    if violated:
+        print(f"[benchmark] {len(violated)} run(s) broke the contract (violations above): not ranked", flush=True)
+    return 1 if failed or violated else 0
+
+
+def raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def announce_and_run(head: str, *args) -> dict:
@@ -1086,9 +1709,18 @@ def announce_and_run(head: str, *args) -> dict:
 
 
 def result_line(r: dict) -> str:
+    if r.get("status") != "ok":
+        return f"{r.get('status', 'failed').upper()} (exit {r.get('returncode')}) after {r['wall_s']:.1f} s; log {r['log']}"
+    trusted = (
+        f"trusted test {fmt(r.get('trusted_test_loss'))} | trusted min {fmt(r.get('trusted_elapsed_min'), 2)} | "
+        f"steps {r.get('optimizer_steps')} | "
+        if "violations" in r
+        else ""
+    )
     return (
-        f"best_vloss {r['best_vloss']:.4f} | whole-split val {fmt(r.get('val_loss_full'))} | "
-        f"elapsed_min {r['elapsed_min']:.2f} | fitness {r['fitness']:.4f} | wall {r['wall_s']:.1f} s"
+        f"{trusted}own best_vloss {fmt(r.get('best_vloss'))} | whole-split val {fmt(r.get('val_loss_full'))} | "
+        f"elapsed_min {fmt(r.get('elapsed_min'), 2)} | fitness {fmt(r.get('fitness'))} | wall {r['wall_s']:.1f} s"
+        + (f" | {len(r['violations'])} VIOLATION(S)" if r.get("violations") else "")
     )
 
 
