@@ -1,5 +1,6 @@
-"""Shared fixtures: the repo on sys.path, tiny models, tiny synthetic .bin data."""
+"""Shared fixtures: the repo on sys.path, tiny models, tiny synthetic .bin data, the checker, short runs."""
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -23,3 +24,22 @@ def write_bins(folder: Path, n_train: int = 4000, n_val: int = 1000, vocab: int 
 @pytest.fixture
 def synthetic_data(tmp_path):
     return write_bins(tmp_path / "data")
+
+
+def load_checker(name: str = "check_constraints"):
+    """scripts/check_constraints.py as a module (it is a script, not a package module)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / "check_constraints.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def run_env(request, monkeypatch, synthetic_data, tmp_path):
+    """train() on the synthetic data, out/ in tmp_path, shortened to the test module's SHORT iterations."""
+    monkeypatch.setenv("TRAIN_MPS_DATA_DIR", str(synthetic_data))
+    monkeypatch.setenv("TRAIN_MPS_OUT_DIR", str(tmp_path / "out"))
+    monkeypatch.setenv("TRAIN_MPS_MAX_ITERS", request.module.SHORT)
+    monkeypatch.delenv("TRAIN_MPS_SEED", raising=False)
+    return tmp_path / "out"

@@ -6,27 +6,19 @@ test loudly instead of testing an unedited file). Families follow issue #15: fix
 and builtins, environment writes, the training loop, data, results and the clock, model.py.
 """
 
-import importlib.util
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import load_checker
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "check_constraints.py"
 
 
-def _load_checker():
-    spec = importlib.util.spec_from_file_location("check_constraints_attacks", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
-    spec.loader.exec_module(module)
-    return module
-
-
-cc = _load_checker()
+cc = load_checker("check_constraints_attacks")
 
 # The starting file every DreamTeam candidate edits: kevinbdsouza/DreamTeam src/dreamteam/train_mps.py, verbatim.
 ORIGINAL = """\

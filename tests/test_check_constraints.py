@@ -5,7 +5,6 @@ each asserts that it changed the text, so a substitution that stops matching fai
 an unmutated file.
 """
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -13,21 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_checker
 
 ROOT = Path(__file__).resolve().parents[1]
 CANONICAL_PATH = ROOT / "train_mps.py"
 SCRIPT = ROOT / "scripts" / "check_constraints.py"
 
 
-def _load_checker():
-    spec = importlib.util.spec_from_file_location("check_constraints", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
-    spec.loader.exec_module(module)
-    return module
-
-
-cc = _load_checker()
+cc = load_checker("check_constraints")
 
 # A minimal train_mps.py that keeps every rule, written independently of the repo's file.
 FIXTURE_SOURCE = """\

@@ -19,15 +19,6 @@ from model import GPTConfig
 SHORT = "3"
 
 
-@pytest.fixture
-def run_env(monkeypatch, synthetic_data, tmp_path):
-    monkeypatch.setenv("TRAIN_MPS_DATA_DIR", str(synthetic_data))
-    monkeypatch.setenv("TRAIN_MPS_OUT_DIR", str(tmp_path / "out"))
-    monkeypatch.setenv("TRAIN_MPS_MAX_ITERS", SHORT)
-    monkeypatch.delenv("TRAIN_MPS_SEED", raising=False)
-    return tmp_path / "out"
-
-
 def snapshot(folder):
     """Every entry under `folder` (links as links) and the bytes of every regular file: a listing that
     shows any temp file, any new run folder and any changed byte."""

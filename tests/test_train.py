@@ -18,15 +18,6 @@ from model import GPT, GPTConfig
 SHORT = "12"
 
 
-@pytest.fixture
-def run_env(monkeypatch, synthetic_data, tmp_path):
-    monkeypatch.setenv("TRAIN_MPS_DATA_DIR", str(synthetic_data))
-    monkeypatch.setenv("TRAIN_MPS_OUT_DIR", str(tmp_path / "out"))
-    monkeypatch.setenv("TRAIN_MPS_MAX_ITERS", SHORT)
-    monkeypatch.delenv("TRAIN_MPS_SEED", raising=False)
-    return tmp_path / "out"
-
-
 def test_harness_imports_copied_files_alone(synthetic_data, tmp_path):
     """The harness copies the two files into a bare folder, imports train_mps and calls train()."""
     candidate = tmp_path / "candidate"
