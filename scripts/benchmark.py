@@ -40,6 +40,14 @@ before the candidate is imported (`child_main`; torch is imported first, as ever
              targets): for j = 1..64, model(window[:, :j]) predicts token j, normalised by the runner
              (logsumexp), in eval mode under no_grad. Causal by construction. ~15 s on one loaded CPU thread
              for tinyshakespeare's held-out half (281 windows).
+  layouts    both layouts of train_mps.py run (scripts/check_constraints.py infers which): odegpt's, and the
+             DreamTeam original's (fixed locals at the top of train(), a data folder literal, device 'mps', no
+             seed). An original-layout candidate runs from an adapted copy (prepare_candidate): the value of
+             `data_dir = '...'` becomes the run's data folder (its shakespeare/ holds the data, and the run's
+             working directory holds data/shakespeare/ for the relative spelling), `device = 'mps'` becomes 'cpu'
+             where there is no MPS, and `max_iters` the --max-iters of a shortened run; nothing else changes.
+             Every run is seeded by the runner before the import (random, numpy, torch), and the original's 0-d
+             tensor best_vloss is accepted. Each change is listed in the run's `adaptations` and in benchmark.md.
 Ranked (medians, paired differences against the baseline, the headline): trusted_test_loss, trusted_elapsed_min
 and trusted_fitness = trusted_test_loss + 0.01 * trusted_elapsed_min. The candidate's own figures stay in every
 record and table, labelled `own`: the returned (best_vloss, elapsed_min), its fitness = best_vloss + 0.01 *
@@ -51,8 +59,8 @@ Violations (each run's `violations`, empty when clean): a run with any is never 
 medians and paired differences, listed with its reasons in benchmark.md) and the exit status is 1:
   - optimizer steps != the run's iterations (10001, or --max-iters), fewer training forwards than iterations,
     a training batch shape other than (8, 64), more than one model trained, no model found;
-  - a return that is not a pair of plain floats (`type(x) is float`: a float subclass is not), not finite, or
-    negative;
+  - a return that is not a pair of plain floats (`type(x) is float`: a float subclass is not; in the original
+    layout best_vloss may also be a 0-d floating torch.Tensor), not finite, or negative;
   - a returned best_vloss more than VLOSS_SLACK = 1.0 nats below the trusted test loss (best_vloss is the min of
     ~101 single-batch losses: 0.32 to 0.63 nats below the whole split in our 151 full runs), a returned
     elapsed_min below 0.9 x the runner's clock from the call of train() to the last optimizer step, minus 0.1 min;
@@ -95,6 +103,7 @@ go on), 2 a usage or input error (nothing ran), 130 interrupted (the training pr
 from __future__ import annotations
 
 import argparse
+import ast
 import concurrent.futures
 import dataclasses
 import hashlib
@@ -104,6 +113,7 @@ import json
 import math
 import os
 import platform
+import random
 import re
 import shlex
 import shutil
@@ -511,6 +521,98 @@ def make_candidate_data(data_dir: Path, dest: Path) -> dict:
     }
 
 
+# ---------------------------------------------------------------------------------------------
+# the DreamTeam original layout: fixed locals at the top of train(), a data folder the user writes in as a literal,
+# device 'mps' used directly, no seed. The runner adapts exactly those lines (adapt_original_layout) and says so.
+
+ORIGINAL_DATA_SUBDIR = "shakespeare"  # the original joins data_dir with "shakespeare/train.bin"
+
+
+def train_layout(source: str) -> str:
+    """ "module" (odegpt's fixed block at module level), "train" (the DreamTeam original's fixed locals in train())
+    or "none", as scripts/check_constraints.py infers it."""
+    checker = load_module("_benchmark_check_constraints", SCRIPTS / "check_constraints.py")
+    try:
+        return checker.layout(source)
+    except SyntaxError:
+        return "none"
+
+
+def runner_device() -> str:
+    """The device an original-layout candidate runs on here: 'mps' where there is one, else 'cpu'."""
+    import torch
+
+    return "mps" if torch.backends.mps.is_available() else "cpu"
+
+
+def adapt_original_layout(source: str, data_parent: Path, device: str, max_iters: int | None) -> tuple[str, list[str]]:
+    """An original-layout train_mps.py made runnable here, and what was changed (one note per line changed). Only
+    the value of three top-level assignments of train() is rewritten, everything else stays byte for byte:
+      data_dir = '<any folder literal>'  ->  data_parent (the runner-made folder whose shakespeare/ holds the data);
+      device = 'mps'                     ->  `device`, where this machine has no MPS;
+      max_iters = 10001                  ->  max_iters, for shortened runs (--max-iters) only.
+    A relative 'data/shakespeare/...' literal (the starting file's) needs no change: the run's working directory
+    holds the runner-made data/shakespeare/."""
+    tree = ast.parse(source)
+    train = next(
+        (n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == "train"), None
+    )
+    if train is None:
+        raise BenchmarkError("an original-layout train_mps.py without a top-level train()")
+    raw = source.encode("utf-8")
+    starts = [0]  # byte offset of each line (ast's col_offset counts UTF-8 bytes)
+    for line in raw.splitlines(keepends=True):
+        starts.append(starts[-1] + len(line))
+    edits, notes, seen = [], [], set()
+    for stmt in train.body:
+        if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)):
+            continue
+        name, value = stmt.targets[0].id, stmt.value
+        if name in seen or not isinstance(value, ast.Constant):
+            continue
+        seen.add(name)
+        new = note = None
+        if name == "data_dir" and isinstance(value.value, str):
+            new = repr(str(data_parent))
+            note = f"data_dir {value.value!r} -> the runner-made data folder {str(data_parent)!r}"
+        elif name == "device" and value.value == "mps" and device != "mps":
+            new, note = repr(device), f"device 'mps' -> {device!r} (this machine has no MPS)"
+        elif name == "max_iters" and max_iters is not None and value.value == FIXED["max_iters"]:
+            new, note = str(max_iters), f"max_iters {FIXED['max_iters']} -> {max_iters} (--max-iters: SHORTENED)"
+        if new is not None:
+            a = starts[value.lineno - 1] + value.col_offset
+            b = starts[value.end_lineno - 1] + value.end_col_offset
+            edits.append((a, b, new.encode("utf-8")))
+            notes.append(f"train_mps.py line {stmt.lineno}: {note}")
+    for a, b, new in sorted(edits, reverse=True):
+        raw = raw[:a] + new + raw[b:]
+    return raw.decode("utf-8"), notes
+
+
+def prepare_candidate(source: Path, rdir: Path, data_dir: Path, max_iters) -> tuple[Path, dict, str, list[str]]:
+    """The folder a run imports, its held-out split (make_candidate_data), its layout and the adaptations made.
+    odegpt's layout runs from the snapshot as it is, its data in rdir/data. The original layout runs from an adapted
+    copy in rdir/candidate, its data in rdir/data/shakespeare/ (where both of its spellings of the path point)."""
+    layout = train_layout((source / "train_mps.py").read_text(encoding="utf-8", errors="replace"))
+    if layout != "train":
+        return source, make_candidate_data(data_dir, rdir / "data"), layout, []
+    heldout = make_candidate_data(data_dir, rdir / "data" / ORIGINAL_DATA_SUBDIR)
+    text, notes = adapt_original_layout(
+        (source / "train_mps.py").read_text(encoding="utf-8"), rdir / "data", runner_device(), max_iters
+    )
+    folder = rdir / "candidate"
+    folder.mkdir()
+    atomic_write_bytes(folder / "train_mps.py", text.encode("utf-8"))
+    shutil.copyfile(source / "model.py", folder / "model.py")
+    notes += [
+        f"working directory: the run's folder, so a relative 'data/{ORIGINAL_DATA_SUBDIR}/...' path reads the "
+        "runner-made data",
+        "seeded by the runner before the import (random, numpy, torch: the run's seed); the original sets no seed",
+        "a 0-d floating torch.Tensor is accepted as the returned best_vloss (the original returns one)",
+    ]
+    return folder, heldout, layout, notes
+
+
 def is_token_batch(x) -> bool:
     """A (B, T) tensor of token ids: what a language model's top-level call receives."""
     import torch
@@ -684,6 +786,9 @@ def returned_value(v) -> dict:
     """One returned value as the record keeps it: its exact type and, for floats (subclasses too), the plain value
     (non-finite values as strings, so the JSON stays strict)."""
     value = float.__float__(v) if isinstance(v, float) else None
+    torch = sys.modules.get("torch")
+    if torch is not None and type(v) is torch.Tensor and v.numel() == 1 and v.is_floating_point():
+        value = float(v.detach().cpu().item())  # the original's best_vloss (judged by layout, judge_run)
     if value is not None and not math.isfinite(value):
         value = str(value)
     return {"type": f"{type(v).__module__}.{type(v).__qualname__}", "value": value}
@@ -699,6 +804,10 @@ def child_main(argv: list[str]) -> int:
     import torch  # noqa: F401  (imported before the clock starts: every candidate imports it)
 
     test = np.fromfile(heldout["source_val"], dtype=np.uint16)[heldout["test_start"] :].astype(np.int64)
+    seed = int(os.environ.get("TRAIN_MPS_SEED", "0"))  # for candidates that set no seed (odegpt's train() re-seeds)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
     monitor = TrainingMonitor(clock)
     monitor.install()
     sys.path.insert(0, folder)
@@ -744,9 +853,13 @@ def plain(value):
     return None if value is None else float(value)
 
 
-def judge_run(record: dict, returned: dict, expected_iters: int) -> None:
-    """The trusted figures and the violations of a finished run, from the subprocess's findings, into `record`."""
+def judge_run(record: dict, returned: dict, expected_iters: int, layout: str = "module") -> None:
+    """The trusted figures and the violations of a finished run, from the subprocess's findings, into `record`.
+    `layout` "train" (the DreamTeam original's) also accepts a 0-d floating torch.Tensor as best_vloss."""
     violations = record["violations"]
+    allowed = {"best_vloss": {"builtins.float"}, "elapsed_min": {"builtins.float"}}
+    if layout == "train":
+        allowed["best_vloss"].add("torch.Tensor")
     monitor, trusted = returned.get("monitor") or {}, returned.get("trusted") or {}
     values = returned.get("returned")
     own = [None, None]
@@ -755,7 +868,7 @@ def judge_run(record: dict, returned: dict, expected_iters: int) -> None:
     else:
         for i, (name, v) in enumerate(zip(("best_vloss", "elapsed_min"), values)):
             x = plain(v["value"])
-            if v["type"] != "builtins.float":
+            if v["type"] not in allowed[name] or x is None:
                 violations.append(f"returned {name} is a {v['type']}, not a float")
             elif not math.isfinite(x):
                 violations.append(f"returned {name} is {x}: not finite")
@@ -915,7 +1028,7 @@ def execute_run(
         shutil.rmtree(rdir)
     rdir.mkdir(parents=True)
     source = out / "sources" / config.snapshot
-    heldout = make_candidate_data(data_dir, rdir / "data")
+    folder, heldout, layout, adaptations = prepare_candidate(source, rdir, data_dir, max_iters)
     timeout_min = default_timeout_min(max_iters) if timeout_min is None else timeout_min
     expected_iters = FIXED["max_iters"] if max_iters is None else max_iters
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAIN_MPS_") and k != "PYTHONPATH"}
@@ -925,7 +1038,7 @@ def execute_run(
         env["TRAIN_MPS_MAX_ITERS"] = str(max_iters)
     result_path = rdir / "returned.json"
     log_path = rdir / "train.log"
-    args = [str(source), json.dumps(config.overrides), str(result_path), json.dumps(heldout)]
+    args = [str(folder), json.dumps(config.overrides), str(result_path), json.dumps(heldout)]
     cmd = [sys.executable, "-c", RUNNER, str(SCRIPTS), *args]
     started = datetime.now().isoformat(timespec="milliseconds")
     status, returncode, pgid = None, None, None
@@ -969,6 +1082,8 @@ def execute_run(
         "thread_env": {k: env[k] for k in THREAD_VARS if k in env},
         "pgid": pgid,
         "heldout": heldout,
+        "layout": layout,
+        "adaptations": adaptations,
         "expected_iters": expected_iters,
         "violations": [],
         "warnings": [],
@@ -981,10 +1096,10 @@ def execute_run(
         record["error"] = tail(log_path)
     elif returncode == 0 and returned and "trusted" in returned:
         record["status"] = "ok"
-        judge_run(record, returned, expected_iters)
+        judge_run(record, returned, expected_iters, layout)
         record["val_loss_full"] = (metrics or {}).get("val_loss_full")  # the candidate's own, from its metrics.json
-        if not str(returned.get("module_file") or "").startswith(str(source)):
-            record["warnings"].append(f"train_mps was imported from {returned.get('module_file')}, not {source}")
+        if not str(returned.get("module_file") or "").startswith(str(folder)):
+            record["warnings"].append(f"train_mps was imported from {returned.get('module_file')}, not {folder}")
         if metrics is None:
             record["warnings"].append("no metrics.json in TRAIN_MPS_OUT_DIR: no whole-split val, no curve")
         elif metrics.get("seed") != seed:
@@ -1219,6 +1334,16 @@ def render_markdown(report: dict) -> str:
             f"{fmt(r.get('best_vloss'))} | {fmt(r.get('val_loss_full'))} | {fmt(r.get('elapsed_min'), 2)} | "
             f"{fmt(r.get('wall_min'), 2)} | {fmt(r.get('fitness'))} | {violations} |"
         )
+    adapted: dict[str, list[str]] = {}  # per configuration, the adaptations of its first run (the same every seed)
+    for r in report["runs"]:
+        if r.get("adaptations") and r["config"] not in adapted:
+            adapted[r["config"]] = [
+                re.sub(r"'[^']*/runs/[^']*'", "<the run's data folder>", a) for a in r["adaptations"]
+            ]
+    if adapted:
+        lines += ["", "## Adapted to run here (the DreamTeam original layout)", ""]
+        for c, notes in adapted.items():
+            lines += [f"- `{md_cell(c)}`:"] + [f"  - {md_cell(n)}" for n in notes]
     warnings = [(r["config"], r["seed"], w) for r in report["runs"] for w in r.get("warnings", [])]
     if warnings:
         lines += ["", "Warnings:", ""] + [f"- `{md_cell(c)}` seed {sd}: {w}" for c, sd, w in warnings]

@@ -1754,6 +1754,13 @@ def _run(rules: tuple[Rule, ...], source: str, filename: str) -> list[Violation]
     return sorted(violations, key=lambda v: (v.line or 0, v.rule))
 
 
+def layout(source: str) -> str:
+    """Where a train_mps.py `source` keeps the fixed block: "module" (odegpt's module-level block), "train" (the
+    fixed locals at the top of train(), the DreamTeam original's) or "none". Raises SyntaxError if it does not
+    parse."""
+    return _layout(ast.parse(source))[0]
+
+
 def check(source: str, filename: str = "<candidate>") -> list[Violation]:
     """All violations of `RULES` in a train_mps.py `source`, sorted by line. Raises SyntaxError if it does not
     parse."""

@@ -20,6 +20,97 @@ import textwrap
 FENCE = "`" * 3  # written this way so that no file here holds a fence the harness's regex would stop at
 FILES = ("train_mps.py", "model.py")
 
+# The DreamTeam original layout of train_mps.py, written here from its description (not copied): the fixed values
+# are locals at the top of train(), after the clock; the data is read from a literal path, relative as in the
+# starting file (ORIGINAL_LAYOUT) or joined onto a `data_dir` literal of the user's machine as in gen_1's candidates
+# (ORIGINAL_LAYOUT_DATA_DIR); device 'mps' is used directly; one val batch every 100 iterations (`% 100`); no seed;
+# best_vloss is returned as the 0-d tensor of the best single-batch val loss. The attack tests edit its lines.
+ORIGINAL_LAYOUT = """\
+import torch, os, time, math, pickle, numpy as np
+from contextlib import nullcontext
+from model import GPT, GPTConfig
+import time
+
+
+def train():
+    # the clock starts first (fixed)
+    t_start = time.time()
+
+    # sizes (fixed)
+    batch_size = 8
+    block_size = 64
+    n_layer = 4
+    n_head = 4
+    n_embd = 32
+    max_iters = 10001
+
+    # both splits in memory (fixed)
+    train_data = torch.from_numpy(np.memmap('data/shakespeare/train.bin', dtype=np.uint16, mode='r')).to(torch.long)
+    val_data = torch.from_numpy(np.memmap('data/shakespeare/val.bin', dtype=np.uint16, mode='r')).to(torch.long)
+
+    # not to be changed
+    device = 'mps'
+    ctx = nullcontext()
+
+    # free to change below
+    learning_rate = 3e-4
+
+    def get_batch(split):
+        data = train_data if split == 'train' else val_data
+        ix = torch.randint(len(data) - block_size, (batch_size,), device=device)
+        x = torch.stack([data[i:i + block_size] for i in ix]).to(device)
+        y = torch.stack([data[i + 1:i + 1 + block_size] for i in ix]).to(device)
+        return x, y
+
+    config = GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                       vocab_size=50304, bias=False, dropout=0.0)
+    model = GPT(config).to(device)
+    optim = model.configure_optimizers(weight_decay=0.1, learning_rate=learning_rate,
+                                       betas=(0.9, 0.95), device_type='mps')
+
+    best_vloss = np.inf
+    for it in range(max_iters):
+        model.train()
+        X, Y = get_batch('train')
+        with ctx:
+            _, loss = model(X, Y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+
+        # one val batch every 100 iterations (fixed)
+        if it % 100 == 0:
+            model.eval()
+            with torch.no_grad():
+                Xv, Yv = get_batch('val')
+                _, vloss = model(Xv, Yv)
+            print(f'{it}: train {loss.item():.3f} val {vloss.item():.3f}')
+            if vloss < best_vloss:
+                best_vloss = vloss
+
+    # the clock stops here (fixed)
+    elapsed_min = (time.time() - t_start) / 60
+    print(f"trained in {elapsed_min:.1f} min")
+
+    return best_vloss, elapsed_min
+
+
+if __name__ == "__main__":
+    train()
+"""
+ORIGINAL_DATA_LINES = (
+    "    train_data = torch.from_numpy(np.memmap('data/shakespeare/train.bin', dtype=np.uint16, mode='r')).to(torch.long)\n"
+    "    val_data = torch.from_numpy(np.memmap('data/shakespeare/val.bin', dtype=np.uint16, mode='r')).to(torch.long)\n"
+)
+assert ORIGINAL_DATA_LINES in ORIGINAL_LAYOUT
+ORIGINAL_LAYOUT_DATA_DIR = ORIGINAL_LAYOUT.replace(
+    ORIGINAL_DATA_LINES,
+    "    data_dir = '/Users/someone/DreamTeam/data'\n"
+    "    train_data = torch.from_numpy(np.memmap(os.path.join(data_dir, 'shakespeare/train.bin'), dtype=np.uint16, mode='r')).to(torch.long)\n"
+    "    val_data = torch.from_numpy(np.memmap(os.path.join(data_dir, 'shakespeare/val.bin'), dtype=np.uint16, mode='r')).to(torch.long)\n",
+)
+
 
 def harness_block(reply: str, name: str) -> str:
     """The first ```python block whose first line names the file, stripped; "" when there is none."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import load_checker
+from dreamteam_harness import ORIGINAL_LAYOUT
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "check_constraints.py"
@@ -20,89 +21,7 @@ SCRIPT = ROOT / "scripts" / "check_constraints.py"
 
 cc = load_checker("check_constraints_attacks")
 
-# The starting file every DreamTeam candidate edits: kevinbdsouza/DreamTeam src/dreamteam/train_mps.py, verbatim.
-ORIGINAL = """\
-import torch, os, time, math, pickle, numpy as np
-from contextlib import nullcontext
-from model import GPT, GPTConfig
-import time
-
-
-def train():
-    # --- should not change -----------------------------
-    t_start = time.time()
-
-
-    # --- hyper-params not to be changed -----------------------------
-    batch_size = 8
-    block_size = 64
-    n_layer = 4
-    n_head = 4
-    n_embd = 32
-    max_iters = 10001
-
-    # plain data loader (pre-load into RAM once), not to be changed
-    train_data = torch.from_numpy(
-        np.memmap('data/shakespeare/train.bin', dtype=np.uint16, mode='r')
-    ).to(torch.long)
-    val_data = torch.from_numpy(
-        np.memmap('data/shakespeare/val.bin', dtype=np.uint16, mode='r')
-    ).to(torch.long)
-
-    # not to be changed
-    device = 'mps'
-    ctx = nullcontext()
-
-    # -------------------------------------------------------------------
-    # anything below this can be changed
-
-    learning_rate = 3e-4
-
-    def get_batch(split):
-        data = train_data if split == 'train' else val_data
-        ix = torch.randint(len(data) - block_size, (batch_size,), device=device)
-        x = torch.stack([data[i:i + block_size] for i in ix]).to(device)
-        y = torch.stack([data[i + 1:i + 1 + block_size] for i in ix]).to(device)
-        return x, y
-
-
-    model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head,
-                          n_embd=n_embd, block_size=block_size,
-                          vocab_size=50304, bias=False, dropout=0.0)).to(device)
-    optim = model.configure_optimizers(weight_decay=0.1, learning_rate=learning_rate,
-                                       betas=(0.9, 0.95), device_type='mps')
-
-    best_vloss = np.inf
-    for it in range(max_iters):
-        model.train()
-        X, Y = get_batch('train')
-        with ctx:
-            _, loss = model(X, Y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optim.step()
-        optim.zero_grad(set_to_none=True)
-
-        # this should still happen every 100 iterations
-        if it % 100 == 0:
-            model.eval()
-            with torch.no_grad():
-                Xv, Yv = get_batch('val')
-                _, vloss = model(Xv, Yv)
-            print(f'{it}: train {loss.item():.3f}  val {vloss.item():.3f}')
-            if vloss < best_vloss:
-                best_vloss = vloss
-
-    # not to be changed
-    elapsed_min = (time.time() - t_start) / 60
-    print(f"\\nTraining complete • total wall-clock time: {elapsed_min:.1f} min")
-
-    # this should be returned, should not change
-    return best_vloss, elapsed_min
-
-if __name__ == "__main__":
-    best_vloss, elapsed_min = train()
-"""
+ORIGINAL = ORIGINAL_LAYOUT  # the DreamTeam original layout (tests/dreamteam_harness.py)
 
 
 @dataclass(frozen=True)

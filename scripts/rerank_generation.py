@@ -1,0 +1,287 @@
+"""Re-rank one recorded DreamTeam generation by the trusted runner's figures, several seeds, side by side.
+
+DreamTeam (github.com/kevinbdsouza/DreamTeam) records each generation in
+`src/dreamteam/dreamteam_generations/gen_N/`: one folder per specialist holding the files its reply changed
+(a file it left out is the starting file, unchanged) and `results.txt`, one line per candidate,
+`name: vloss=X, time=Y min`, best first. Each of those figures is one unseeded run, ranked by the candidate's own
+returned best_vloss. This script takes such a generation from a local DreamTeam checkout and:
+
+1. picks the baseline and the recorded top N (or the names given);
+2. assembles each candidate as the harness does, its own train_mps.py / model.py or else the starting file, in
+   <out>/candidates/<name>/;
+3. runs scripts/benchmark.py on them (--seeds, --jobs; --resume finishes an interrupted run): the DreamTeam original
+   layout is adapted to run here (its data folder literal, device 'mps' where there is no MPS, a seed), each change
+   listed in benchmark.md;
+4. writes <out>/rerank.md and rerank.json: the recorded figure and rank beside the trusted test loss (median over
+   seeds), its paired difference against the baseline, the trusted rank, and whether the recorded order survives.
+
+The starting files are looked for in gen_N/baseline/ (the current main.py keeps them there), then in src/dreamteam/
+two folders up (the older layout); --base names another folder.
+
+    python scripts/rerank_generation.py --generation ../DreamTeam/src/dreamteam/dreamteam_generations/gen_1 \\
+        --top 3 --data-dir data/tinyshakespeare --seeds 0 1 2 --jobs 2 --out results/rerank/gen_1
+    python scripts/rerank_generation.py --generation ... --out results/rerank/gen_1 --resume
+    python scripts/rerank_generation.py --generation ... --out /tmp/smoke --seeds 0 --max-iters 30   # smoke
+
+Exit status: that of the benchmark (0 all runs clean, 1 some run failed or broke the contract, 2 a usage or input
+error, 130 interrupted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchmark  # noqa: E402  (scripts/ is not a package)
+
+FILES = benchmark.SOURCE_FILES  # model.py, train_mps.py
+BASELINE = "baseline"
+RESULT_LINE = re.compile(r"^\s*([^:\s][^:]*?)\s*:\s*vloss=([^,\s]+)\s*,\s*time=([^\s]+)\s*min\s*$")
+
+
+class RerankError(RuntimeError):
+    """A usage or input error; the message says what to change."""
+
+
+def parse_results(path: Path) -> list[dict]:
+    """results.txt -> [{name, vloss, time_min, rank}] in the recorded order (rank 1 = best; inf scores unranked)."""
+    if not path.is_file():
+        raise RerankError(f"no results.txt in {path.parent}: pass the gen_N folder of a DreamTeam checkout")
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        m = RESULT_LINE.match(line)
+        if not m:
+            raise RerankError(f"{path}:{i}: expected 'name: vloss=X, time=Y min', got {line!r}")
+        rows.append({"name": m.group(1), "vloss": float(m.group(2)), "time_min": float(m.group(3))})
+    rows.sort(key=lambda r: r["vloss"])  # stable: ties keep the file's order
+    for rank, r in enumerate(rows, 1):
+        r["rank"] = rank if math.isfinite(r["vloss"]) else None
+    return rows
+
+
+def base_folder(generation: Path, base: Path | None) -> Path:
+    tried = [base] if base is not None else [generation / BASELINE, generation.parent.parent]
+    for folder in tried:
+        if all((folder / f).is_file() for f in FILES):
+            return folder
+    raise RerankError(
+        "no starting files (model.py and train_mps.py) in " + ", ".join(str(t) for t in tried) + "; pass --base "
+        "with the folder holding the generation's starting files (src/dreamteam in a DreamTeam checkout)"
+    )
+
+
+def pick(rows: list[dict], names: list[str] | None, top: int) -> list[str]:
+    """The baseline first, then the given names or the recorded top `top` (finite scores, the baseline skipped)."""
+    known = {r["name"] for r in rows}
+    if names:
+        unknown = [n for n in names if n not in known and n != BASELINE]
+        if unknown:
+            raise RerankError(f"not in results.txt: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        chosen = [n for n in names if n != BASELINE]
+    else:
+        chosen = [r["name"] for r in rows if r["name"] != BASELINE and r["rank"] is not None][:top]
+    return [BASELINE, *chosen]
+
+
+def assemble(generation: Path, base: Path, names: list[str], dest: Path) -> dict[str, dict]:
+    """<dest>/<name>/ with both files, as the harness runs a candidate. Returns, per name, where each file came
+    from. Files already there must match (a --resume of the same generation), else RerankError."""
+    origins: dict[str, dict] = {}
+    for name in names:
+        own = base if name == BASELINE else generation / name
+        if not own.is_dir():
+            raise RerankError(f"{own} is not a folder: results.txt names {name!r}, the generation lacks its files")
+        folder = dest / name
+        origins[name] = {}
+        for f in FILES:
+            src = own / f if (own / f).is_file() else base / f
+            data = src.read_bytes()
+            target = folder / f
+            if target.exists() and target.read_bytes() != data:
+                raise RerankError(
+                    f"{target} differs from {src}: another generation was assembled here; use another --out"
+                )
+            if not target.exists():
+                folder.mkdir(parents=True, exist_ok=True)
+                benchmark.atomic_write_bytes(target, data)
+            origins[name][f] = "own" if src.parent == own and name != BASELINE else "starting file"
+    return origins
+
+
+def median(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def rerank(rows: list[dict], names: list[str], labels: dict[str, str], report: dict) -> dict:
+    """The comparison: recorded figure and rank beside the trusted ones (from benchmark.json's summary)."""
+    recorded = {r["name"]: r for r in rows}
+    configs = report["summary"]["configs"]
+    out = []
+    for name in names:
+        c = configs.get(labels[name], {})
+        paired = (c.get("paired_vs_baseline") or {}).get("trusted_test_loss") or {}
+        out.append(
+            {
+                "name": name,
+                "recorded_vloss": recorded.get(name, {}).get("vloss"),
+                "recorded_rank": recorded.get(name, {}).get("rank"),
+                "seeds": c.get("seeds", []),
+                "trusted_test_loss": c.get("trusted_test_loss", {}).get("values", []),
+                "trusted_test_loss_median": c.get("trusted_test_loss", {}).get("median"),
+                "own_best_vloss_median": c.get("best_vloss", {}).get("median"),
+                "trusted_min_median": c.get("trusted_elapsed_min", {}).get("median"),
+                "paired_vs_baseline": paired.get("diffs"),
+                "paired_median": paired.get("median"),
+                "seeds_lower": paired.get("n_lower"),
+            }
+        )
+    scored = [r for r in out if r["trusted_test_loss_median"] is not None]
+    for rank, r in enumerate(sorted(scored, key=lambda r: r["trusted_test_loss_median"]), 1):
+        r["trusted_rank"] = rank
+    recorded_order = [
+        r["name"] for r in sorted(out, key=lambda r: (r["recorded_vloss"] is None, r["recorded_vloss"] or 0))
+    ]
+    trusted_order = [r["name"] for r in sorted(scored, key=lambda r: r["trusted_test_loss_median"])]
+    complete = len(scored) == len(out) and all(len(r["seeds"]) == len(report["settings"]["seeds"]) for r in out)
+    return {
+        "rows": out,
+        "recorded_order": recorded_order,
+        "trusted_order": trusted_order,
+        "complete": complete,
+        "order_survives": (recorded_order == trusted_order) if complete else None,
+    }
+
+
+def fmt(x, digits=4) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def render(result: dict, generation: Path, report: dict, origins: dict) -> str:
+    s = report["settings"]
+    kn = ((report.get("references") or {}).get("kneser_ney") or {}).get("heldout_test") or {}
+    lines = [
+        f"# Re-ranking {generation.name} by trusted figures",
+        "",
+        f"Generation: `{generation}`. Recorded: one unseeded run each on the harness's machine, ranked by the "
+        f"candidate's own best_vloss. Trusted: scripts/benchmark.py, seeds {s['seeds']}, data `{s.get('data_dir')}`, "
+        "the test loss the runner computes on the held-out half of val (median over seeds); paired = candidate "
+        "minus baseline on the same seed, negative = better.",
+    ]
+    if s.get("max_iters") is not None:
+        lines += ["", f"**SHORTENED RUNS ({s['max_iters']} iterations): a smoke test, not a ranking.**"]
+    if not result["complete"]:
+        lines += ["", "**Incomplete: some runs are missing or have violations; `--resume` finishes it.**"]
+    lines += [
+        "",
+        "| candidate | files changed | recorded vloss | recorded rank | trusted test loss (median) | per seed | "
+        "paired vs baseline (median) | seeds lower | own best_vloss (median) | trusted min | trusted rank |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        changed = ", ".join(f for f, o in origins[r["name"]].items() if o == "own") or "none"
+        per_seed = ", ".join(fmt(v) for v in r["trusted_test_loss"]) or "n/a"
+        lines.append(
+            f"| {r['name']} | {changed} | {fmt(r['recorded_vloss'])} | {r['recorded_rank'] or 'n/a'} | "
+            f"{fmt(r['trusted_test_loss_median'])} | {per_seed} | {fmt(r['paired_median'])} | "
+            f"{'n/a' if r['seeds_lower'] is None else str(r['seeds_lower']) + '/' + str(len(r['paired_vs_baseline'] or []))} | "
+            f"{fmt(r['own_best_vloss_median'])} | {fmt(r['trusted_min_median'], 1)} | {r.get('trusted_rank', 'n/a')} |"
+        )
+    if kn:
+        lines += [
+            "",
+            "Reference (not a model): Kneser-Ney on the same held-out split, "
+            + ", ".join(f"n={n} {fmt(v)}" for n, v in kn.items())
+            + ".",
+        ]
+    lines += [
+        "",
+        f"Recorded order: {' > '.join(result['recorded_order'])}.",
+        f"Trusted order: {' > '.join(result['trusted_order']) or 'n/a'}.",
+        "Order survives: "
+        + ("n/a (incomplete)" if result["order_survives"] is None else "yes" if result["order_survives"] else "no")
+        + ".",
+        "",
+        "The benchmark's own report, with every run, its adaptations and violations: `benchmark/benchmark.md`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--generation", type=Path, required=True, help="gen_N folder of a DreamTeam checkout (has results.txt)"
+    )
+    p.add_argument(
+        "--base", type=Path, help="folder of the starting files (default gen_N/baseline, then src/dreamteam)"
+    )
+    p.add_argument(
+        "--names", nargs="+", help="candidates to rank beside the baseline (default: the recorded top --top)"
+    )
+    p.add_argument("--top", type=int, default=3, help="how many of the recorded best to take (default 3)")
+    p.add_argument("--data-dir", type=Path, default=benchmark.ROOT / "data" / "tinyshakespeare")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--max-iters", type=int, help="shortened smoke runs (reported loudly)")
+    p.add_argument("--timeout-min", type=float, help="per run (the benchmark's default otherwise)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--resume", action="store_true", help="keep the finished runs in --out; run the rest")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        if a.top < 1:
+            raise RerankError(f"--top must be >= 1, got {a.top}")
+        generation = a.generation.resolve()
+        rows = parse_results(generation / "results.txt")
+        base = base_folder(generation, a.base)
+        names = pick(rows, a.names, a.top)
+        origins = assemble(generation, base, names, a.out / "candidates")
+    except RerankError as e:
+        print(f"[rerank] error: {e}", file=sys.stderr, flush=True)
+        return 2
+    labels = {n: str(a.out / "candidates" / n) for n in names}
+    print(f"[rerank] {generation.name}: {', '.join(names)} (starting files from {base})", flush=True)
+    cmd = [
+        "--configs",
+        *labels.values(),
+        "--baseline",
+        labels[BASELINE],
+        "--seeds",
+        *map(str, a.seeds),
+        "--jobs",
+        str(a.jobs),
+        "--data-dir",
+        str(a.data_dir),
+        "--out",
+        str(a.out / "benchmark"),
+    ]
+    cmd += ["--resume"] if a.resume else []
+    cmd += ["--max-iters", str(a.max_iters)] if a.max_iters is not None else []
+    cmd += ["--timeout-min", str(a.timeout_min)] if a.timeout_min is not None else []
+    status = benchmark.main(cmd)
+    report_path = a.out / "benchmark" / "benchmark.json"
+    if not report_path.is_file():
+        return status
+    report = json.loads(report_path.read_text())
+    result = rerank(rows, names, labels, report)
+    result.update(generation=str(generation), base=str(base), files=origins, benchmark=str(report_path))
+    benchmark.atomic_write_json(a.out / "rerank.json", result)
+    text = render(result, generation, report, origins)
+    benchmark.atomic_write_bytes(a.out / "rerank.md", text.encode("utf-8"))
+    print(text, flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

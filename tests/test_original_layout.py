@@ -1,0 +1,249 @@
+"""The DreamTeam original layout under the trusted runner (scripts/benchmark.py) and the re-ranking of a recorded
+generation (scripts/rerank_generation.py).
+
+The original (tests/dreamteam_harness.py: ORIGINAL_LAYOUT, ORIGINAL_LAYOUT_DATA_DIR) keeps the fixed values as
+locals of train(), reads its data from a literal path, uses device 'mps' and sets no seed. The runner adapts those
+lines only, says what it adapted, and then judges the run like any other. Runs are MAX_ITERS iterations on tiny
+random data with today's model.py (its nanoGPT API is what the original calls).
+"""
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+from conftest import REPO, write_bins
+from dreamteam_harness import ORIGINAL_LAYOUT, ORIGINAL_LAYOUT_DATA_DIR
+
+sys.path.insert(0, str(REPO / "scripts"))
+import benchmark  # noqa: E402
+import rerank_generation  # noqa: E402
+
+MAX_ITERS = 3
+MODEL = (REPO / "model.py").read_text()
+
+
+def changed_lines(a: str, b: str) -> list[int]:
+    la, lb = a.splitlines(), b.splitlines()
+    assert len(la) == len(lb)
+    return [i + 1 for i, (x, y) in enumerate(zip(la, lb)) if x != y]
+
+
+def line_of(text: str, start: str) -> int:
+    return next(i + 1 for i, line in enumerate(text.splitlines()) if line.startswith(start))
+
+
+# --- the adaptation, statically ---------------------------------------------------------------------------------
+
+
+def test_adaptation_rewrites_exactly_the_three_values(tmp_path):
+    text, notes = benchmark.adapt_original_layout(ORIGINAL_LAYOUT_DATA_DIR, tmp_path / "data", "cpu", 7)
+    compile(text, "train_mps.py", "exec")
+    expected = [line_of(ORIGINAL_LAYOUT_DATA_DIR, f"    {n} = ") for n in ("max_iters", "data_dir", "device")]
+    assert changed_lines(ORIGINAL_LAYOUT_DATA_DIR, text) == sorted(expected)
+    assert f"    data_dir = {str(tmp_path / 'data')!r}" in text.splitlines()
+    assert "    device = 'cpu'" in text.splitlines() and "    max_iters = 7" in text.splitlines()
+    assert len(notes) == 3 and all(n.startswith("train_mps.py line ") for n in notes)
+    assert benchmark.train_layout(text) == "train"  # still the original layout
+
+
+def test_full_runs_on_mps_change_nothing_but_the_data_folder(tmp_path):
+    text, notes = benchmark.adapt_original_layout(ORIGINAL_LAYOUT_DATA_DIR, tmp_path, "mps", None)
+    assert changed_lines(ORIGINAL_LAYOUT_DATA_DIR, text) == [line_of(ORIGINAL_LAYOUT_DATA_DIR, "    data_dir = ")]
+    text, notes = benchmark.adapt_original_layout(ORIGINAL_LAYOUT, tmp_path, "mps", None)
+    assert text == ORIGINAL_LAYOUT and notes == []  # the relative path needs no change: the working directory
+
+
+def test_non_ascii_around_a_value_is_cut_by_bytes(tmp_path):
+    source = ORIGINAL_LAYOUT_DATA_DIR.replace(
+        "    data_dir = '/Users/someone/DreamTeam/data'\n", "    data_dir = '/Users/jürgen/Daten'  # über\n"
+    )
+    text, _ = benchmark.adapt_original_layout("# ünïcode\n" + source, tmp_path, "cpu", 5)
+    compile(text, "train_mps.py", "exec")
+    assert f"    data_dir = {str(tmp_path)!r}  # über" in text.splitlines()
+
+
+def test_odegpt_layout_runs_from_its_snapshot_unadapted(tmp_path):
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    (snap / "train_mps.py").write_text((REPO / "train_mps.py").read_text())
+    (snap / "model.py").write_text(MODEL)
+    data = write_bins(tmp_path / "src")
+    (tmp_path / "run").mkdir()
+    folder, heldout, layout, notes = benchmark.prepare_candidate(snap, tmp_path / "run", data, MAX_ITERS)
+    assert (folder, layout, notes) == (snap, "module", [])
+    assert heldout["candidate_data_dir"] == str(tmp_path / "run" / "data")
+
+
+def returned(best_type: str, value: float = 5.0) -> dict:
+    return {
+        "returned": [{"type": best_type, "value": value}, {"type": "builtins.float", "value": 1.0}],
+        "trusted": {"test_loss": 5.2, "elapsed_min": 1.0, "train_min": 1.0},
+        "monitor": {
+            "model_found": True,
+            "optimizer_steps": 3,
+            "training_forwards": 3,
+            "training_batch_shapes": {"8x64": 3},
+            "modules_trained": 1,
+        },
+    }
+
+
+@pytest.mark.parametrize(("layout", "ok"), [("train", True), ("module", False)])
+def test_a_tensor_best_vloss_is_accepted_in_the_original_layout_only(layout, ok):
+    record = {"violations": []}
+    benchmark.judge_run(record, returned("torch.Tensor"), 3, layout)
+    assert (record["violations"] == []) is ok, record["violations"]
+    assert (record["best_vloss"] == 5.0) is ok
+
+
+def test_returned_value_reads_a_0d_tensor_only():
+    assert benchmark.returned_value(torch.tensor(4.5))["value"] == 4.5
+    assert benchmark.returned_value(torch.tensor([4.5, 1.0]))["value"] is None
+    assert benchmark.returned_value(torch.tensor(4))["value"] is None  # an integer tensor is no loss
+
+
+# --- runs under the trusted runner ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_bins(tmp_path_factory.mktemp("data"))
+
+
+def run(root, name, train_mps, data, seed=0):
+    out = root / "out"
+    snapshot = out / "sources" / f"folder-{name}"
+    snapshot.mkdir(parents=True)
+    (snapshot / "train_mps.py").write_text(train_mps)
+    (snapshot / "model.py").write_text(MODEL)
+    config = benchmark.Config(name, "folder", str(snapshot), snapshot.name, None)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(benchmark, "ELAPSED_SLACK_MIN", 0.0)
+        return benchmark.execute_run(config, seed, 0, out, data, MAX_ITERS)
+
+
+@pytest.mark.parametrize("source", [ORIGINAL_LAYOUT, ORIGINAL_LAYOUT_DATA_DIR], ids=["relative-path", "data_dir"])
+def test_the_original_layout_runs_clean_and_says_what_was_adapted(tmp_path, data, source):
+    r = run(tmp_path, "orig", source, data)
+    assert r["status"] == "ok" and r["violations"] == [], (r["violations"], r.get("error"))
+    assert r["layout"] == "train"
+    assert r["optimizer_steps"] == MAX_ITERS and r["training_batch_shapes"] == {"8x64": MAX_ITERS}
+    assert math.isfinite(r["trusted_test_loss"]) and math.isfinite(r["best_vloss"])
+    notes = " | ".join(r["adaptations"])
+    assert f"max_iters 10001 -> {MAX_ITERS}" in notes and "seeded by the runner" in notes
+    assert ("data_dir '/Users/someone/DreamTeam/data'" in notes) is (source is ORIGINAL_LAYOUT_DATA_DIR)
+    if not torch.backends.mps.is_available():
+        assert "device 'mps' -> 'cpu'" in notes
+    assert (tmp_path / "out" / "sources" / "folder-orig" / "train_mps.py").read_text() == source  # snapshot intact
+
+
+def test_the_runner_seed_makes_an_unseeded_candidate_reproducible(tmp_path, data):
+    a = run(tmp_path / "a", "orig", ORIGINAL_LAYOUT, data, seed=1)
+    b = run(tmp_path / "b", "orig", ORIGINAL_LAYOUT, data, seed=1)
+    c = run(tmp_path / "c", "orig", ORIGINAL_LAYOUT, data, seed=2)
+    assert a["trusted_test_loss"] == b["trusted_test_loss"] and a["best_vloss"] == b["best_vloss"]
+    assert a["trusted_test_loss"] != c["trusted_test_loss"]
+
+
+def test_an_original_layout_cheat_is_still_a_violation(tmp_path, data):
+    cheat = ORIGINAL_LAYOUT.replace(
+        "            if vloss < best_vloss:\n",
+        "            if vloss < best_vloss:\n                vloss = vloss - 3.0\n",
+    )
+    assert cheat != ORIGINAL_LAYOUT
+    r = run(tmp_path, "cheat", cheat, data)
+    assert any("nats below the trusted test loss" in v for v in r["violations"]), r["violations"]
+
+
+# --- scripts/rerank_generation.py -------------------------------------------------------------------------------
+
+RESULTS = """\
+weaker_decay: vloss=4.3758, time=7.13 min
+unchanged: vloss=4.5937, time=7.13 min
+baseline: vloss=4.6439, time=6.89 min
+broken: vloss=inf, time=inf min
+"""
+
+
+def generation(root):
+    """A DreamTeam checkout in miniature: src/dreamteam/ with the starting files, gen_1 with results.txt, a
+    candidate that changed train_mps.py only (weight decay), one that changed nothing but its data path, and one
+    that failed."""
+    src = root / "src" / "dreamteam"
+    gen = src / "dreamteam_generations" / "gen_1"
+    for name in ("weaker_decay", "unchanged", "broken"):
+        (gen / name).mkdir(parents=True)
+    (src / "train_mps.py").write_text(ORIGINAL_LAYOUT)
+    (src / "model.py").write_text(MODEL)
+    (gen / "weaker_decay" / "train_mps.py").write_text(
+        ORIGINAL_LAYOUT_DATA_DIR.replace("weight_decay=0.1,", "weight_decay=0.01,")
+    )
+    (gen / "unchanged" / "train_mps.py").write_text(ORIGINAL_LAYOUT_DATA_DIR)
+    (gen / "results.txt").write_text(RESULTS)
+    return gen
+
+
+def test_results_parse_in_the_recorded_order(tmp_path):
+    path = tmp_path / "results.txt"
+    path.write_text("b: vloss=5.0, time=1 min\na: vloss=4.0, time=2.5 min\nc: vloss=inf, time=inf min\n")
+    rows = rerank_generation.parse_results(path)
+    assert [(r["name"], r["rank"]) for r in rows] == [("a", 1), ("b", 2), ("c", None)]
+    path.write_text("a: loss 4.0\n")
+    with pytest.raises(rerank_generation.RerankError, match="results.txt:1: expected"):
+        rerank_generation.parse_results(path)
+
+
+def test_a_generation_without_starting_files_names_the_fix(tmp_path):
+    gen = generation(tmp_path)
+    (tmp_path / "src" / "dreamteam" / "model.py").unlink()
+    with pytest.raises(rerank_generation.RerankError, match="--base"):
+        rerank_generation.base_folder(gen, None)
+    assert rerank_generation.main(["--generation", str(gen), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_top_skips_the_baseline_and_failed_candidates(tmp_path):
+    rows = rerank_generation.parse_results(generation(tmp_path) / "results.txt")
+    assert rerank_generation.pick(rows, None, 5) == ["baseline", "weaker_decay", "unchanged"]
+    with pytest.raises(rerank_generation.RerankError, match="not in results.txt"):
+        rerank_generation.pick(rows, ["nobody"], 3)
+
+
+def test_rerank_end_to_end(tmp_path, data):
+    gen = generation(tmp_path)
+    out = tmp_path / "rr"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(benchmark, "ELAPSED_SLACK_MIN", 0.0)
+        status = rerank_generation.main(
+            [
+                "--generation",
+                str(gen),
+                "--top",
+                "2",
+                "--data-dir",
+                str(data),
+                "--seeds",
+                "0",
+                "1",
+                "--max-iters",
+                str(MAX_ITERS),
+                "--out",
+                str(out),
+            ]
+        )
+    assert status == 0
+    result = json.loads((out / "rerank.json").read_text())
+    assert [r["name"] for r in result["rows"]] == ["baseline", "weaker_decay", "unchanged"]
+    assert result["complete"] and result["order_survives"] in (True, False)
+    assert sorted(r["trusted_rank"] for r in result["rows"]) == [1, 2, 3]
+    for r in result["rows"]:
+        assert len(r["trusted_test_loss"]) == 2 and all(math.isfinite(v) for v in r["trusted_test_loss"])
+    assert result["files"]["unchanged"] == {"model.py": "starting file", "train_mps.py": "own"}
+    assert result["files"]["baseline"] == {"model.py": "starting file", "train_mps.py": "starting file"}
+    md = (out / "rerank.md").read_text()
+    assert "SHORTENED RUNS" in md and "Order survives:" in md
+    assert "Adapted to run here" in (out / "benchmark" / "benchmark.md").read_text()
+    # a second call on the same folder with --resume keeps the runs; another generation there is refused
+    (gen / "weaker_decay" / "train_mps.py").write_text(ORIGINAL_LAYOUT_DATA_DIR)
+    assert rerank_generation.main(["--generation", str(gen), "--top", "2", "--out", str(out), "--resume"]) == 2
