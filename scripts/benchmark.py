@@ -44,8 +44,8 @@ before the candidate is imported (`child_main`; torch is imported first, as ever
              DreamTeam original's (fixed locals at the top of train(), a data folder literal, device 'mps', no
              seed). An original-layout candidate runs from an adapted copy (prepare_candidate): the value of
              `data_dir = '...'` becomes the run's data folder (its shakespeare/ holds the data, and the run's
-             working directory holds data/shakespeare/ for the relative spelling), `device = 'mps'` becomes 'cpu'
-             where there is no MPS, and `max_iters` the --max-iters of a shortened run; nothing else changes.
+             working directory holds data/shakespeare/ for the relative spelling), `device = 'mps'` becomes 'cuda' or
+             'cpu' where there is no MPS, and `max_iters` the --max-iters of a shortened run; nothing else changes.
              Every run is seeded by the runner before the import (random, numpy, torch), and the original's 0-d
              tensor best_vloss is accepted. Each change is listed in the run's `adaptations` and in benchmark.md.
 Ranked (medians, paired differences against the baseline, the headline): trusted_test_loss, trusted_elapsed_min
@@ -539,10 +539,12 @@ def train_layout(source: str) -> str:
 
 
 def runner_device() -> str:
-    """The device an original-layout candidate runs on here: 'mps' where there is one, else 'cpu'."""
+    """The device an original-layout candidate runs on here: 'mps' where there is one, else 'cuda', else 'cpu'."""
     import torch
 
-    return "mps" if torch.backends.mps.is_available() else "cpu"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def adapt_original_layout(source: str, data_parent: Path, device: str, max_iters: int | None) -> tuple[str, list[str]]:

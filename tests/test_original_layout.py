@@ -135,7 +135,7 @@ def test_the_original_layout_runs_clean_and_says_what_was_adapted(tmp_path, data
     assert f"max_iters 10001 -> {MAX_ITERS}" in notes and "seeded by the runner" in notes
     assert ("data_dir '/Users/someone/DreamTeam/data'" in notes) is (source is ORIGINAL_LAYOUT_DATA_DIR)
     if not torch.backends.mps.is_available():
-        assert "device 'mps' -> 'cpu'" in notes
+        assert f"device 'mps' -> {benchmark.runner_device()!r}" in notes
     assert (tmp_path / "out" / "sources" / "folder-orig" / "train_mps.py").read_text() == source  # snapshot intact
 
 
