@@ -45,7 +45,9 @@ kneser-ney: data-tinyshakespeare data-pypi
 # The README's lead table: baseline vs canonical on tinyshakespeare, 3 seeds, under the trusted runner. Two lanes
 # of one thread each, so that the two cores stay busy to the end (a baseline run takes ~2.7x a canonical one):
 # lane a trains baseline seeds 0 and 1, lane b canonical seeds 0-2 and then baseline seed 2; one report merges them
-# (about 2.7 hours on 2 cores). RESUME=--resume finishes an interrupted table in the same TINY_TABLE_OUT.
+# (about 2.7 hours on 2 cores). A lane's failed or flagged run does not stop the others; the merge re-judges every
+# run by today's rules and lists any with violations. RESUME=--resume finishes an interrupted table in the same
+# TINY_TABLE_OUT.
 TINY_STAMP     := $(shell date +%Y%m%d-%H%M%S)
 TINY_TABLE_OUT ?= results/benchmark/tinyshakespeare-$(TINY_STAMP)
 RESUME         ?=
@@ -53,8 +55,8 @@ BENCH_TINY      = OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python scripts/benc
 
 tinyshakespeare-table: data-tinyshakespeare
 	$(BENCH_TINY) --configs baseline --seeds 0 1 --out $(TINY_TABLE_OUT)/lane-a & a=$$!; \
-	{ $(BENCH_TINY) --configs canonical --seeds 0 1 2 --out $(TINY_TABLE_OUT)/lane-b && \
-	  $(BENCH_TINY) --configs baseline --seeds 2 --out $(TINY_TABLE_OUT)/lane-c; }; b=$$?; wait $$a && [ $$b -eq 0 ]
+	$(BENCH_TINY) --configs canonical --seeds 0 1 2 --out $(TINY_TABLE_OUT)/lane-b; \
+	$(BENCH_TINY) --configs baseline --seeds 2 --out $(TINY_TABLE_OUT)/lane-c; wait $$a; true
 	$(BIN)/python scripts/benchmark.py --merge $(TINY_TABLE_OUT)/lane-a $(TINY_TABLE_OUT)/lane-b $(TINY_TABLE_OUT)/lane-c \
 		--configs baseline canonical --out $(TINY_TABLE_OUT)
 

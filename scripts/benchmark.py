@@ -61,8 +61,10 @@ medians and paired differences, listed with its reasons in benchmark.md) and the
     a training batch shape other than (8, 64), more than one model trained, no model found;
   - a return that is not a pair of plain floats (`type(x) is float`: a float subclass is not; in the original
     layout best_vloss may also be a 0-d floating torch.Tensor), not finite, or negative;
-  - a returned best_vloss more than VLOSS_SLACK = 1.0 nats below the trusted test loss (best_vloss is the min of
-    ~101 single-batch losses: 0.32 to 0.63 nats below the whole split in our 151 full runs), a returned
+  - a returned best_vloss more than vloss_slack nats below the trusted test loss: VLOSS_SLACK = 1.0 (best_vloss is
+    the min of ~101 single-batch losses: 0.32 to 0.63 nats below the whole split in our 151 full runs) plus how much
+    harder the held-out half is than the candidate's half, as the Kneser-Ney reference scores the two (0.59 nats
+    on tinyshakespeare, whose second half of val is harder; the canonical's honest gap there is ~1.1), a returned
     elapsed_min below 0.9 x the runner's clock from the call of train() to the last optimizer step, minus 0.1 min;
   - the runner could not score the model (model(idx) does not return (b, t, vocab) logits) or its loss is not
     finite;
@@ -190,7 +192,8 @@ FIXED = {"batch_size": 8, "block_size": 64, "max_iters": 10001}
 TEST_FRACTION = 0.5
 # A returned best_vloss more than VLOSS_SLACK nats below the trusted test loss is a violation. best_vloss is the
 # min of ~101 single-batch losses: on the 151 full runs in results/benchmark/ it sat 0.32 to 0.63 nats below the
-# whole-split loss; 1.0 leaves room for the difference between the two halves of the split.
+# whole-split loss. The two halves of the split differ too (the candidate's half is the easier one on tinyshakespeare):
+# vloss_slack adds that difference, measured by the Kneser-Ney reference on each half.
 VLOSS_SLACK = 1.0
 # A returned elapsed_min below ELAPSED_SLACK_REL * (the runner's clock up to the last optimizer step) - ELAPSED_SLACK_MIN
 # is a violation: the returned clock must cover the training it did (10% and 6 s for jitter and the clock's start).
@@ -450,8 +453,21 @@ def reference_losses(data_dir: Path) -> dict | None:
     except BenchmarkError:
         test = None
     if test is not None:
+        mine = val[: split_validation(len(val))]  # the candidate's part: what its returned best_vloss is measured on
         kn["heldout_test"] = {str(n): kneser_ney.whole_split_loss(full.with_order(n), test) for n in REFERENCE_ORDERS}
+        kn["candidate_val"] = {str(n): kneser_ney.whole_split_loss(full.with_order(n), mine) for n in REFERENCE_ORDERS}
     return {"kneser_ney": kn}
+
+
+def vloss_slack(references: dict | None) -> float:
+    """How far below the trusted test loss a returned best_vloss may be: VLOSS_SLACK, plus how much harder the
+    held-out test split is than the candidate's part of val as the Kneser-Ney reference (fitted on train.bin alone,
+    its best order) scores the two. The candidate measures its best_vloss on its part, the runner on the other."""
+    kn = (references or {}).get("kneser_ney") or {}
+    test, mine = kn.get("heldout_test"), kn.get("candidate_val")
+    if not test or not mine:
+        return VLOSS_SLACK
+    return VLOSS_SLACK + max(0.0, min(test.values()) - min(mine.values()))
 
 
 def print_environment(env: dict) -> None:
@@ -855,7 +871,9 @@ def plain(value):
     return None if value is None else float(value)
 
 
-def judge_run(record: dict, returned: dict, expected_iters: int, layout: str = "module") -> None:
+def judge_run(
+    record: dict, returned: dict, expected_iters: int, layout: str = "module", slack: float = VLOSS_SLACK
+) -> None:
     """The trusted figures and the violations of a finished run, from the subprocess's findings, into `record`.
     `layout` "train" (the DreamTeam original's) also accepts a 0-d floating torch.Tensor as best_vloss."""
     violations = record["violations"]
@@ -918,9 +936,9 @@ def judge_run(record: dict, returned: dict, expected_iters: int, layout: str = "
     if (monitor.get("modules_trained") or 0) > 1:
         violations.append(f"{monitor['modules_trained']} models were trained, not one")
     if own[0] is not None and record["trusted_test_loss"] is not None:
-        if own[0] < record["trusted_test_loss"] - VLOSS_SLACK:
+        if own[0] < record["trusted_test_loss"] - slack:
             violations.append(
-                f"returned best_vloss {own[0]:.4f} is more than {VLOSS_SLACK} nats below the trusted test loss "
+                f"returned best_vloss {own[0]:.4f} is more than {slack:.3f} nats below the trusted test loss "
                 f"{record['trusted_test_loss']:.4f}"
             )
     train_min = record["trusted_train_min"]
@@ -1021,6 +1039,7 @@ def execute_run(
     max_iters,
     threads: dict[str, str] | None = None,
     timeout_min: float | None = None,
+    slack: float = VLOSS_SLACK,
 ) -> dict:
     """One training run in a fresh subprocess (its own process group) under the trusted runner; returns its
     record (also saved as run.json). `threads`: thread variables for the subprocess (threads_per_run);
@@ -1098,7 +1117,7 @@ def execute_run(
         record["error"] = tail(log_path)
     elif returncode == 0 and returned and "trusted" in returned:
         record["status"] = "ok"
-        judge_run(record, returned, expected_iters, layout)
+        judge_run(record, returned, expected_iters, layout, slack)
         record["val_loss_full"] = (metrics or {}).get("val_loss_full")  # the candidate's own, from its metrics.json
         if not str(returned.get("module_file") or "").startswith(str(folder)):
             record["warnings"].append(f"train_mps was imported from {returned.get('module_file')}, not {folder}")
@@ -1287,6 +1306,13 @@ def render_markdown(report: dict) -> str:
                 + ", ".join(f"n={n} {fmt(v)}" for n, v in test.items())
                 + "."
                 if test
+                else ""
+            )
+            + (
+                " On the candidate's part of val (as its own figures): "
+                + ", ".join(f"n={n} {fmt(v)}" for n, v in kn["candidate_val"].items())
+                + "."
+                if kn.get("candidate_val")
                 else ""
             ),
         ]
@@ -1497,6 +1523,22 @@ def plot_only(out: Path) -> int:
     return 0
 
 
+def rejudge(record: dict, folder: Path, slack: float) -> dict:
+    """A finished trusted run judged again by today's rules (judge_run) from the findings the runner saved beside it
+    (returned.json), so that one merged report applies one set of rules. Runs made before the trusted runner, or
+    whose findings are gone, are kept as recorded; a changed verdict keeps the old one in `rejudged_from`."""
+    if "violations" not in record or record.get("expected_iters") is None:
+        return record
+    returned = load_record(folder / Path(record["log"]).parent / "returned.json")
+    if not returned or "trusted" not in returned:
+        return record
+    r = {**record, "violations": []}
+    judge_run(r, returned, record["expected_iters"], record.get("layout", "module"), slack)
+    if r["violations"] != record["violations"]:
+        r["rejudged_from"] = record["violations"]
+    return r
+
+
 def merge(a: argparse.Namespace, argv: list[str]) -> int:
     """One report from the finished runs of several benchmark folders: runs made side by side in
     separate processes, or on several days. Nothing is run; each run keeps its own record (sources'
@@ -1551,6 +1593,9 @@ def merge(a: argparse.Namespace, argv: list[str]) -> int:
     baseline = a.baseline or labels[0]
     if baseline not in labels:
         raise BenchmarkError(f"--baseline {baseline!r} has no finished runs among {labels}")
+    references = reference_losses(Path(reports[0][1]["settings"]["data_dir"]))
+    slack = vloss_slack(references)
+    runs = {key: rejudge(r, origin[key], slack) for key, r in runs.items()}
     seeds = sorted({seed for _, seed in runs})
     used = {(c, d) for (c, _), d in origin.items()}  # a folder's details count only where its runs are taken
     details = {label: [(d, det) for d, det in dets if (label, d) in used] for label, dets in details.items()}
@@ -1587,12 +1632,15 @@ def merge(a: argparse.Namespace, argv: list[str]) -> int:
         ],
         "merge_warnings": warnings,
         "relabeled": relabel,
-        "references": reference_losses(Path(reports[0][1]["settings"]["data_dir"])),
+        "rejudged": [f"{c} seed {sd}" for (c, sd), r in runs.items() if "rejudged_from" in r],
+        "references": references,
         "order": [{"index": i, "config": c, "seed": seed} for i, (c, seed) in enumerate(order)],
         "runs": [runs[k] for k in order],
         "complete": True,
         "finished_at": datetime.now().isoformat(timespec="seconds"),
     }
+    if "trusted" in report["settings"]:
+        report["settings"]["trusted"] = {**report["settings"]["trusted"], "vloss_slack": slack}
     report["summary"] = summarize(report["runs"], labels, baseline)
     a.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(a.out / "benchmark.json", report)
@@ -1758,6 +1806,7 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
         "references": reference_losses(data_dir),
         "complete": False,
     }
+    slack = report["settings"]["trusted"]["vloss_slack"] = vloss_slack(report["references"])
 
     def save() -> None:
         report["runs"] = [records[(c.label, seed)] for _, c, seed in plan if (c.label, seed) in records]
@@ -1784,7 +1833,9 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=a.jobs) as pool:
             futures = {
-                pool.submit(announce_and_run, head, c, seed, i, out, data_dir, a.max_iters, threads, timeout_min): (
+                pool.submit(
+                    announce_and_run, head, c, seed, i, out, data_dir, a.max_iters, threads, timeout_min, slack
+                ): (
                     head,
                     c,
                     seed,

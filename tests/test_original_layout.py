@@ -247,3 +247,45 @@ def test_rerank_end_to_end(tmp_path, data):
     # a second call on the same folder with --resume keeps the runs; another generation there is refused
     (gen / "weaker_decay" / "train_mps.py").write_text(ORIGINAL_LAYOUT_DATA_DIR)
     assert rerank_generation.main(["--generation", str(gen), "--top", "2", "--out", str(out), "--resume"]) == 2
+
+
+# --- the returned-figure check across the two halves of val, and re-judging at a merge ------------------------
+
+
+def kn_refs(test: float, mine: float) -> dict:
+    return {
+        "kneser_ney": {"heldout_test": {"3": test, "4": test + 0.01}, "candidate_val": {"3": mine + 0.02, "4": mine}}
+    }
+
+
+def test_vloss_slack_widens_by_how_much_harder_the_test_half_is():
+    assert benchmark.vloss_slack(kn_refs(5.05, 4.45)) == pytest.approx(benchmark.VLOSS_SLACK + 0.6)
+    assert benchmark.vloss_slack(kn_refs(4.40, 4.45)) == benchmark.VLOSS_SLACK  # an easier test half: no less
+    assert benchmark.vloss_slack(None) == benchmark.VLOSS_SLACK
+
+
+def test_the_slack_decides_the_violation():
+    payload = returned("builtins.float", value=5.2 - 1.3)  # 1.3 nats below the trusted test loss of 5.2
+    strict, wide = {"violations": []}, {"violations": []}
+    benchmark.judge_run(strict, payload, 3, "module", benchmark.VLOSS_SLACK)
+    benchmark.judge_run(wide, payload, 3, "module", benchmark.vloss_slack(kn_refs(5.05, 4.45)))
+    assert any("nats below the trusted test loss" in v for v in strict["violations"]) and wide["violations"] == []
+
+
+def test_rejudge_applies_todays_rules_from_the_saved_findings(tmp_path):
+    rdir = tmp_path / "runs" / "x" / "seed0"
+    rdir.mkdir(parents=True)
+    (rdir / "returned.json").write_text(json.dumps(returned("builtins.float", value=5.2 - 1.3)))
+    record = {
+        "violations": ["an old verdict"],
+        "expected_iters": 3,
+        "layout": "module",
+        "log": "runs/x/seed0/train.log",
+    }
+    wide = benchmark.rejudge(record, tmp_path, 1.6)
+    assert wide["violations"] == [] and wide["rejudged_from"] == ["an old verdict"]
+    strict = benchmark.rejudge(record, tmp_path, 1.0)
+    assert len(strict["violations"]) == 1 and "nats below" in strict["violations"][0]
+    assert benchmark.rejudge({"best_vloss": 4.0}, tmp_path, 1.0) == {"best_vloss": 4.0}  # an untrusted old record
+    (rdir / "returned.json").unlink()
+    assert benchmark.rejudge(record, tmp_path, 1.6) is record  # findings gone: kept as recorded
