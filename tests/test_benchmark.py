@@ -321,7 +321,9 @@ def test_make_targets_name_valid_configurations(variable, head, reference):
         assert config.overrides and all(getattr(train_mps.Recipe(), k) != v for k, v in config.overrides.items())
 
 
-@pytest.mark.parametrize("report", ["ablations", "candidates", "lr_sweep", "canonical_vs_baseline"])
+@pytest.mark.parametrize(
+    "report", ["ablations", "candidates", "lr_sweep", "canonical_vs_baseline", "tinyshakespeare-trusted"]
+)
 def test_readme_reports_label_each_run_by_the_recipe_it_ran(report):
     """The README's tables (results/benchmark/<report>) name each run by a configuration that, with today's
     Recipe defaults, reproduces the recipe it recorded: a default changed without relabelling fails here."""
