@@ -108,6 +108,7 @@ import argparse
 import ast
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import io
@@ -360,11 +361,16 @@ def recipe_drift(label: str, recorded: dict, recipe_cls) -> dict:
     return {k: (today[k], v) for k, v in recorded.items() if k in today and today[k] != v}
 
 
+@functools.cache
+def constraints_checker():
+    """scripts/check_constraints.py, loaded once per process."""
+    return load_module("_benchmark_check_constraints", SCRIPTS / "check_constraints.py")
+
+
 def check_train_mps(source: str, filename: str) -> list[str]:
     """scripts/check_constraints.py on one train_mps.py: the violations as `path:line: RULE: message`."""
-    checker = load_module("_benchmark_check_constraints", SCRIPTS / "check_constraints.py")
     try:
-        violations = checker.check(source, filename=filename)
+        violations = constraints_checker().check(source, filename=filename)
     except SyntaxError as e:
         return [f"{filename}:{e.lineno}: syntax error: {e.msg}"]
     return [f"{filename}:{v.line if v.line is not None else '-'}: {v.rule}: {v.message}" for v in violations]
@@ -547,9 +553,8 @@ ORIGINAL_DATA_SUBDIR = "shakespeare"  # the original joins data_dir with "shakes
 def train_layout(source: str) -> str:
     """ "module" (odegpt's fixed block at module level), "train" (the DreamTeam original's fixed locals in train())
     or "none", as scripts/check_constraints.py infers it."""
-    checker = load_module("_benchmark_check_constraints", SCRIPTS / "check_constraints.py")
     try:
-        return checker.layout(source)
+        return constraints_checker().layout(source)
     except SyntaxError:
         return "none"
 
@@ -611,13 +616,12 @@ def prepare_candidate(source: Path, rdir: Path, data_dir: Path, max_iters) -> tu
     """The folder a run imports, its held-out split (make_candidate_data), its layout and the adaptations made.
     odegpt's layout runs from the snapshot as it is, its data in rdir/data. The original layout runs from an adapted
     copy in rdir/candidate, its data in rdir/data/shakespeare/ (where both of its spellings of the path point)."""
-    layout = train_layout((source / "train_mps.py").read_text(encoding="utf-8", errors="replace"))
+    original = (source / "train_mps.py").read_bytes()
+    layout = train_layout(original.decode("utf-8", errors="replace"))
     if layout != "train":
         return source, make_candidate_data(data_dir, rdir / "data"), layout, []
     heldout = make_candidate_data(data_dir, rdir / "data" / ORIGINAL_DATA_SUBDIR)
-    text, notes = adapt_original_layout(
-        (source / "train_mps.py").read_text(encoding="utf-8"), rdir / "data", runner_device(), max_iters
-    )
+    text, notes = adapt_original_layout(original.decode("utf-8"), rdir / "data", runner_device(), max_iters)
     folder = rdir / "candidate"
     folder.mkdir()
     atomic_write_bytes(folder / "train_mps.py", text.encode("utf-8"))

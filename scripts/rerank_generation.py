@@ -33,7 +33,6 @@ import argparse
 import json
 import math
 import re
-import statistics
 import sys
 from pathlib import Path
 
@@ -42,6 +41,7 @@ import benchmark  # noqa: E402  (scripts/ is not a package)
 
 FILES = benchmark.SOURCE_FILES  # model.py, train_mps.py
 BASELINE = "baseline"
+fmt = benchmark.fmt  # one number format for both reports
 RESULT_LINE = re.compile(r"^\s*([^:\s][^:]*?)\s*:\s*vloss=([^,\s]+)\s*,\s*time=([^\s]+)\s*min\s*$")
 
 
@@ -116,11 +116,6 @@ def assemble(generation: Path, base: Path, names: list[str], dest: Path) -> dict
     return origins
 
 
-def median(values: list) -> float | None:
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
 def rerank(rows: list[dict], names: list[str], labels: dict[str, str], report: dict) -> dict:
     """The comparison: recorded figure and rank beside the trusted ones (from benchmark.json's summary)."""
     recorded = {r["name"]: r for r in rows}
@@ -159,10 +154,6 @@ def rerank(rows: list[dict], names: list[str], labels: dict[str, str], report: d
         "complete": complete,
         "order_survives": (recorded_order == trusted_order) if complete else None,
     }
-
-
-def fmt(x, digits=4) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
 
 
 def render(result: dict, generation: Path, report: dict, origins: dict) -> str:
