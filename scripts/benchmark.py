@@ -956,7 +956,10 @@ def judge_run(
 # Process groups of the training subprocesses running now (pgid), killed on a timeout or an interrupt.
 LIVE_GROUPS: set[int] = set()
 LIVE_LOCK = threading.Lock()
-STOPPING = threading.Event()  # set on an interrupt: no new run starts, the running ones are recorded as interrupted
+# ast.parse is not thread-safe on CPython 3.11.7 and older 3.12s (gh-106905: "AST constructor recursion depth
+# mismatch" when two threads parse at once, seen in CI with --jobs 2); the runs' preparation parses the candidate
+# (layout, adaptation), so it takes this lock. It is quick: file copies and one parse.
+PREPARE_LOCK = threading.Lock()
 
 
 def kill_group(pgid: int) -> None:
@@ -1044,16 +1047,22 @@ def execute_run(
     threads: dict[str, str] | None = None,
     timeout_min: float | None = None,
     slack: float = VLOSS_SLACK,
+    stopping: threading.Event | None = None,
 ) -> dict:
     """One training run in a fresh subprocess (its own process group) under the trusted runner; returns its
     record (also saved as run.json). `threads`: thread variables for the subprocess (threads_per_run);
-    `timeout_min`: default default_timeout_min(max_iters); on a timeout the whole process group is killed."""
+    `timeout_min`: default default_timeout_min(max_iters); on a timeout the whole process group is killed.
+    `stopping`: the calling benchmark's interrupt flag: once set, the run does not start, or a run whose process
+    group was killed is recorded as interrupted (one flag per benchmark() call, so an interrupted benchmark
+    leaves no state behind for the next one in the same process)."""
+    stopping = threading.Event() if stopping is None else stopping
     rdir = run_dir(out, config.label, seed)
     if rdir.exists():  # leftovers of a failed or interrupted attempt
         shutil.rmtree(rdir)
     rdir.mkdir(parents=True)
     source = out / "sources" / config.snapshot
-    folder, heldout, layout, adaptations = prepare_candidate(source, rdir, data_dir, max_iters)
+    with PREPARE_LOCK:
+        folder, heldout, layout, adaptations = prepare_candidate(source, rdir, data_dir, max_iters)
     timeout_min = default_timeout_min(max_iters) if timeout_min is None else timeout_min
     expected_iters = FIXED["max_iters"] if max_iters is None else max_iters
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAIN_MPS_") and k != "PYTHONPATH"}
@@ -1069,7 +1078,7 @@ def execute_run(
     status, returncode, pgid = None, None, None
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
-        if STOPPING.is_set():
+        if stopping.is_set():
             status = "interrupted"
         else:
             proc = subprocess.Popen(
@@ -1088,7 +1097,7 @@ def execute_run(
                 returncode = proc.wait()
                 with LIVE_LOCK:
                     LIVE_GROUPS.discard(proc.pid)
-            if STOPPING.is_set() and status is None and returncode != 0:
+            if stopping.is_set() and status is None and returncode != 0:
                 status = "interrupted"
     wall_s = time.perf_counter() - t0
     record = {
@@ -1830,7 +1839,7 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
             todo.append((head, i, c, seed))
     # A pool of `jobs` threads, each waiting on one subprocess: runs start in plan order as slots free up. An
     # interrupt (Ctrl-C, or SIGTERM turned into one) kills every training process group before it propagates.
-    STOPPING.clear()
+    stopping = threading.Event()  # set on an interrupt: no new run starts, the running ones are recorded as interrupted
     previous_sigterm = None
     if threading.current_thread() is threading.main_thread():
         previous_sigterm = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
@@ -1838,7 +1847,7 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
         with concurrent.futures.ThreadPoolExecutor(max_workers=a.jobs) as pool:
             futures = {
                 pool.submit(
-                    announce_and_run, head, c, seed, i, out, data_dir, a.max_iters, threads, timeout_min, slack
+                    announce_and_run, head, c, seed, i, out, data_dir, a.max_iters, threads, timeout_min, slack, stopping
                 ): (
                     head,
                     c,
@@ -1857,7 +1866,7 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
                         print(f"    VIOLATION: {v}", flush=True)
                     save()
             except BaseException:
-                STOPPING.set()
+                stopping.set()
                 pool.shutdown(wait=False, cancel_futures=True)
                 n = kill_all_groups()
                 print(f"[benchmark] stopping: killed {n} training process group(s)", flush=True)

@@ -298,6 +298,30 @@ def test_jobs_run_at_once_in_order_with_the_same_losses(finished, tmp_path, monk
     assert benchmark.main(bench_argv(data, tmp_path / "bad", "--jobs", "0")) == 2
 
 
+def test_a_benchmark_stopped_by_an_error_leaves_the_next_one_unharmed(finished, tmp_path, monkeypatch):
+    """A run that raises stops its benchmark (every process group killed); a run started afterwards in the same
+    process runs normally (the stop flag belongs to the benchmark that raised, not to the module: CI once recorded
+    every later run of the suite as interrupted)."""
+    _, data = finished
+    real = benchmark.prepare_candidate
+
+    def broken(*args):
+        raise SystemError("simulated failure while preparing a run")
+
+    monkeypatch.setattr(benchmark, "prepare_candidate", broken)
+    with pytest.raises(SystemError):
+        benchmark.main(bench_argv(data, tmp_path / "broken", "--jobs", "2"))
+    monkeypatch.setattr(benchmark, "prepare_candidate", real)
+    out = tmp_path / "after"
+    snapshot = out / "sources" / "folder-today"
+    snapshot.mkdir(parents=True)
+    for name in ("train_mps.py", "model.py"):
+        shutil.copy(REPO / name, snapshot / name)
+    config = benchmark.Config("today", "folder", str(snapshot), snapshot.name, None)
+    record = benchmark.execute_run(config, 0, 0, out, data, 1)
+    assert record["status"] == "ok", (record["status"], record.get("error"))
+
+
 @pytest.mark.parametrize(
     "variable, head, reference",
     [
