@@ -195,6 +195,15 @@ class GPTConfig:
     # estimate); the embedding has k + 1 rows, the last one shared by every token outside the shortlist.
     shortlist_size: int = 0
     unseen_mass: float = 0.0
+    # input features outside the fixed block (issue #16). k > 0: each position's token embedding gets two more
+    # rows added, from k-row tables indexed by a hash of the bigram (t-1, t) and of the trigram (t-2, t-1, t)
+    # ending there (hash embeddings: the context a Kneser-Ney trigram conditions on, as an input). Zero-initialised,
+    # so training starts from the plain model; positions without the whole n-gram inside the window get none.
+    ngram_buckets: int = 0
+    # data noising (Xie et al., ICLR 2017, "blank" noising): while training, each input token is replaced with
+    # this probability by a blank (the shortlist's shared row; a uniformly drawn token under the full softmax).
+    # Inputs only, targets untouched; evaluation never noises. 0 = off.
+    token_noise: float = 0.0
 
     def __post_init__(self):
         """Reject at construction every value the model cannot run, naming the field and its valid range."""
@@ -228,6 +237,10 @@ class GPTConfig:
                 )
         elif self.unseen_mass != 0.0:
             raise ValueError("unseen_mass is the shortlist's tail probability: set shortlist_size > 0 or leave it 0")
+        if not _is_int(self.ngram_buckets) or self.ngram_buckets < 0:
+            raise ValueError(f"ngram_buckets must be an integer >= 0 (0 = off), got {self.ngram_buckets!r}")
+        if not _is_real(self.token_noise) or not 0 <= self.token_noise < 1:
+            raise ValueError(f"token_noise must be a number in [0, 1) (0 = off), got {self.token_noise!r}")
 
 
 class LayerNorm(nn.Module):
@@ -331,6 +344,9 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, n_rows, bias=False)
         # weight tying (https://paperswithcode.com/method/weight-tying), as GPT-2 and nanoGPT
         self.transformer.wte.weight = self.lm_head.weight
+        if config.ngram_buckets:
+            # rows [0, k) for bigrams, [k, 2k) for trigrams
+            self.transformer["wngram"] = nn.Embedding(2 * config.ngram_buckets, config.n_embd)
 
         # nanoGPT's init: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer) (GPT-2 paper)
         self.apply(self._init_weights)
@@ -340,6 +356,8 @@ class GPT(nn.Module):
                     torch.nn.init.zeros_(p)
                 else:
                     torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.ngram_buckets:
+            torch.nn.init.zeros_(self.transformer.wngram.weight)
         self.last_terms = {}  # regularization terms of the last training forward
         if config.shortlist_size:
             # token id -> embedding row (shortlist_size for tokens outside it) and row -> token id; buffers,
@@ -406,11 +424,40 @@ class GPT(nn.Module):
         b, t = idx.size()
         if t > self.config.block_size:
             raise ValueError(f"cannot forward a sequence of length {t}, block size is {self.config.block_size}")
+        c = self.config
         pos = torch.arange(0, t, dtype=torch.long, device=idx.device)  # (t,)
-        rows = self.token_rows[idx] if self.config.shortlist_size else idx  # (b, t)
+        blank = None
+        if self.training and c.token_noise > 0:
+            blank = torch.rand(b, t, device=idx.device) < c.token_noise  # (b, t)
+        rows = self.token_rows[idx] if c.shortlist_size else idx  # (b, t)
+        if blank is not None:
+            filler = c.shortlist_size if c.shortlist_size else torch.randint_like(idx, c.vocab_size)
+            rows = torch.where(blank, filler, rows)
         tok_emb = self.transformer.wte(rows)  # (b, t, n_embd)
         pos_emb = self.transformer.wpe(pos)  # (t, n_embd)
-        return self.transformer.drop(tok_emb + pos_emb)  # (b, t, n_embd)
+        x = tok_emb + pos_emb
+        if c.ngram_buckets:
+            ids = idx if blank is None else idx.masked_fill(blank, c.vocab_size)  # a blank is its own symbol
+            x = x + self.ngram_embedding(ids)
+        return self.transformer.drop(x)  # (b, t, n_embd)
+
+    def ngram_embedding(self, ids):
+        """ids (b, t) in [0, vocab_size] -> (b, t, n_embd): the bigram and trigram table rows of each position."""
+        c = self.config
+        k, base = c.ngram_buckets, c.vocab_size + 1
+        b, t = ids.shape
+        out = ids.new_zeros(()).float().expand(b, t, c.n_embd)
+        key = ids
+        for order in (2, 3):
+            if t < order:
+                break
+            key = key[:, :-1] * base + ids[:, order - 1 :]  # (b, t - order + 1): the n-gram's id, < base**3 < 2**63
+            # multiplicative hashing (Knuth): the id times an odd constant, its high bits folded into the low ones
+            h = key * 0x9E3779B1
+            h = (h ^ (h >> 29)) % k + (order - 2) * k  # (b, t - order + 1), non-negative
+            rows = self.transformer.wngram(h)  # (b, t - order + 1, n_embd)
+            out = out + F.pad(rows, (0, 0, order - 1, 0))  # positions before the first whole n-gram get 0
+        return out
 
     def integrate(self, x, stats=None, trajectory=None):
         """Flow the residual stream through depth. x: (B, T, C) -> (B, T, C).

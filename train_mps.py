@@ -142,6 +142,8 @@ class Recipe:
     shortlist: bool = True
     kinetic_energy: float = 0.0
     jacobian_frobenius: float = 0.0
+    ngram_buckets: int = 0  # hashed bigram + trigram input embeddings, rows per order (GPTConfig); 0 = off
+    token_noise: float = 0.0  # data noising: probability of a blank input token in training (GPTConfig); 0 = off
     # optimizer
     optimizer: str = "adamw"  # adamw | muon (Muon on hidden matrices, AdamW on the rest)
     learning_rate: float = 3e-3  # peak (AdamW groups)
@@ -210,6 +212,8 @@ def model_fields(r: Recipe) -> dict:
         kinetic_energy=r.kinetic_energy,
         jacobian_frobenius=r.jacobian_frobenius,
         zero_init_proj=r.zero_init_proj,
+        ngram_buckets=r.ngram_buckets,
+        token_noise=r.token_noise,
     )
 
 

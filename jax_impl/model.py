@@ -82,6 +82,9 @@ class GPTConfig:
     # makes them compile-time constants. Any integer sequence is accepted and stored as a tuple of ints.
     shortlist: tuple[int, ...] = ()
     unseen_mass: float = 0.0
+    # issue #16's input levers (model.GPTConfig): torch only so far, so only their "off" value (0) is accepted here
+    ngram_buckets: int = 0
+    token_noise: float = 0.0
     # --- JAX only (not in model.GPTConfig; dropped when a checkpoint is written) ---
     rtol: float = 1e-3  # adaptive methods: PIDController tolerances
     atol: float = 1e-6
@@ -108,6 +111,10 @@ class GPTConfig:
         if not _is_real(self.unseen_mass):
             raise ValueError(f"unseen_mass must be a finite number, got {self.unseen_mass!r}")
         self._validate_shortlist()
+        if not _is_int(self.ngram_buckets) or self.ngram_buckets < 0:
+            raise ValueError(f"ngram_buckets must be an integer >= 0 (0 = off), got {self.ngram_buckets!r}")
+        if not _is_real(self.token_noise) or not 0 <= self.token_noise < 1:
+            raise ValueError(f"token_noise must be a number in [0, 1) (0 = off), got {self.token_noise!r}")
         # JAX-only rules
         if self.rtol <= 0 or self.atol < 0 or self.max_steps_per_layer < 1:
             raise ValueError("rtol must be > 0, atol >= 0, max_steps_per_layer >= 1")
@@ -176,6 +183,8 @@ TORCH_CONFIG_FIELDS = (
     "zero_init_proj",
     "shortlist_size",  # the JAX config holds the ids (`shortlist`); shortlist_size is its length
     "unseen_mass",
+    "ngram_buckets",
+    "token_noise",
 )
 
 
@@ -607,6 +616,10 @@ def _shortlist_head(wte, config, x, targets):
 def _forward(params, config, idx, targets, probes, regularize):
     if config.dropout != 0:
         raise NotImplementedError("the JAX mirror is deterministic: dropout must be 0")
+    if config.ngram_buckets or config.token_noise:
+        raise NotImplementedError(
+            "ngram_buckets and token_noise (issue #16's input levers) are not mirrored in JAX yet: they must be 0"
+        )
     x, terms, num_steps = integrate(params["h"], config, embed(params, config, idx), probes, regularize)
     logits, loss = _head(params, config, x, targets)
     return logits, loss, terms, num_steps

@@ -1845,15 +1845,9 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
         previous_sigterm = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=a.jobs) as pool:
+            shared = (out, data_dir, a.max_iters, threads, timeout_min, slack, stopping)
             futures = {
-                pool.submit(
-                    announce_and_run, head, c, seed, i, out, data_dir, a.max_iters, threads, timeout_min, slack, stopping
-                ): (
-                    head,
-                    c,
-                    seed,
-                )
-                for head, i, c, seed in todo
+                pool.submit(announce_and_run, head, c, seed, i, *shared): (head, c, seed) for head, i, c, seed in todo
             }
             try:
                 for future in concurrent.futures.as_completed(futures):

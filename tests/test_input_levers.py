@@ -1,0 +1,141 @@
+"""Issue #16's input levers in model.py: hashed n-gram input embeddings (GPTConfig.ngram_buckets) and blank data
+noising (GPTConfig.token_noise). Small models on random tokens; each property is checked against an independent
+computation or against the model without the lever."""
+
+import pytest
+import torch
+
+from model import GPT, GPTConfig
+
+SMALL = dict(block_size=16, vocab_size=300, n_layer=2, n_head=2, n_embd=8, bias=False)
+SHORTLIST = dict(shortlist_size=200, unseen_mass=0.01)
+
+
+def model(**kw) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**{**SMALL, **kw}))
+
+
+def tokens(b=3, t=16, high=200, seed=1):
+    return torch.randint(0, high, (b, t), generator=torch.Generator().manual_seed(seed))
+
+
+INT64 = 2**64
+
+
+def wrap(v: int) -> int:
+    """v as a two's-complement int64 (torch's integer arithmetic wraps)."""
+    return (v + 2**63) % INT64 - 2**63
+
+
+def reference_rows(ids: list[int], k: int, base: int) -> list[list[int]]:
+    """Per position, the wngram rows the hash should select, computed with Python integers: the bigram's and
+    trigram's ids in base `base`, Knuth's multiplicative hash (int64 wrap), high bits folded in, mod k."""
+    out = []
+    for p in range(len(ids)):
+        rows = []
+        for order in (2, 3):
+            if p + 1 >= order:
+                key = 0
+                for tok in ids[p + 1 - order : p + 1]:
+                    key = key * base + tok
+                h = wrap(key * 0x9E3779B1)
+                rows.append(((h ^ (h >> 29)) % k) + (order - 2) * k)
+        out.append(rows)
+    return out
+
+
+@pytest.mark.parametrize("k", [7, 64, 1000])
+def test_ngram_rows_are_the_hash_of_the_bigram_and_trigram(k):
+    m = model(ngram_buckets=k)
+    with torch.no_grad():
+        m.transformer.wngram.weight.copy_(torch.arange(2 * k).float()[:, None].expand(2 * k, SMALL["n_embd"]))
+        # a table whose row r is the constant r, summed over the rows each position selects
+        m.transformer.wngram.weight[:, 1:] = 1.0  # column 1+: how many rows were added
+        ids = tokens()
+        got = m.ngram_embedding(ids)  # (b, t, C)
+    for b in range(ids.size(0)):
+        want = reference_rows(ids[b].tolist(), k, SMALL["vocab_size"] + 1)
+        assert got[b, :, 0].tolist() == [float(sum(r)) for r in want]
+        assert got[b, :, 1].tolist() == [float(len(r)) for r in want]  # 0, 1, then 2 rows: no n-gram across the window
+        assert all(0 <= r < 2 * k for rows in want for r in rows)
+
+
+def test_a_zero_table_is_the_model_without_it():
+    """Zero-initialised: training starts from the plain model, same outputs for the same other weights."""
+    plain, with_ngrams = model(**SHORTLIST), model(**SHORTLIST, ngram_buckets=50)
+    assert torch.count_nonzero(with_ngrams.transformer.wngram.weight) == 0
+    missing, unexpected = with_ngrams.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["transformer.wngram.weight"] and unexpected == []
+    ids = tokens()
+    with torch.no_grad():
+        assert torch.equal(plain(ids, ids)[0], with_ngrams(ids, ids)[0])
+
+
+def test_ngram_embeddings_are_causal():
+    m = model(**SHORTLIST, ngram_buckets=50).eval()
+    with torch.no_grad():
+        m.transformer.wngram.weight.normal_()
+        ids = tokens()
+        changed = ids.clone()
+        changed[:, 9:] = (changed[:, 9:] + 1) % 200
+        a, _ = m(ids, ids)
+        b, _ = m(changed, changed)
+    assert torch.equal(a[:, :9], b[:, :9])
+    assert not torch.equal(a[:, 9:], b[:, 9:])
+
+
+def test_the_table_learns():
+    m = model(**SHORTLIST, ngram_buckets=50)
+    ids = tokens()
+    _, loss = m(ids, ids)
+    loss.backward()
+    assert torch.count_nonzero(m.transformer.wngram.weight.grad) > 0
+
+
+@pytest.mark.parametrize("shortlist", [True, False], ids=["shortlist", "full-softmax"])
+def test_token_noise_blanks_inputs_in_training_only(shortlist):
+    kw = SHORTLIST if shortlist else {}
+    noisy, clean = model(**kw, token_noise=0.5), model(**kw)
+    ids = tokens(b=8)
+    with torch.no_grad():
+        noisy.eval(), clean.eval()
+        assert torch.equal(noisy(ids, ids)[0], clean(ids, ids)[0])  # evaluation never noises
+        noisy.train(), clean.train()
+        e_noisy, e_clean = noisy.embed(ids), clean.embed(ids)
+    differs = (e_noisy != e_clean).any(-1).float().mean().item()
+    assert 0.35 < differs < 0.65  # about half of the positions blanked
+    if shortlist:  # a blank is the shared row of the tokens outside the shortlist
+        blank = noisy.transformer.wte.weight[SHORTLIST["shortlist_size"]]
+        pos = noisy.transformer.wpe.weight[: ids.size(1)]
+        hit = (e_noisy != e_clean).any(-1)  # (b, t)
+        assert torch.allclose(e_noisy[hit], (blank + pos.expand(ids.size(0), -1, -1)[hit]))
+
+
+def test_token_noise_leaves_the_targets_alone():
+    """The loss is still the cross-entropy of the given targets: at noise ~1 every input is a blank, and the loss
+    equals that of a model fed blanks explicitly."""
+    noisy = model(**SHORTLIST, token_noise=0.999999).train()
+    clean = model(**SHORTLIST).train()
+    ids = tokens()
+    blank_token = 250  # outside the shortlist (tokens 0..199): the shared row
+    torch.manual_seed(3)
+    _, a = noisy(ids, ids)
+    _, b = clean(torch.full_like(ids, blank_token), ids)
+    assert torch.allclose(a, b)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("ngram_buckets", -1),
+        ("ngram_buckets", 2.0),
+        ("ngram_buckets", True),
+        ("token_noise", 1.0),
+        ("token_noise", -0.1),
+        ("token_noise", float("nan")),
+    ],
+)
+def test_bad_values_are_refused_at_construction(field, value):
+    with pytest.raises(ValueError, match=field):
+        GPTConfig(**{**SMALL, field: value})
