@@ -204,6 +204,11 @@ class GPTConfig:
     # this probability by a blank (the shortlist's shared row; a uniformly drawn token under the full softmax).
     # Inputs only, targets untouched; evaluation never noises. 0 = off.
     token_noise: float = 0.0
+    # the softmax bottleneck (Yang et al. 2018): tied logits E h are linear in the n_embd-wide final state, so the
+    # log-probability matrix has rank <= n_embd + 1. w > 0 adds w nonlinear features to the output layer only,
+    # logits = E h + U gelu(A h) (A: n_embd -> w; U: an untied, zero-initialised rows x w table), rank up to
+    # n_embd + w. The output matmul grows by a factor (n_embd + w) / n_embd. 0 = nanoGPT's tied layer.
+    head_width: int = 0
 
     def __post_init__(self):
         """Reject at construction every value the model cannot run, naming the field and its valid range."""
@@ -241,6 +246,8 @@ class GPTConfig:
             raise ValueError(f"ngram_buckets must be an integer >= 0 (0 = off), got {self.ngram_buckets!r}")
         if not _is_real(self.token_noise) or not 0 <= self.token_noise < 1:
             raise ValueError(f"token_noise must be a number in [0, 1) (0 = off), got {self.token_noise!r}")
+        if not _is_int(self.head_width) or self.head_width < 0:
+            raise ValueError(f"head_width must be an integer >= 0 (0 = the tied output layer), got {self.head_width!r}")
 
 
 class LayerNorm(nn.Module):
@@ -347,6 +354,9 @@ class GPT(nn.Module):
         if config.ngram_buckets:
             # rows [0, k) for bigrams, [k, 2k) for trigrams
             self.transformer["wngram"] = nn.Embedding(2 * config.ngram_buckets, config.n_embd)
+        if config.head_width:
+            self.head_up = nn.Linear(config.n_embd, config.head_width, bias=False)  # A
+            self.head_wide = nn.Linear(config.head_width, n_rows, bias=False)  # U
 
         # nanoGPT's init: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer) (GPT-2 paper)
         self.apply(self._init_weights)
@@ -358,6 +368,8 @@ class GPT(nn.Module):
                     torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
         if config.ngram_buckets:
             torch.nn.init.zeros_(self.transformer.wngram.weight)
+        if config.head_width:
+            torch.nn.init.zeros_(self.head_wide.weight)
         self.last_terms = {}  # regularization terms of the last training forward
         if config.shortlist_size:
             # token id -> embedding row (shortlist_size for tokens outside it) and row -> token id; buffers,
@@ -496,7 +508,7 @@ class GPT(nn.Module):
         if targets is None:
             return self.logits(x[:, [-1], :]), None  # (b, 1, vocab): inference needs the last position only
         if not self.config.shortlist_size:
-            logits = self.lm_head(x)  # (b, t, vocab)
+            logits = self.raw_logits(x)  # (b, t, vocab)
             return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         logp = self.shortlist_log_probs(x)  # (b, t, k)
         # the loss is F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1),
@@ -508,14 +520,23 @@ class GPT(nn.Module):
         shortlist they are normalized log-probabilities (softmax, sampling and cross-entropy on them
         give the model's distribution)."""
         if not self.config.shortlist_size:
-            return self.lm_head(x)
+            return self.raw_logits(x)
         return self.full_log_probs(self.shortlist_log_probs(x))
 
     def shortlist_log_probs(self, x):
         """x: (b, t, C) after ln_f -> log P(token) of the k shortlisted tokens, in row order (b, t, k)."""
         c = self.config
         log_in = math.log1p(-c.unseen_mass)  # log P(token in the shortlist)
-        return F.log_softmax(F.linear(x, self.lm_head.weight[: c.shortlist_size]), dim=-1) + log_in
+        return F.log_softmax(self.raw_logits(x, c.shortlist_size), dim=-1) + log_in
+
+    def raw_logits(self, x, rows=None):
+        """x: (b, t, C) after ln_f -> the output layer's logits of its first `rows` rows (all if None), (b, t, rows):
+        E h, plus U gelu(A h) under head_width."""
+        logits = F.linear(x, self.lm_head.weight[:rows])  # (b, t, rows)
+        if self.config.head_width:
+            z = F.gelu(self.head_up(x))  # (b, t, w)
+            logits = logits + F.linear(z, self.head_wide.weight[:rows])
+        return logits
 
     def unseen_log_prob(self) -> float:
         """log P(one given token outside the shortlist): unseen_mass shared evenly."""

@@ -144,6 +144,7 @@ class Recipe:
     jacobian_frobenius: float = 0.0
     ngram_buckets: int = 0  # hashed bigram + trigram input embeddings, rows per order (GPTConfig); 0 = off
     token_noise: float = 0.0  # data noising: probability of a blank input token in training (GPTConfig); 0 = off
+    head_width: int = 0  # nonlinear output features beside the tied logits (GPTConfig); 0 = off
     # optimizer
     optimizer: str = "adamw"  # adamw | muon (Muon on hidden matrices, AdamW on the rest)
     learning_rate: float = 3e-3  # peak (AdamW groups)
@@ -214,6 +215,7 @@ def model_fields(r: Recipe) -> dict:
         zero_init_proj=r.zero_init_proj,
         ngram_buckets=r.ngram_buckets,
         token_noise=r.token_noise,
+        head_width=r.head_width,
     )
 
 

@@ -82,9 +82,10 @@ class GPTConfig:
     # makes them compile-time constants. Any integer sequence is accepted and stored as a tuple of ints.
     shortlist: tuple[int, ...] = ()
     unseen_mass: float = 0.0
-    # issue #16's input levers (model.GPTConfig): torch only so far, so only their "off" value (0) is accepted here
+    # issue #16's levers (model.GPTConfig): torch only so far; the forward refuses any but their "off" value (0)
     ngram_buckets: int = 0
     token_noise: float = 0.0
+    head_width: int = 0
     # --- JAX only (not in model.GPTConfig; dropped when a checkpoint is written) ---
     rtol: float = 1e-3  # adaptive methods: PIDController tolerances
     atol: float = 1e-6
@@ -115,6 +116,8 @@ class GPTConfig:
             raise ValueError(f"ngram_buckets must be an integer >= 0 (0 = off), got {self.ngram_buckets!r}")
         if not _is_real(self.token_noise) or not 0 <= self.token_noise < 1:
             raise ValueError(f"token_noise must be a number in [0, 1) (0 = off), got {self.token_noise!r}")
+        if not _is_int(self.head_width) or self.head_width < 0:
+            raise ValueError(f"head_width must be an integer >= 0 (0 = the tied output layer), got {self.head_width!r}")
         # JAX-only rules
         if self.rtol <= 0 or self.atol < 0 or self.max_steps_per_layer < 1:
             raise ValueError("rtol must be > 0, atol >= 0, max_steps_per_layer >= 1")
@@ -185,6 +188,7 @@ TORCH_CONFIG_FIELDS = (
     "unseen_mass",
     "ngram_buckets",
     "token_noise",
+    "head_width",
 )
 
 
@@ -616,9 +620,9 @@ def _shortlist_head(wte, config, x, targets):
 def _forward(params, config, idx, targets, probes, regularize):
     if config.dropout != 0:
         raise NotImplementedError("the JAX mirror is deterministic: dropout must be 0")
-    if config.ngram_buckets or config.token_noise:
+    if config.ngram_buckets or config.token_noise or config.head_width:
         raise NotImplementedError(
-            "ngram_buckets and token_noise (issue #16's input levers) are not mirrored in JAX yet: they must be 0"
+            "ngram_buckets, token_noise and head_width (issue #16's levers) are not mirrored in JAX yet: they must be 0"
         )
     x, terms, num_steps = integrate(params["h"], config, embed(params, config, idx), probes, regularize)
     logits, loss = _head(params, config, x, targets)

@@ -171,6 +171,7 @@ BASELINE_RECIPE = dict(
     jacobian_frobenius=0.0,
     ngram_buckets=0,
     token_noise=0.0,
+    head_width=0,
     optimizer="adamw",
     learning_rate=3e-4,
     muon_lr=0.02,

@@ -139,3 +139,57 @@ def test_token_noise_leaves_the_targets_alone():
 def test_bad_values_are_refused_at_construction(field, value):
     with pytest.raises(ValueError, match=field):
         GPTConfig(**{**SMALL, field: value})
+
+
+# --- head_width: nonlinear output features beside the tied logits ------------------------------------------------
+
+
+@pytest.mark.parametrize("kw", [SHORTLIST, {}], ids=["shortlist", "full-softmax"])
+def test_a_zero_wide_table_is_the_tied_output_layer(kw):
+    plain, wide = model(**kw), model(**kw, head_width=12)
+    assert torch.count_nonzero(wide.head_wide.weight) == 0
+    missing, _ = wide.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["head_up.weight", "head_wide.weight"]
+    ids = tokens()
+    with torch.no_grad():
+        assert torch.allclose(plain(ids, ids)[0], wide(ids, ids)[0])
+        assert torch.allclose(plain(ids)[0], wide(ids)[0])
+
+
+@pytest.mark.parametrize("kw", [SHORTLIST, {}], ids=["shortlist", "full-softmax"])
+def test_wide_logits_are_the_formula_and_the_loss_their_cross_entropy(kw):
+    m = model(**kw, head_width=12).eval()
+    with torch.no_grad():
+        m.head_wide.weight.normal_()
+        ids = tokens()
+        logits, loss = m(ids, ids)
+        h = m.transformer.ln_f(m.integrate(m.embed(ids)))  # (b, t, C)
+        raw = h @ m.lm_head.weight.T + torch.nn.functional.gelu(h @ m.head_up.weight.T) @ m.head_wide.weight.T
+    if kw:  # shortlist: the first k rows' softmax carries 1 - unseen_mass
+        k = kw["shortlist_size"]
+        want = torch.log_softmax(raw[..., :k], -1) + torch.log1p(torch.tensor(-kw["unseen_mass"]))
+        assert torch.allclose(logits[..., m.row_tokens], want, atol=1e-5)
+    else:
+        assert torch.allclose(logits, raw, atol=1e-5)
+    ce = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), ids.view(-1))
+    assert torch.allclose(loss, ce, atol=1e-5)
+
+
+def test_the_wide_features_lift_the_rank_of_the_log_probabilities():
+    """Tied: log-probabilities over many contexts have rank <= n_embd + 1; with head_width they exceed it."""
+    ids = tokens(b=16, t=16)
+    ranks = {}
+    for w in (0, 24):
+        m = model(**SHORTLIST, head_width=w).eval()
+        with torch.no_grad():
+            if w:
+                m.head_wide.weight.normal_()
+            logp = m(ids, ids)[0][..., m.row_tokens].reshape(-1, SHORTLIST["shortlist_size"]).double()
+        ranks[w] = torch.linalg.matrix_rank(logp, rtol=1e-5).item()
+    assert ranks[0] <= SMALL["n_embd"] + 1 < ranks[24]
+
+
+def test_bad_head_width_is_refused():
+    for bad in (-1, 2.0, True):
+        with pytest.raises(ValueError, match="head_width"):
+            GPTConfig(**{**SMALL, "head_width": bad})
