@@ -40,6 +40,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def load_model_module():
@@ -119,6 +120,7 @@ RECIPE_RULES = (
     ("grad_clip", lambda v: _is_real(v) and v >= 0, "a finite number >= 0 (0 disables clipping)"),
     ("ema_decay", _is_unit, "a number in [0, 1) (0 disables the EMA)"),
     ("select_window", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 ends with the last weights)"),
+    ("ngram_distill", _is_unit, "a number in [0, 1) (0 = no teacher)"),
 )
 
 
@@ -145,6 +147,9 @@ class Recipe:
     ngram_buckets: int = 0  # hashed bigram + trigram input embeddings, rows per order (GPTConfig); 0 = off
     token_noise: float = 0.0  # data noising: probability of a blank input token in training (GPTConfig); 0 = off
     head_width: int = 0  # nonlinear output features beside the tied logits (GPTConfig); 0 = off
+    # loss design (issue #16): the training loss is (1 - a) * CE(targets) + a * CE(teacher), the teacher an
+    # interpolated Kneser-Ney trigram fitted on train.bin (NgramTeacher); training only, the model stays a network.
+    ngram_distill: float = 0.0
     # optimizer
     optimizer: str = "adamw"  # adamw | muon (Muon on hidden matrices, AdamW on the rest)
     learning_rate: float = 3e-3  # peak (AdamW groups)
@@ -492,11 +497,114 @@ def set_lr(optimizers, base_lrs, scale: float) -> None:
             g["lr"] = lr * scale
 
 
-def train_step(model: GPT, optimizers, params, xb, yb, r: Recipe):
+class NgramTeacher:
+    """An interpolated Kneser-Ney trigram (Chen & Goodman 1998, one absolute discount per order from counts of
+    counts, D = n1 / (n1 + 2 n2)) fitted on the training tokens, used as a soft target (Recipe.ngram_distill):
+
+        p3(w | u v) = max(c(uvw) - D3, 0) / c(uv.) + D3 N1+(uv.) / c(uv.) * p2(w | v)
+        p2(w | v)   = max(N1+(.vw) - D2, 0) / N1+(.v.) + D2 N1+(v.) / N1+(.v.) * p1(w)
+        p1(w)       = N1+(.w) / N1+(..)
+
+    over the model's output rows (`token_rows`: token id -> row, the shortlist's; None: rows are token ids). The
+    context of position j is xb[j - 1], xb[j] (the bigram alone at j = 0, where the window starts). Its counts are
+    this split's: the teacher has seen every training target, which makes it a smoothing of the targets by their
+    contexts (Xie et al. 2017 relate data noising to Kneser-Ney smoothing) rather than an independent model."""
+
+    def __init__(self, tokens: np.ndarray, vocab_size: int, token_rows=None, n_rows: int = 0, on="cpu"):
+        t = np.asarray(tokens, dtype=np.int64)
+        if len(t) < 3:
+            raise DataError(f"the n-gram teacher needs at least 3 training tokens, got {len(t)}; {PREPARE_HINT}")
+        V = self.V = vocab_size
+        rows = np.arange(V) if token_rows is None else np.asarray(token_rows, dtype=np.int64)
+        self.n_rows = n_rows or V
+        if int(rows[t].max()) >= self.n_rows:
+            raise ValueError(f"a training token maps to a row >= n_rows {self.n_rows}: the rows must cover train.bin")
+        u, v, w = np.lib.stride_tricks.sliding_window_view(t, 3).T  # every trigram of the split
+        tri, tri_count = np.unique((u * V + v) * V + w, return_counts=True)  # sorted (u, v, w)
+        # trigram level: contexts (u, v), their successors w and counts
+        ctx3, start3 = np.unique(tri // V, return_index=True)
+        len3 = np.diff(np.append(start3, len(tri)))
+        total3 = np.add.reduceat(tri_count, start3)  # c(uv.)
+        d3 = self.discount(tri_count)
+        # bigram level, continuation counts: N1+(.vw) = the distinct u before (v, w)
+        vw, n_vw = np.unique(tri % (V * V), return_counts=True)  # sorted (v, w)
+        v_of, w_of = vw // V, vw % V
+        d2 = self.discount(n_vw)
+        s_v = np.bincount(v_of, weights=n_vw, minlength=V)  # N1+(.v.)
+        succ_v = np.bincount(v_of, minlength=V)  # N1+(v.)
+        # unigram level: N1+(.w) / N1+(..), over rows
+        p1 = np.bincount(rows[w_of], minlength=self.n_rows) / len(vw)
+        gamma2 = np.where(s_v > 0, d2 * succ_v / np.maximum(s_v, 1), 1.0)  # a v never seen: p1 alone
+        as_t = lambda a, dtype=torch.float32: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=on)
+        self.ctx3, self.ptr3 = as_t(ctx3, torch.long), as_t(np.append(start3, len(tri)), torch.long)
+        self.w3 = as_t(rows[tri % V], torch.long)
+        self.p3 = as_t(np.maximum(tri_count - d3, 0) / np.repeat(total3, len3))
+        self.gamma3 = as_t(d3 * len3 / total3)
+        self.ptr2 = as_t(np.concatenate([[0], np.cumsum(succ_v)]), torch.long)
+        self.w2 = as_t(rows[w_of], torch.long)
+        self.p2 = as_t(np.maximum(n_vw - d2, 0) / s_v[v_of])
+        self.gamma2, self.p1 = as_t(gamma2), as_t(p1)
+        self.discounts = (float(d2), float(d3))
+
+    @staticmethod
+    def discount(counts: np.ndarray) -> float:
+        n1, n2 = int(np.sum(counts == 1)), int(np.sum(counts == 2))
+        return n1 / (n1 + 2 * n2) if n1 + n2 else 0.5
+
+    @torch.no_grad()
+    def target(self, xb: torch.Tensor) -> torch.Tensor:
+        """xb: (b, t) inputs -> the teacher's next-row distribution at each position, (b * t, n_rows)."""
+        b, t = xb.shape
+        v = xb.reshape(-1)  # (P,) the last context token of each position
+        u = torch.cat([xb.new_full((b, 1), -1), xb[:, :-1]], dim=1).reshape(-1)  # (P,) -1: none in the window
+        key = u * self.V + v
+        c = torch.searchsorted(self.ctx3, key).clamp_max(len(self.ctx3) - 1)
+        seen = (u >= 0) & (self.ctx3[c] == key)  # (P,) positions whose trigram context was seen
+        gamma3 = torch.where(seen, self.gamma3[c], torch.ones_like(self.gamma3[c]))  # weight of p2
+        out = torch.outer(gamma3 * self.gamma2[v], self.p1)  # (P, n_rows): the lowest order, scaled
+        rows3, idx3 = self._successors(self.ptr3, c, seen)
+        out.index_put_((rows3, self.w3[idx3]), self.p3[idx3], accumulate=True)
+        rows2, idx2 = self._successors(self.ptr2, v, torch.ones_like(seen))
+        out.index_put_((rows2, self.w2[idx2]), gamma3[rows2] * self.p2[idx2], accumulate=True)
+        return out
+
+    def cross_entropy(self, logp: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+        """logp: (b, t, n_rows) log-probabilities of the next row; xb: (b, t) the inputs -> the mean over positions
+        of -sum_rows teacher * logp, a scalar."""
+        return -(self.target(xb) * logp.reshape(-1, logp.size(-1))).sum() / xb.numel()
+
+    @staticmethod
+    def _successors(ptr: torch.Tensor, context: torch.Tensor, keep: torch.Tensor):
+        """(position, entry) index pairs of every successor entry ptr[context]..ptr[context + 1] of the kept
+        positions."""
+        start, end = ptr[context], ptr[context + 1]
+        n = torch.where(keep, end - start, torch.zeros_like(start))  # (P,)
+        positions = torch.repeat_interleave(torch.arange(len(context), device=context.device), n)
+        first = torch.cumsum(n, 0) - n  # where each position's run starts in the flat list
+        idx = torch.arange(int(n.sum()), device=context.device) - first[positions] + start[positions]
+        return positions, idx
+
+
+def make_teacher(r: Recipe, model: GPT, train_tokens: np.ndarray, on) -> Optional[NgramTeacher]:
+    """The recipe's n-gram teacher over the model's output rows, or None when ngram_distill is 0."""
+    if r.ngram_distill == 0:
+        return None
+    k = model.config.shortlist_size
+    model.keep_shortlist_log_probs = bool(k)  # train_step reads the k rows' log-probabilities, not the vocab's
+    rows = model.token_rows.cpu().numpy() if k else None
+    return NgramTeacher(train_tokens, r.vocab_size, rows, k, on)
+
+
+def train_step(model: GPT, optimizers, params, xb, yb, r: Recipe, teacher: Optional[NgramTeacher] = None):
     """One optimizer step on a batch; returns the (pure cross-entropy) loss tensor."""
     with ctx:
-        _, loss = model(xb, yb)
+        logits, loss = model(xb, yb)
         total_loss = loss + model.regularization_loss()
+        if teacher is not None:  # under a shortlist, the forward's log-probabilities of its k rows
+            c = model.config
+            logp = model.last_shortlist_log_probs if c.shortlist_size else F.log_softmax(logits, dim=-1)
+            model.last_shortlist_log_probs = None  # the graph keeps what backward needs
+            total_loss = total_loss + r.ngram_distill * (teacher.cross_entropy(logp, xb) - loss)
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     total_loss.backward()
@@ -646,6 +754,7 @@ def train(recipe: Recipe = None):
     params = [p for p in model.parameters() if p.requires_grad]
     ema, ema_params = make_ema(model) if r.ema_decay > 0 else (None, None)
     eval_model = ema if ema is not None else model
+    teacher = make_teacher(r, model, train_np, dev)
 
     print(
         f"[train_mps] {n_iters} iters on {dev}, seed {r.seed}, {model.get_num_params() / 1e6:.2f}M params, "
@@ -683,7 +792,7 @@ def train(recipe: Recipe = None):
 
         set_lr(optimizers, base_lrs, lr_at(it, n_iters, r))
         xb, yb = get_batch(train_data, train_gen)
-        loss = train_step(model, optimizers, params, xb, yb, r)
+        loss = train_step(model, optimizers, params, xb, yb, r, teacher)
         if ema is not None:
             ema_update(ema_params, params, r.ema_decay)
         if it % eval_interval == eval_interval - 1 or it == n_iters - 1:

@@ -75,6 +75,7 @@ class VariantForward:
         if variant == "loss_only" and not model.config.shortlist_size:
             raise SystemExit("error: @loss_only needs a shortlist recipe (the full softmax has no cheaper loss)")
         self.model, self.variant = model, variant
+        self.config = model.config
 
     def __call__(self, xb, yb):
         import torch.nn.functional as F
@@ -206,8 +207,20 @@ def main(argv=None):
         ema = tm.make_ema(model)[1] if r.ema_decay > 0 else None  # the averaged parameters
         variant = split_variant(name)[1]
         forward = model if variant is None else VariantForward(model, variant)
+        teacher = tm.make_teacher(r, model, tokens, device)  # as train() builds it
         runs.append(
-            dict(name=name, recipe=r, model=model, forward=forward, opts=opts, params=params, ema=ema, it=0, ms=[])
+            dict(
+                name=name,
+                recipe=r,
+                model=model,
+                forward=forward,
+                opts=opts,
+                params=params,
+                ema=ema,
+                it=0,
+                ms=[],
+                teacher=teacher,
+            )
         )
 
     def steps(run, n):
@@ -215,7 +228,7 @@ def main(argv=None):
         loss = None
         for _ in range(n):
             xb, yb = batches[run["it"] % len(batches)]
-            loss = tm.train_step(run["forward"], run["opts"], run["params"], xb, yb, run["recipe"])
+            loss = tm.train_step(run["forward"], run["opts"], run["params"], xb, yb, run["recipe"], run["teacher"])
             if run["ema"] is not None:
                 tm.ema_update(run["ema"], run["params"], run["recipe"].ema_decay)
             run["it"] += 1

@@ -1,0 +1,135 @@
+"""train_mps.NgramTeacher, the interpolated Kneser-Ney trigram used as a soft target (Recipe.ngram_distill).
+
+Its sparse construction is checked against a direct computation of the formulas with Python counters, on toy data
+with and without a row map (the shortlist's); the training step's loss against the mixture it claims to be."""
+
+import copy
+from collections import Counter
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_bins
+
+import train_mps as tm
+
+V = 20
+
+
+def reference_distribution(tokens, u, v, d2, d3):
+    """p3(. | u v) over token ids, straight from the formulas in NgramTeacher's docstring; u None: p2(. | v)."""
+    tri = Counter(zip(tokens[:-2], tokens[1:-1], tokens[2:]))
+    n_vw = Counter((b, c) for (_, b, c) in tri)  # N1+(. v w): distinct u before (v, w)
+    n_w = Counter(c for (_, c) in n_vw)  # N1+(. w): distinct v before w
+
+    def p1(w):
+        return n_w.get(w, 0) / len(n_vw)
+
+    def p2(w):
+        s = sum(n for (b, _), n in n_vw.items() if b == v)
+        if s == 0:
+            return p1(w)
+        succ = sum(1 for (b, _) in n_vw if b == v)
+        return max(n_vw.get((v, w), 0) - d2, 0) / s + d2 * succ / s * p1(w)
+
+    total = sum(n for (a, b, _), n in tri.items() if (a, b) == (u, v))
+    if u is None or total == 0:
+        return [p2(w) for w in range(V)]
+    succ = sum(1 for (a, b, _) in tri if (a, b) == (u, v))
+    return [max(tri.get((u, v, w), 0) - d3, 0) / total + d3 * succ / total * p2(w) for w in range(V)]
+
+
+@pytest.fixture(scope="module")
+def toy():
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 12, size=500)  # ids 12..19 never occur
+    xb = torch.as_tensor(np.concatenate([tokens[:24], [3, 19, 3, 5, 19, 19, 4, 2]]).reshape(4, 8))  # unseen contexts
+    return tokens, xb
+
+
+def test_the_discounts_are_counts_of_counts():
+    assert tm.NgramTeacher.discount(np.array([1, 1, 1, 2, 3])) == pytest.approx(3 / (3 + 2 * 1))
+
+
+@pytest.mark.parametrize("shortlist", [False, True], ids=["token-ids", "shortlist-rows"])
+def test_the_distribution_is_the_formulas(toy, shortlist):
+    tokens, xb = toy
+    if shortlist:  # the shortlist's map: tokens 0..11 in reverse order, every other id on the shared row 12
+        rows = np.full(V, 12)
+        rows[np.arange(12)] = np.arange(12)[::-1]
+        teacher = tm.NgramTeacher(tokens, V, rows, 12)
+    else:
+        rows, teacher = np.arange(V), tm.NgramTeacher(tokens, V)
+    got = teacher.target(xb)  # (P, n_rows)
+    d2, d3 = teacher.discounts
+    toks = tokens.tolist()
+    for p, (i, j) in enumerate((i, j) for i in range(xb.size(0)) for j in range(xb.size(1))):
+        u = int(xb[i, j - 1]) if j else None
+        want = reference_distribution(toks, u, int(xb[i, j]), d2, d3)
+        assert sum(want) == pytest.approx(1.0)
+        want_rows = np.zeros(teacher.n_rows)
+        for w, pw in enumerate(want):
+            if pw:
+                want_rows[rows[w]] += pw
+        assert np.allclose(got[p].numpy(), want_rows, atol=1e-6), (i, j)
+
+
+def test_cross_entropy_is_the_teachers_expected_log_loss(toy):
+    tokens, xb = toy
+    teacher = tm.NgramTeacher(tokens, V)
+    logp = torch.log_softmax(torch.randn(*xb.shape, V, generator=torch.Generator().manual_seed(1)), -1)
+    want = -(teacher.target(xb) * logp.reshape(-1, V)).sum(1).mean()
+    assert teacher.cross_entropy(logp, xb).item() == pytest.approx(want.item(), rel=1e-6)
+    own = teacher.target(xb).clamp_min(1e-12).log().reshape(*xb.shape, V)  # Gibbs: the teacher itself is the minimum
+    assert teacher.cross_entropy(own, xb) < teacher.cross_entropy(logp, xb)
+
+
+def test_too_little_data_and_uncovered_rows_are_clear_errors():
+    with pytest.raises(tm.DataError, match="at least 3"):
+        tm.NgramTeacher(np.array([1, 2]), V)
+    with pytest.raises(ValueError, match="rows must cover"):
+        tm.NgramTeacher(np.array([1, 2, 3, 4]), V, np.arange(V), 3)
+
+
+def small_model(recipe, tokens):
+    torch.manual_seed(0)
+    return tm.make_model(recipe, tokens)
+
+
+@pytest.mark.parametrize("shortlist", [True, False], ids=["shortlist", "full-softmax"])
+def test_the_step_minimises_the_stated_mixture(shortlist):
+    """train_step's gradient is that of (1 - a) CE(targets) + a CE(teacher), computed here from the logits."""
+    rng = np.random.default_rng(2)
+    tokens = rng.integers(0, 400, size=4000)
+    r = replace(tm.Recipe(), ngram_distill=0.4, shortlist=shortlist, grad_clip=0.0, ema_decay=0.0)
+    data = torch.from_numpy(tokens)
+    xb, yb = tm.get_batch(data, torch.Generator().manual_seed(0))
+    grads = []
+    for use_train_step in (True, False):
+        m = small_model(r, tokens)
+        teacher = tm.make_teacher(r, m, tokens, "cpu")
+        opt = torch.optim.SGD(m.parameters(), lr=0.0)  # a step that moves nothing: the gradients stay to read
+        if use_train_step:
+            tm.train_step(m, [opt], list(m.parameters()), xb, yb, r, teacher)
+            assert m.last_shortlist_log_probs is None  # released: the model can be deep-copied again
+            copy.deepcopy(m)
+        else:
+            logits, _ = m(xb, yb)
+            logp = torch.log_softmax(logits, -1)  # (b, t, vocab)
+            ce = torch.nn.functional.nll_loss(logp.view(-1, logp.size(-1)), yb.view(-1))
+            if shortlist:
+                logp = logp.index_select(-1, m.row_tokens)
+            loss = 0.6 * ce + 0.4 * teacher.cross_entropy(logp, xb)
+            loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+
+
+def test_a_short_training_with_the_teacher_runs(tmp_path, monkeypatch):
+    data = write_bins(tmp_path / "data")
+    monkeypatch.setenv("TRAIN_MPS_DATA_DIR", str(data))
+    monkeypatch.setenv("TRAIN_MPS_OUT_DIR", str(tmp_path / "out"))
+    monkeypatch.setenv("TRAIN_MPS_MAX_ITERS", "3")
+    best, minutes = tm.train(replace(tm.Recipe(), ngram_distill=0.3))
+    assert np.isfinite(best) and np.isfinite(minutes)
