@@ -8,7 +8,7 @@ EXTRAS ?= dev,data,plots,jax
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),_,$(EXTRAS))
 
-.PHONY: setup data data-tinyshakespeare data-pypi train test lint clean ablations lr-sweep candidates kneser-ney tinyshakespeare-table rerank-gen1 dreamteam-checkout
+.PHONY: setup data data-tinyshakespeare data-pypi train test lint clean ablations lr-sweep candidates levers kneser-ney tinyshakespeare-table rerank-gen1 dreamteam-checkout
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -122,6 +122,18 @@ CANDIDATES_OUT ?= results/benchmark/candidates-$(shell date +%Y%m%d-%H%M%S)
 candidates: data
 	$(BIN)/python scripts/benchmark.py --configs $(CANDIDATES) --baseline canonical --seeds 0 1 2 --jobs 2 \
 		--out $(CANDIDATES_OUT)
+
+# Issue #16's levers against the n-gram reference, on tinyshakespeare (the harness's data) under the trusted runner:
+# each lever on today's canonical, seed 0 (a screen), two at a time with one thread each (about 1.5 hours on 2
+# cores). LEVERS_SEEDS="0 1 2" makes it the three-seed table.
+LEVERS := canonical canonical:head_width=96 canonical:ngram_distill=0.3 canonical:token_noise=0.1 \
+	canonical:ngram_buckets=65536
+LEVERS_SEEDS ?= 0
+LEVERS_OUT ?= results/benchmark/levers-$(shell date +%Y%m%d-%H%M%S)
+
+levers: data-tinyshakespeare
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python scripts/benchmark.py --configs $(LEVERS) --baseline canonical \
+		--seeds $(LEVERS_SEEDS) --jobs 2 --data-dir $(TINY_DIR) --out $(LEVERS_OUT) $(RESUME)
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -328,6 +328,7 @@ def test_a_benchmark_stopped_by_an_error_leaves_the_next_one_unharmed(finished, 
         ("ABLATIONS", ["canonical", "baseline"], "$(REFERENCE)"),
         ("LR_SWEEP", [], "$(REFERENCE)"),
         ("CANDIDATES", ["canonical"], "canonical"),
+        ("LEVERS", ["canonical"], "canonical"),
     ],
 )
 def test_make_targets_name_valid_configurations(variable, head, reference):
