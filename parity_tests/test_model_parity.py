@@ -3,6 +3,8 @@ gradients, regularizers, NFE. Grids and checks live in harness.py; tolerances in
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -88,6 +90,9 @@ def test_config_fields_and_defaults_match_torch():
         {"dropout": 1.0},
         {"kinetic_energy": float("nan")},
         {"unseen_mass": float("inf")},
+        {"ngram_buckets": -1},
+        {"token_noise": 1.0},
+        {"head_width": 2.0},
     ],
 )
 def test_config_is_validated_like_torch(bad):
@@ -255,3 +260,13 @@ def test_logits_loss_and_nfe_from_solver_statistics(case):
     assert counted == formula
     if not jax_impl.get_method(case[0]).fsal:
         assert counted == torch_nfe
+
+
+@pytest.mark.parametrize("lever", [{"ngram_buckets": 8}, {"token_noise": 0.1}, {"head_width": 4}])
+def test_torch_only_levers_are_refused_by_the_jax_forward(lever):
+    """Issue #16's levers are torch-only so far: the JAX config holds them (checkpoints convert), and the forward
+    says it cannot run them instead of silently running another model."""
+    config = jax_impl.GPTConfig(**{**H.TINY, **lever})
+    params = jax_impl.init_params(jax.random.PRNGKey(0), config)
+    with pytest.raises(NotImplementedError, match="not mirrored in JAX yet"):
+        jax_impl.forward(params, config, jnp.zeros((1, 4), jnp.int32))
