@@ -371,10 +371,11 @@ class GPT(nn.Module):
         if config.head_width:
             torch.nn.init.zeros_(self.head_wide.weight)
         self.last_terms = {}  # regularization terms of the last training forward
-        # opt-in: the (b, t, k) log-probabilities of the last forward with targets, under a shortlist. Off by
-        # default, since a module holding a non-leaf tensor cannot be deep-copied (copy.deepcopy(model))
-        self.keep_shortlist_log_probs = False
-        self.last_shortlist_log_probs = None
+        # opt-in: the log-probabilities of the output rows in the last forward with targets, (b, t, k) under a
+        # shortlist, else (b, t, vocab), for a loss on them (train_mps's n-gram teacher) without another pass over
+        # the vocabulary. Off by default: a module holding a non-leaf tensor cannot be deep-copied
+        self.keep_log_probs = False
+        self.last_log_probs = None
         if config.shortlist_size:
             # token id -> embedding row (shortlist_size for tokens outside it) and row -> token id; buffers,
             # so checkpoints carry them. Until set_shortlist, the shortlist is tokens 0..shortlist_size-1.
@@ -513,10 +514,12 @@ class GPT(nn.Module):
             return self.logits(x[:, [-1], :]), None  # (b, 1, vocab): inference needs the last position only
         if not self.config.shortlist_size:
             logits = self.raw_logits(x)  # (b, t, vocab)
+            if self.keep_log_probs:
+                self.last_log_probs = F.log_softmax(logits, dim=-1)
             return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         logp = self.shortlist_log_probs(x)  # (b, t, k)
-        if self.keep_shortlist_log_probs:  # for a loss on the k rows (train_mps's n-gram teacher): no vocab pass
-            self.last_shortlist_log_probs = logp
+        if self.keep_log_probs:
+            self.last_log_probs = logp
         # the loss is F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1),
         # read off the shortlist's k columns instead of all vocab_size (a test checks they agree)
         return self.full_log_probs(logp), self.shortlist_loss(logp, targets)

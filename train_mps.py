@@ -40,7 +40,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 def load_model_module():
@@ -590,21 +589,20 @@ def make_teacher(r: Recipe, model: GPT, train_tokens: np.ndarray, on) -> Optiona
     if r.ngram_distill == 0:
         return None
     k = model.config.shortlist_size
-    model.keep_shortlist_log_probs = bool(k)  # train_step reads the k rows' log-probabilities, not the vocab's
+    model.keep_log_probs = True  # train_step reads the output rows' log-probabilities from the forward
     rows = model.token_rows.cpu().numpy() if k else None
     return NgramTeacher(train_tokens, r.vocab_size, rows, k, on)
 
 
-def train_step(model: GPT, optimizers, params, xb, yb, r: Recipe, teacher: Optional[NgramTeacher] = None):
-    """One optimizer step on a batch; returns the (pure cross-entropy) loss tensor."""
+def train_step(model: GPT, optimizers, params, xb, yb, r: Recipe, ngram_teacher: Optional[NgramTeacher] = None):
+    """One optimizer step on a batch; returns the (pure cross-entropy) loss tensor. (The teacher's name is long on
+    purpose: an edit of this function that calls its own distillation target `teacher` must not shadow it.)"""
     with ctx:
-        logits, loss = model(xb, yb)
+        _, loss = model(xb, yb)
         total_loss = loss + model.regularization_loss()
-        if teacher is not None:  # under a shortlist, the forward's log-probabilities of its k rows
-            c = model.config
-            logp = model.last_shortlist_log_probs if c.shortlist_size else F.log_softmax(logits, dim=-1)
-            model.last_shortlist_log_probs = None  # the graph keeps what backward needs
-            total_loss = total_loss + r.ngram_distill * (teacher.cross_entropy(logp, xb) - loss)
+        if ngram_teacher is not None:  # the forward's log-probabilities of its output rows (the shortlist's k)
+            logp, model.last_log_probs = model.last_log_probs, None  # released: the graph keeps what backward needs
+            total_loss = total_loss + r.ngram_distill * (ngram_teacher.cross_entropy(logp, xb) - loss)
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     total_loss.backward()
@@ -754,7 +752,7 @@ def train(recipe: Recipe = None):
     params = [p for p in model.parameters() if p.requires_grad]
     ema, ema_params = make_ema(model) if r.ema_decay > 0 else (None, None)
     eval_model = ema if ema is not None else model
-    teacher = make_teacher(r, model, train_np, dev)
+    ngram_teacher = make_teacher(r, model, train_np, dev)
 
     print(
         f"[train_mps] {n_iters} iters on {dev}, seed {r.seed}, {model.get_num_params() / 1e6:.2f}M params, "
@@ -792,7 +790,7 @@ def train(recipe: Recipe = None):
 
         set_lr(optimizers, base_lrs, lr_at(it, n_iters, r))
         xb, yb = get_batch(train_data, train_gen)
-        loss = train_step(model, optimizers, params, xb, yb, r, teacher)
+        loss = train_step(model, optimizers, params, xb, yb, r, ngram_teacher)
         if ema is not None:
             ema_update(ema_params, params, r.ema_decay)
         if it % eval_interval == eval_interval - 1 or it == n_iters - 1:

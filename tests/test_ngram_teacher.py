@@ -112,7 +112,7 @@ def test_the_step_minimises_the_stated_mixture(shortlist):
         opt = torch.optim.SGD(m.parameters(), lr=0.0)  # a step that moves nothing: the gradients stay to read
         if use_train_step:
             tm.train_step(m, [opt], list(m.parameters()), xb, yb, r, teacher)
-            assert m.last_shortlist_log_probs is None  # released: the model can be deep-copied again
+            assert m.last_log_probs is None  # released: the model can be deep-copied again
             copy.deepcopy(m)
         else:
             logits, _ = m(xb, yb)
