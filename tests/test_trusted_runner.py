@@ -216,8 +216,8 @@ SHORTENED = {
         "optimizer steps",
     ),
     "shrunken_batch": (
-        "loss = train_step(model, optimizers, params, xb, yb, r)",
-        "loss = train_step(model, optimizers, params, xb[:2], yb[:2], r)",
+        "loss = train_step(model, optimizers, params, xb, yb, r, ngram_teacher)",
+        "loss = train_step(model, optimizers, params, xb[:2], yb[:2], r, ngram_teacher)",
         "training batches of shape {'2x64': 6}",
     ),
 }
