@@ -514,8 +514,10 @@ class GPT(nn.Module):
             return self.logits(x[:, [-1], :]), None  # (b, 1, vocab): inference needs the last position only
         if not self.config.shortlist_size:
             logits = self.raw_logits(x)  # (b, t, vocab)
-            if self.keep_log_probs:
+            if self.keep_log_probs:  # the loss read off the kept log-probabilities: one log_softmax, not two
                 self.last_log_probs = F.log_softmax(logits, dim=-1)
+                logp = self.last_log_probs.view(-1, logits.size(-1))
+                return logits, F.nll_loss(logp, targets.reshape(-1), ignore_index=-1)
             return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         logp = self.shortlist_log_probs(x)  # (b, t, k)
         if self.keep_log_probs:

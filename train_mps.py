@@ -522,7 +522,8 @@ class NgramTeacher:
         tri, tri_count = np.unique((u * V + v) * V + w, return_counts=True)  # sorted (u, v, w)
         # trigram level: contexts (u, v), their successors w and counts
         ctx3, start3 = np.unique(tri // V, return_index=True)
-        len3 = np.diff(np.append(start3, len(tri)))
+        ptr3 = np.append(start3, len(tri))  # context i's successors: tri[ptr3[i]:ptr3[i + 1]]
+        len3 = np.diff(ptr3)
         total3 = np.add.reduceat(tri_count, start3)  # c(uv.)
         d3 = self.discount(tri_count)
         # bigram level, continuation counts: N1+(.vw) = the distinct u before (v, w)
@@ -535,7 +536,7 @@ class NgramTeacher:
         p1 = np.bincount(rows[w_of], minlength=self.n_rows) / len(vw)
         gamma2 = np.where(s_v > 0, d2 * succ_v / np.maximum(s_v, 1), 1.0)  # a v never seen: p1 alone
         as_t = lambda a, dtype=torch.float32: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=on)
-        self.ctx3, self.ptr3 = as_t(ctx3, torch.long), as_t(np.append(start3, len(tri)), torch.long)
+        self.ctx3, self.ptr3 = as_t(ctx3, torch.long), as_t(ptr3, torch.long)
         self.w3 = as_t(rows[tri % V], torch.long)
         self.p3 = as_t(np.maximum(tri_count - d3, 0) / np.repeat(total3, len3))
         self.gamma3 = as_t(d3 * len3 / total3)
@@ -559,7 +560,7 @@ class NgramTeacher:
         key = u * self.V + v
         c = torch.searchsorted(self.ctx3, key).clamp_max(len(self.ctx3) - 1)
         seen = (u >= 0) & (self.ctx3[c] == key)  # (P,) positions whose trigram context was seen
-        gamma3 = torch.where(seen, self.gamma3[c], torch.ones_like(self.gamma3[c]))  # weight of p2
+        gamma3 = self.gamma3[c].masked_fill(~seen, 1.0)  # weight of p2 (all of it where no trigram context)
         out = torch.outer(gamma3 * self.gamma2[v], self.p1)  # (P, n_rows): the lowest order, scaled
         rows3, idx3 = self._successors(self.ptr3, c, seen)
         out.index_put_((rows3, self.w3[idx3]), self.p3[idx3], accumulate=True)

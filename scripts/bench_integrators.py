@@ -75,7 +75,6 @@ class VariantForward:
         if variant == "loss_only" and not model.config.shortlist_size:
             raise SystemExit("error: @loss_only needs a shortlist recipe (the full softmax has no cheaper loss)")
         self.model, self.variant = model, variant
-        self.config = model.config
 
     def __call__(self, xb, yb):
         import torch.nn.functional as F
@@ -206,6 +205,10 @@ def main(argv=None):
         params = [q for q in model.parameters() if q.requires_grad]  # as train() passes them
         ema = tm.make_ema(model)[1] if r.ema_decay > 0 else None  # the averaged parameters
         variant = split_variant(name)[1]
+        if variant is not None and r.ngram_distill > 0:
+            raise SystemExit(
+                f"error: config {name!r}: a step variant computes its own loss, without the n-gram teacher"
+            )
         forward = model if variant is None else VariantForward(model, variant)
         teacher = tm.make_teacher(r, model, tokens, device)  # as train() builds it
         runs.append(
