@@ -27,6 +27,7 @@ import json
 import math
 import os
 import platform
+import random
 import shutil
 import sys
 import tempfile
@@ -120,6 +121,7 @@ RECIPE_RULES = (
     ("ema_decay", _is_unit, "a number in [0, 1) (0 disables the EMA)"),
     ("select_window", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 ends with the last weights)"),
     ("ngram_distill", _is_unit, "a number in [0, 1) (0 = no teacher)"),
+    ("random_steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 = train with steps_per_layer only)"),
 )
 
 
@@ -149,6 +151,11 @@ class Recipe:
     # loss design (issue #16): the training loss is (1 - a) * CE(targets) + a * CE(teacher), the teacher an
     # interpolated Kneser-Ney trigram fitted on train.bin (NgramTeacher); training only, the model stays a network.
     ngram_distill: float = 0.0
+    # continuous depth (issue #14): K > 0 trains each step under a step count drawn uniformly from steps_per_layer..K
+    # (the solver and splitting unchanged); evaluation and the checkpoint keep steps_per_layer. A loss that must hold
+    # under every step size cannot lean on one step size's error: the trained weights become a flow, which a finer
+    # or adaptive integrator of the same fields reproduces. 0 = off.
+    random_steps: int = 0
     # optimizer
     optimizer: str = "adamw"  # adamw | muon (Muon on hidden matrices, AdamW on the rest)
     learning_rate: float = 3e-3  # peak (AdamW groups)
@@ -185,6 +192,11 @@ class Recipe:
             raise ValueError(
                 f"min_lr ({self.min_lr!r}) must be <= learning_rate ({self.learning_rate!r}) under "
                 f"schedule={self.schedule!r}: it is the floor the schedule decays to"
+            )
+        if self.random_steps and self.random_steps < self.steps_per_layer:
+            raise ValueError(
+                f"random_steps ({self.random_steps!r}) is the largest step count drawn, from steps_per_layer "
+                f"({self.steps_per_layer!r}) up: give 0 (off) or a value >= steps_per_layer"
             )
 
 
@@ -614,6 +626,12 @@ def train_step(model: GPT, optimizers, params, xb, yb, r: Recipe, ngram_teacher:
     return loss
 
 
+def draw_steps(r: Recipe, rng: random.Random) -> int:
+    """Recipe.random_steps: the step count of the next training step, uniform over steps_per_layer..random_steps
+    (steps_per_layer itself when off). Its own stream: the draws never perturb the batches."""
+    return rng.randint(r.steps_per_layer, r.random_steps) if r.random_steps else r.steps_per_layer
+
+
 def make_ema(model: GPT) -> tuple[GPT, list]:
     """A frozen copy of `model` (buffers included) and its trainable parameters, for ema_update."""
     ema = copy.deepcopy(model)
@@ -745,6 +763,7 @@ def train(recipe: Recipe = None):
     # separate streams: the evaluation batches never perturb the training batches
     train_gen = torch.Generator().manual_seed(r.seed)
     eval_gen = torch.Generator().manual_seed(r.seed + 1_000_003)
+    steps_rng = random.Random(r.seed + 2_000_003)  # Recipe.random_steps' draws
 
     model = make_model(r, train_np).to(dev)
     config = model.config
@@ -791,7 +810,11 @@ def train(recipe: Recipe = None):
 
         set_lr(optimizers, base_lrs, lr_at(it, n_iters, r))
         xb, yb = get_batch(train_data, train_gen)
+        if r.random_steps:
+            model.set_integrator(steps_per_layer=draw_steps(r, steps_rng))
         loss = train_step(model, optimizers, params, xb, yb, r, ngram_teacher)
+        if r.random_steps:
+            model.set_integrator(steps_per_layer=r.steps_per_layer)  # evaluation and the checkpoint keep it
         if ema is not None:
             ema_update(ema_params, params, r.ema_decay)
         if it % eval_interval == eval_interval - 1 or it == n_iters - 1:

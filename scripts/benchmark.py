@@ -186,6 +186,7 @@ BASELINE_RECIPE = dict(
     ema_decay=0.0,
     select_window=0,
     ngram_distill=0.0,
+    random_steps=0,
 )
 
 # The harness contract's fixed values that the runner checks at run time (scripts/check_constraints.py checks
