@@ -8,7 +8,7 @@ EXTRAS ?= dev,data,plots,jax
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),_,$(EXTRAS))
 
-.PHONY: setup data data-tinyshakespeare data-pypi train test lint clean ablations lr-sweep candidates levers kneser-ney tinyshakespeare-table rerank-gen1 dreamteam-checkout
+.PHONY: setup data data-tinyshakespeare data-pypi train test lint clean ablations lr-sweep candidates levers kneser-ney tinyshakespeare-table rerank-gen1 dreamteam-checkout flow
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -134,6 +134,22 @@ LEVERS_OUT ?= results/benchmark/levers-$(shell date +%Y%m%d-%H%M%S)
 levers: data-tinyshakespeare
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python scripts/benchmark.py --configs $(LEVERS) --baseline canonical \
 		--seeds $(LEVERS_SEEDS) --jobs 2 --data-dir $(TINY_DIR) --out $(LEVERS_OUT) $(RESUME)
+
+# Issue #14's table: a recipe whose trained weights are a flow. FLOW trains under heun/parallel with 2..4 steps per
+# layer drawn per step (Recipe.random_steps) and is evaluated at 2; FLOW_KE adds kinetic-energy regularization
+# (Finlay et al. 2020) for the adaptive cost. Both and the canonical at 3 seeds under the trusted runner, two at a
+# time with one thread each (about 4.5 hours on 2 cores), then scripts/flow_study.py: each checkpoint's whole-split
+# val loss under its own integrator, rk4/parallel x4 and JAX's tsit5 (rtol 1e-4), and tsit5's NFE at 1e-3..1e-5.
+# RESUME=--resume continues both steps in the same FLOW_OUT.
+FLOW := canonical:solver=heun,splitting=parallel,steps_per_layer=2,random_steps=4
+FLOW_KE := $(FLOW),kinetic_energy=0.01
+FLOW_SEEDS ?= 0 1 2
+FLOW_OUT ?= results/benchmark/flow-$(TINY_STAMP)
+
+flow: data-tinyshakespeare
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python scripts/benchmark.py --configs $(FLOW) $(FLOW_KE) canonical \
+		--baseline canonical --seeds $(FLOW_SEEDS) --jobs 2 --data-dir $(TINY_DIR) --out $(FLOW_OUT) $(RESUME)
+	$(BIN)/python scripts/flow_study.py --runs $(FLOW_OUT) --data-dir $(TINY_DIR) --out-dir $(FLOW_OUT) $(RESUME)
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -626,6 +626,11 @@ def train_step(model: GPT, optimizers, params, xb, yb, r: Recipe, ngram_teacher:
     return loss
 
 
+def steps_stream(r: Recipe) -> random.Random:
+    """The random stream of Recipe.random_steps' draws, seeded apart from the batches' and the weights'."""
+    return random.Random(r.seed + 2_000_003)
+
+
 def draw_steps(r: Recipe, rng: random.Random) -> int:
     """Recipe.random_steps: the step count of the next training step, uniform over steps_per_layer..random_steps
     (steps_per_layer itself when off). Its own stream: the draws never perturb the batches."""
@@ -763,7 +768,7 @@ def train(recipe: Recipe = None):
     # separate streams: the evaluation batches never perturb the training batches
     train_gen = torch.Generator().manual_seed(r.seed)
     eval_gen = torch.Generator().manual_seed(r.seed + 1_000_003)
-    steps_rng = random.Random(r.seed + 2_000_003)  # Recipe.random_steps' draws
+    steps_rng = steps_stream(r)
 
     model = make_model(r, train_np).to(dev)
     config = model.config

@@ -73,6 +73,23 @@ def make_train_step(config: GPTConfig, tx: optax.GradientTransformation):
     return step
 
 
+class TrainSteps:
+    """step(n_steps, params, opt_state, xb, yb, probes=None): make_train_step's step under `n_steps` steps per
+    layer (Recipe.random_steps draws it per training step; otherwise it is always config.steps_per_layer), each
+    count compiled once, on first use."""
+
+    def __init__(self, config: GPTConfig, tx: optax.GradientTransformation):
+        self.base, self.tx, self.steps = config, tx, {}
+
+    def config(self, n_steps: int) -> GPTConfig:
+        return self.base if n_steps == self.base.steps_per_layer else replace(self.base, steps_per_layer=n_steps)
+
+    def __call__(self, n_steps, params, opt_state, xb, yb, probes=None):
+        if n_steps not in self.steps:
+            self.steps[n_steps] = make_train_step(self.config(n_steps), self.tx)
+        return self.steps[n_steps](params, opt_state, xb, yb, probes)
+
+
 @partial(jax.jit, static_argnames="config")
 def _mean_loss(params, config, x, y):
     return forward(params, config, x, y)[1]  # the loss only: XLA drops the (b, t, vocab) logits
@@ -107,6 +124,7 @@ def train(
     max_iters=None,
     init="torch",
     out_dir=None,
+    random_steps=0,
 ):
     import torch
 
@@ -117,7 +135,9 @@ def train(
     # The recipe keeps torch's default solver: the torch model only supplies the initial weights (which do not
     # depend on the integrator), and a JAX-only solver (tsit5, dopri5) is no Recipe value; the JAX solver is
     # `solver`, recorded in the metrics' recipe.
-    r = replace(tm.Recipe(), steps_per_layer=steps, splitting=splitting)
+    r = replace(tm.Recipe(), steps_per_layer=steps, splitting=splitting, random_steps=random_steps)
+    if random_steps and METHODS[solver].adaptive:
+        raise ValueError(f"--random-steps draws fixed step counts; adaptive {solver!r} chooses its own: leave it 0")
     r = replace(r, seed=seed) if seed is not None else tm.seed_from_env(r)
     n_iters = tm.max_iters if max_iters is None else max_iters
     if not tm._is_int(n_iters) or n_iters < 1:
@@ -160,7 +180,8 @@ def train(
 
     tx = make_optimizer(r, params, n_iters)
     opt_state = tx.init(params)
-    step = make_train_step(config, tx)
+    step = TrainSteps(config, tx)
+    steps_rng = tm.steps_stream(r)  # train_mps's draws for Recipe.random_steps, the same ones
     ema = jax.tree_util.tree_map(jnp.copy, params) if r.ema_decay > 0 else None
     ema_step = jax.jit(partial(ema_update, decay=r.ema_decay))
     lr_mult = lr_multiplier(r, n_iters)
@@ -205,10 +226,11 @@ def train(
                 flush=True,
             )
         xb, yb = tm.get_batch(train_data, train_gen)
+        n_steps = tm.draw_steps(r, steps_rng)
         probes = None
         if config.jacobian_frobenius > 0:
-            probes = draw_probes(jax.random.fold_in(probe_key, it), config, x_shape)
-        params, opt_state, loss = step(params, opt_state, as_jnp(xb), as_jnp(yb), probes)
+            probes = draw_probes(jax.random.fold_in(probe_key, it), step.config(n_steps), x_shape)
+        params, opt_state, loss = step(n_steps, params, opt_state, as_jnp(xb), as_jnp(yb), probes)
         if ema is not None:
             ema = ema_step(ema, params)
         if it % tm.eval_interval == tm.eval_interval - 1 or it == n_iters - 1:
@@ -313,6 +335,12 @@ def main(argv=None):
     p.add_argument("--max-iters", type=_iterations, default=None, help="a short run of N >= 1 (smoke tests only)")
     p.add_argument("--init", default="torch", choices=["torch", "jax"])
     p.add_argument("--out-dir", default=None)
+    p.add_argument(
+        "--random-steps",
+        type=int,
+        default=0,
+        help="Recipe.random_steps: each training step under a step count drawn from --steps..K (0 = off)",
+    )
     a = p.parse_args(argv)
     return train(
         solver=a.solver,
@@ -325,6 +353,7 @@ def main(argv=None):
         max_iters=a.max_iters,
         init=a.init,
         out_dir=a.out_dir,
+        random_steps=a.random_steps,
     )
 
 

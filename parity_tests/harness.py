@@ -403,13 +403,25 @@ TRAINING_GRID = [
 ]
 
 
-def check_training(solver, splitting, steps, optimizer, regularized, dtype, n_steps: int = 5) -> dict:
+def check_training(
+    solver, splitting, steps, optimizer, regularized, dtype, n_steps: int = 5, random_steps: int = 0
+) -> dict:
     """n_steps of train_mps.train_step (set_lr, make_optimizers, ema_update) vs the JAX train step
-    from the same initialization and batches: the losses and the parameters (and EMA) after."""
+    from the same initialization and batches: the losses and the parameters (and EMA) after. random_steps > 0:
+    each step's count drawn as train() draws it (train_mps.draw_steps), torch's set by set_integrator, JAX's
+    by jax_impl.train.TrainSteps."""
     total = 10
     reg = dict(kinetic_energy=0.1, jacobian_frobenius=0.05) if regularized else {}
     r = recipe(
-        optimizer=optimizer, warmup_iters=2, bias=False, ema_decay=0.9, solver=solver, splitting=splitting, **reg
+        optimizer=optimizer,
+        warmup_iters=2,
+        bias=False,
+        ema_decay=0.9,
+        solver=solver,
+        splitting=splitting,
+        steps_per_layer=steps,
+        random_steps=random_steps,
+        **reg,
     )
     tconfig, jconfig = configs(solver, splitting, steps, bias=False, **reg)
     model = torch_gpt(tconfig, dtype).train()
@@ -421,25 +433,31 @@ def check_training(solver, splitting, steps, optimizer, regularized, dtype, n_st
     tx = jax_optim.make_optimizer(r, params, total, muon_ns_dtype=jnp.float64)
     state = tx.init(params)
     ema_j = jax.tree_util.tree_map(jnp.copy, params)  # the step donates params
-    step = jax_impl_train_step(jconfig, tx)
+    step = jax_impl_train_steps(jconfig, tx)
     x_shape = (BATCH, SEQ, TINY["n_embd"])
     losses = 0.0
+    rng, drawn = train_mps.steps_stream(r), set()
     with torch_muon_in_float64():
         for it in range(n_steps):
             idx, targets = batch(seed=it)
+            n = train_mps.draw_steps(r, rng)
+            drawn.add(n)
             probes = None
             if regularized:
-                probes = jax_impl.draw_probes(jax.random.PRNGKey(it), jconfig, x_shape, jnp.dtype(dtype))
-            seq = [] if probes is None else jax_impl.probe_sequence(probes, jconfig)
+                probes = jax_impl.draw_probes(jax.random.PRNGKey(it), step.config(n), x_shape, jnp.dtype(dtype))
+            seq = [] if probes is None else jax_impl.probe_sequence(probes, step.config(n))
             with torch_probes([torch.from_numpy(np.array(p)) for p in seq]) as probe_it:
                 train_mps.set_lr(opts, base_lrs, train_mps.lr_at(it, total, r))
+                model.set_integrator(steps_per_layer=n)
                 loss_t = train_mps.train_step(model, opts, tparams, idx, targets, r)
+                model.set_integrator(steps_per_layer=steps)
             assert exhausted(probe_it)
             train_mps.ema_update(ema_t, tparams, r.ema_decay)
-            params, state, loss_j = step(params, state, jnp_(idx), jnp_(targets), probes)
+            params, state, loss_j = step(n, params, state, jnp_(idx), jnp_(targets), probes)
             ema_j = jax_optim.ema_update(ema_j, params, r.ema_decay)
             losses = max(losses, max_abs(loss_j, loss_t))
-    assert step._cache_size() == 1, "the jitted train step recompiled"
+    assert set(step.steps) == drawn, "one compiled step per drawn step count"
+    assert all(f._cache_size() == 1 for f in step.steps.values()), "a jitted train step recompiled"
     ema_sd = dict(zip([n for n, _ in model.named_parameters()], ema_t))
     ema_sd["lm_head.weight"] = ema_sd["transformer.wte.weight"]
     return {
@@ -451,10 +469,10 @@ def check_training(solver, splitting, steps, optimizer, regularized, dtype, n_st
     }
 
 
-def jax_impl_train_step(config, tx):
-    from jax_impl.train import make_train_step
+def jax_impl_train_steps(config, tx):
+    from jax_impl.train import TrainSteps
 
-    return make_train_step(config, tx)
+    return TrainSteps(config, tx)
 
 
 # ---------------------------------------------------------------------------------------------

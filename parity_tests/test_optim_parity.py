@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+import train_mps
 from jax_impl import optim
 from parity_tests import harness as H
 from parity_tests.tolerances import tol
@@ -32,6 +33,23 @@ def test_ema():
 @pytest.mark.parametrize("case", H.TRAINING_GRID, ids=lambda c: "-".join(map(str, c)))
 def test_five_training_steps(case):
     assert_within(H.check_training(*case), case[-1])
+
+
+def test_training_steps_under_drawn_step_counts():
+    """Recipe.random_steps (issue #14): heun/parallel with 1..3 steps per layer drawn per step, the same draws on
+    both sides; 8 steps so that every count is drawn (checked)."""
+    rng = train_mps.steps_stream(H.recipe(random_steps=3))
+    assert {train_mps.draw_steps(H.recipe(random_steps=3), rng) for _ in range(8)} == {1, 2, 3}
+    assert_within(
+        H.check_training("heun", "parallel", 1, "adamw", False, "float64", n_steps=8, random_steps=3), "float64"
+    )
+
+
+def test_jax_training_refuses_drawn_steps_under_an_adaptive_solver():
+    from jax_impl.train import train
+
+    with pytest.raises(ValueError, match="random-steps"):
+        train(solver="tsit5", splitting="parallel", random_steps=2)
 
 
 def test_clipping_is_torchs():

@@ -57,6 +57,16 @@ BUDGET = 1.15  # issue #3: the canonical integrator's time per iteration, relati
 STEP_VARIANTS = ("loss_only", "ce_on_logits")
 
 
+def mean_nfe(model, r) -> float:
+    """Attention + MLP evaluations per training forward, all layers; under Recipe.random_steps the mean over the
+    uniformly drawn step counts steps_per_layer..random_steps (an integer where it is one)."""
+    nfe = sum(model.nfe().values())
+    if not r.random_steps:
+        return nfe
+    mean = nfe * (r.steps_per_layer + r.random_steps) / (2 * r.steps_per_layer)
+    return int(mean) if mean == int(mean) else mean
+
+
 def split_variant(text: str) -> tuple[str, str | None]:
     """'canonical@loss_only' -> ('canonical', 'loss_only'); no '@' -> (text, None)."""
     if "@" not in text:
@@ -223,6 +233,7 @@ def main(argv=None):
                 it=0,
                 ms=[],
                 teacher=teacher,
+                steps_rng=tm.steps_stream(r),
             )
         )
 
@@ -231,7 +242,12 @@ def main(argv=None):
         loss = None
         for _ in range(n):
             xb, yb = batches[run["it"] % len(batches)]
-            loss = tm.train_step(run["forward"], run["opts"], run["params"], xb, yb, run["recipe"], run["teacher"])
+            r = run["recipe"]
+            if r.random_steps:  # as train() draws them: the timing includes the longer steps
+                run["model"].set_integrator(steps_per_layer=tm.draw_steps(r, run["steps_rng"]))
+            loss = tm.train_step(run["forward"], run["opts"], run["params"], xb, yb, r, run["teacher"])
+            if r.random_steps:
+                run["model"].set_integrator(steps_per_layer=r.steps_per_layer)
             if run["ema"] is not None:
                 tm.ema_update(run["ema"], run["params"], run["recipe"].ema_decay)
             run["it"] += 1
@@ -271,7 +287,7 @@ def main(argv=None):
         "configs": [
             {
                 "name": run["name"],
-                "nfe": sum(run["model"].nfe().values()),  # attention + MLP evaluations, all layers
+                "nfe": mean_nfe(run["model"], run["recipe"]),  # attention + MLP evaluations, all layers
                 "shortlist_size": run["model"].config.shortlist_size,  # 0: the full softmax
                 "ms": run["ms"],
                 "median_ms": statistics.median(run["ms"]),

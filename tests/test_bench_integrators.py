@@ -89,3 +89,22 @@ def test_step_variants_compute_the_same_loss_another_way():
     baseline = train_mps.make_model(train_mps.Recipe(shortlist=False), tokens)
     with pytest.raises(SystemExit, match="needs a shortlist"):
         bench_integrators.VariantForward(baseline, "loss_only")
+
+
+def test_drawn_step_counts_are_timed_as_train_draws_them(tmp_path, monkeypatch):
+    """Recipe.random_steps: each timed step runs under a drawn count (then back), and the NFE is the draws' mean."""
+    from model import GPT
+
+    seen = []
+    original = GPT.set_integrator
+    monkeypatch.setattr(GPT, "set_integrator", lambda self, **kw: seen.append(kw) or original(self, **kw))
+    out = tmp_path / "bench.json"
+    argv = ["--configs", "canonical:solver=heun,splitting=parallel,steps_per_layer=2,random_steps=4"]
+    (flow,) = bench_integrators.main(argv + ["--repeats", "2", "--steps", "6", "--warmup", "0", "--out", str(out)])[
+        "configs"
+    ]
+    drawn = [kw["steps_per_layer"] for kw in seen[0::2]]
+    assert len(drawn) == 12 and set(drawn) <= {2, 3, 4} and len(set(drawn)) > 1
+    assert all(kw == {"steps_per_layer": 2} for kw in seen[1::2])
+    # heun/parallel: 2 stages of A and of M per step, 4 layers; the mean of 2..4 steps is 3
+    assert flow["nfe"] == 2 * 2 * 4 * 3

@@ -225,3 +225,17 @@ def test_flow_study_resumes_and_redraws(study_inputs, capsys):
 def test_flow_study_names_the_fix_for_a_folder_without_runs(tmp_path):
     with pytest.raises(flow_study.StudyError, match="benchmark.py --out"):
         flow_study.main(["--runs", str(tmp_path), "--out-dir", str(tmp_path / "out")])
+
+
+def test_make_flow_names_the_flow_recipe_as_one_benchmark_spec():
+    """Issue #14: the Makefile names the flow recipe as one spec the benchmark accepts, each field a real change."""
+    import benchmark
+
+    text = (ROOT / "Makefile").read_text()
+    spec = next(line for line in text.splitlines() if line.startswith("FLOW :=")).split(":=", 1)[1].strip()
+    config = benchmark.parse_config(spec, tm.Recipe)
+    assert config.overrides["random_steps"] > config.overrides["steps_per_layer"]
+    assert all(getattr(tm.Recipe(), k) != v for k, v in config.overrides.items())
+    assert "FLOW_KE := $(FLOW),kinetic_energy=" in text
+    flow_rule = text.split("\nflow:", 1)[1].split("\n\n", 1)[0]
+    assert "$(FLOW) $(FLOW_KE) canonical" in flow_rule and "scripts/flow_study.py --runs $(FLOW_OUT)" in flow_rule
