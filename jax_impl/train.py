@@ -19,6 +19,10 @@ model.py:
     ckpt = torch.load(path); GPT(GPTConfig(**ckpt["model_args"])).load_state_dict(ckpt["model"])
     config = jax_impl.config_from_torch(ckpt["model_args"], ckpt["model"])  # and back into JAX
 
+`--init-from CKPT` starts from a trained checkpoint's weights instead (train_mps.py's or this trainer's, for the same
+train.bin): fine-tuning under another integrator, e.g. a flow-trained torch model under tsit5. `--random-steps K`
+is Recipe.random_steps: each training step under a step count drawn from --steps..K, the same draws as train_mps.
+
 Environment: TRAIN_MPS_DATA_DIR (data folder), TRAIN_MPS_OUT_DIR (default out/jax), TRAIN_MPS_SEED (unless
 --seed). Fails as train_mps does, before any work or before writing anything: a bad iteration count, seed or
 output folder, a stale data set, a non-finite loss (train_mps.check_finite, at the same points).
@@ -113,6 +117,33 @@ def full_split_loss(params, config: GPTConfig, data: np.ndarray, block_size: int
 # the run
 
 
+def params_from_checkpoint(path, torch_model, config: GPTConfig) -> dict:
+    """The weights of a train_mps.py (or jax_impl.train) checkpoint, to go on training under this run's integrator:
+    the weights do not depend on it. They must fit this run's model: its sizes, and its shortlist (the same
+    train.bin)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--init-from {path}: no such file; train a checkpoint first (`make train`)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise ValueError(f"--init-from {path} is not a train_mps.py checkpoint (no 'model' state_dict)")
+    want, have = torch_model.state_dict(), ckpt["model"]
+    misfit = [k for k in want if k not in have or tuple(have[k].shape) != tuple(want[k].shape)]
+    if misfit:
+        raise ValueError(
+            f"--init-from {path}: its weights do not fit this run's model (first misfit: {misfit[0]}); it was trained "
+            "with other sizes or another recipe's model"
+        )
+    if "row_tokens" in want and not torch.equal(have["row_tokens"], want["row_tokens"]):
+        raise ValueError(
+            f"--init-from {path}: its shortlist comes from another train.bin; set TRAIN_MPS_DATA_DIR to the data it "
+            "was trained on"
+        )
+    return params_from_torch(have, config)
+
+
 def train(
     solver="euler",
     steps=1,
@@ -125,6 +156,7 @@ def train(
     init="torch",
     out_dir=None,
     random_steps=0,
+    init_from=None,
 ):
     import torch
 
@@ -168,7 +200,10 @@ def train(
     torch_args = torch_config_kwargs(config)
     if torch_args["solver"] not in METHODS or METHODS[torch_args["solver"]].adaptive:
         torch_args["solver"] = "rk4"  # weights are integrator-independent; model.py has no adaptive solver
-    if init == "torch":
+    if init_from is not None:  # fine-tuning: a trained model's weights, under this run's integrator
+        params = params_from_checkpoint(init_from, torch_model, config)
+        init = f"checkpoint {init_from}"
+    elif init == "torch":
         params = params_from_torch(torch_model.state_dict(), config)  # the weights torch draws for the seed
     else:
         params = init_params(jax.random.PRNGKey(r.seed), config)
@@ -334,6 +369,12 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--max-iters", type=_iterations, default=None, help="a short run of N >= 1 (smoke tests only)")
     p.add_argument("--init", default="torch", choices=["torch", "jax"])
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="CKPT",
+        help="start from a trained checkpoint's weights (train_mps.py's ckpt.pt): fine-tune under this integrator",
+    )
     p.add_argument("--out-dir", default=None)
     p.add_argument(
         "--random-steps",
@@ -354,6 +395,7 @@ def main(argv=None):
         init=a.init,
         out_dir=a.out_dir,
         random_steps=a.random_steps,
+        init_from=a.init_from,
     )
 
 

@@ -90,3 +90,34 @@ def test_jax_train_with_tsit5_reports_nfe_and_writes_a_torch_checkpoint(tiny_dat
     jconfig = jax_impl.config_from_torch(ckpt["model_args"], ckpt["model"])
     back = jax_impl.params_to_torch(jax_impl.params_from_torch(ckpt["model"], jconfig), jconfig)
     assert list(back) == list(ckpt["model"]) and all(torch.equal(back[k], v) for k, v in ckpt["model"].items())
+
+
+def test_jax_fine_tunes_a_torch_checkpoint_under_another_integrator(tiny_data, tmp_path, monkeypatch):
+    """--init-from: the JAX trainer starts from the torch checkpoint's weights (its first evaluation is the torch
+    model's loss under the JAX run's integrator, on the same batch), and refuses a checkpoint that does not fit."""
+    from jax_impl.train import train as jax_train
+
+    monkeypatch.setenv("TRAIN_MPS_DATA_DIR", str(tiny_data))
+    monkeypatch.setenv("TRAIN_MPS_OUT_DIR", str(tmp_path / "out"))
+    monkeypatch.setenv("TRAIN_MPS_MAX_ITERS", "20")
+    monkeypatch.delenv("TRAIN_MPS_SEED", raising=False)
+    train_mps.train()
+    ckpt_path = tmp_path / "out" / "ckpt.pt"
+    _, model = _load(ckpt_path)
+    jax_train(solver="rk4", steps=2, splitting="parallel", max_iters=1, init_from=ckpt_path, out_dir=tmp_path / "jax")
+    metrics = json.loads((tmp_path / "jax" / "metrics.json").read_text())
+    assert metrics["init"] == f"checkpoint {ckpt_path}"
+    val = torch.from_numpy(np.fromfile(tiny_data / "val.bin", dtype=np.uint16).astype(np.int64))
+    xv, yv = train_mps.get_batch(val, torch.Generator().manual_seed(train_mps.Recipe().seed + 1_000_003))
+    model.set_integrator(solver="rk4", steps_per_layer=2, splitting="parallel")
+    with torch.no_grad():
+        _, t_loss = model(xv, yv)
+    assert abs(metrics["history"][0]["val_loss"] - t_loss.item()) <= tol("float32", "loss")
+
+    with pytest.raises(ValueError, match="no such file"):
+        jax_train(max_iters=1, init_from=tmp_path / "none.pt", out_dir=tmp_path / "jax")
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt["model"]["row_tokens"] = ckpt["model"]["row_tokens"].flip(0)
+    torch.save(ckpt, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="another train.bin"):
+        jax_train(max_iters=1, init_from=tmp_path / "other.pt", out_dir=tmp_path / "jax")
