@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 import sys
 import time
 from pathlib import Path
@@ -199,7 +200,7 @@ def table(results: dict) -> str:
     for r in results["rows"]:
         o, minutes = r["own_integrator"], r.get("elapsed_min")
         lines.append(
-            f"| {r['label']} ({o['solver']}/{o['splitting']}x{o['steps_per_layer']}) | {r['seed']} | {r['own']:.3f} | "
+            f"| {short_label(r['label'])} ({o['solver']}/{o['splitting']}x{o['steps_per_layer']}) | {r['seed']} | {r['own']:.3f} | "
             f"{r['refined']:.3f} ({r['refined_gap']:+.3f}) | {r['tsit5_loss']:.3f} ({r['tsit5_gap']:+.3f}) | "
             f"{'yes' if r['flow'] else 'no'} | "
             + " | ".join(f"{r['tsit5'][k]['nfe']:.0f}" for k in rtols)
@@ -246,6 +247,16 @@ def run(args) -> dict:
     return results
 
 
+def short_label(label: str) -> str:
+    """A benchmark run folder's name as its recipe's changes: canonical_solver=heun_random_steps=4-1a2b3c ->
+    solver=heun, random_steps=4 (a checkpoint path stays as it is)."""
+    name, _, tail = label.rpartition("-")
+    if not (name and len(tail) == 6 and name.startswith("canonical")):
+        return label
+    fields = re.findall(r"([a-z][a-z0-9_]*?)=([^_=]+)(?:_|$)", name.removeprefix("canonical").lstrip("_"))
+    return ", ".join(f"{k}={v}" for k, v in fields) or "canonical"
+
+
 def plot(results: dict, path: Path) -> None:
     plt = pyplot()
     rows = results["rows"]
@@ -256,14 +267,21 @@ def plot(results: dict, path: Path) -> None:
         for j, (key, marker) in enumerate((("own", "o"), ("refined", "s"), ("tsit5_loss", "^"))):
             xs = [k + 0.12 * (j - 1)] * len(sel)
             ax.plot(xs, [r[key] for r in sel], marker, color=f"C{j}", label=key if k == 0 else None, mfc="none")
+        gap = max((r["refined_gap"] for r in sel), key=abs)
+        top = max(max(r["own"], r["refined"], r["tsit5_loss"]) for r in sel)
+        ax.annotate(f"{gap:+.3f}", (k, top), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
         rt = results["rtols"]
-        axn.plot(
-            [float(t) for t in rt], [np.median([r["tsit5"][t]["nfe"] for r in sel]) for t in rt], "o-", label=label
-        )
+        nfe = [np.median([r["tsit5"][t]["nfe"] for r in sel]) for t in rt]
+        axn.plot([float(t) for t in rt], nfe, "o-", label=short_label(label))
     ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels([lab.replace(",", ",\n") for lab in labels], fontsize=7)
+    ax.set_xticklabels([short_label(lab).replace(", ", "\n") for lab in labels], fontsize=7)
+    ax.margins(y=0.12)
     ax.set_ylabel("whole-split val loss (nats)")
-    ax.set_title(f"one set of weights, three integrators (a flow agrees within {results['agreement']})")
+    ax.set_title(
+        f"one set of weights, three integrators; the numbers: refined - own\n(a flow agrees within "
+        f"{results['agreement']} nats on every seed)",
+        fontsize=10,
+    )
     ax.legend(["own integrator", "rk4/parallel, finer", f"JAX tsit5 rtol {results['rtol']:g}"], fontsize=8)
     axn.set_xscale("log")
     axn.set_yscale("log")

@@ -239,3 +239,11 @@ def test_make_flow_names_the_flow_recipe_as_one_benchmark_spec():
     assert "FLOW_KE := $(FLOW),kinetic_energy=" in text
     flow_rule = text.split("\nflow:", 1)[1].split("\n\n", 1)[0]
     assert "$(FLOW) $(FLOW_KE) canonical" in flow_rule and "scripts/flow_study.py --runs $(FLOW_OUT)" in flow_rule
+
+
+def test_run_folders_are_labelled_by_their_recipe_changes():
+    label = "canonical_solver=heun_splitting=parallel_steps_per_layer=2_random_steps=4_kinetic_energy=0.01-5384a2"
+    assert flow_study.short_label(label) == (
+        "solver=heun, splitting=parallel, steps_per_layer=2, random_steps=4, kinetic_energy=0.01"
+    )
+    assert flow_study.short_label("canonical") == "canonical" and flow_study.short_label("out/ckpt.pt") == "out/ckpt.pt"
