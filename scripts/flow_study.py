@@ -28,6 +28,7 @@ import hashlib
 import re
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -200,7 +201,7 @@ def table(results: dict) -> str:
     for r in results["rows"]:
         o, minutes = r["own_integrator"], r.get("elapsed_min")
         lines.append(
-            f"| {short_label(r['label'])} ({o['solver']}/{o['splitting']}x{o['steps_per_layer']}) | {r['seed']} | {r['own']:.3f} | "
+            f"| {row_label(r)} ({o['solver']}/{o['splitting']}x{o['steps_per_layer']}) | {r['seed']} | {r['own']:.3f} | "
             f"{r['refined']:.3f} ({r['refined_gap']:+.3f}) | {r['tsit5_loss']:.3f} ({r['tsit5_gap']:+.3f}) | "
             f"{'yes' if r['flow'] else 'no'} | "
             + " | ".join(f"{r['tsit5'][k]['nfe']:.0f}" for k in rtols)
@@ -257,13 +258,26 @@ def short_label(label: str) -> str:
     return ", ".join(f"{k}={v}" for k, v in fields) or "canonical"
 
 
+def row_label(row: dict) -> str:
+    """A row's name: the Recipe fields its checkpoint's recipe changes from today's defaults (benchmark folder
+    names are cut short), else its label."""
+    recipe = row.get("recipe")
+    if not isinstance(recipe, dict):
+        return short_label(row["label"])
+    import train_mps
+
+    defaults = asdict(train_mps.Recipe())
+    changed = [f"{k}={v}" for k, v in recipe.items() if k != "seed" and k in defaults and defaults[k] != v]
+    return ", ".join(changed) or "canonical"
+
+
 def plot(results: dict, path: Path) -> None:
     plt = pyplot()
     rows = results["rows"]
     fig, (ax, axn) = plt.subplots(1, 2, figsize=(12, 4.5))
-    labels = sorted({r["label"] for r in rows})
+    labels = list(dict.fromkeys(row_label(r) for r in rows))
     for k, label in enumerate(labels):
-        sel = [r for r in rows if r["label"] == label]
+        sel = [r for r in rows if row_label(r) == label]
         for j, (key, marker) in enumerate((("own", "o"), ("refined", "s"), ("tsit5_loss", "^"))):
             xs = [k + 0.12 * (j - 1)] * len(sel)
             ax.plot(xs, [r[key] for r in sel], marker, color=f"C{j}", label=key if k == 0 else None, mfc="none")
@@ -272,9 +286,9 @@ def plot(results: dict, path: Path) -> None:
         ax.annotate(f"{gap:+.3f}", (k, top), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
         rt = results["rtols"]
         nfe = [np.median([r["tsit5"][t]["nfe"] for r in sel]) for t in rt]
-        axn.plot([float(t) for t in rt], nfe, "o-", label=short_label(label))
+        axn.plot([float(t) for t in rt], nfe, "o-", label=label)
     ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels([short_label(lab).replace(", ", "\n") for lab in labels], fontsize=7)
+    ax.set_xticklabels([lab.replace(", ", "\n") for lab in labels], fontsize=7)
     ax.margins(y=0.12)
     ax.set_ylabel("whole-split val loss (nats)")
     ax.set_title(

@@ -247,3 +247,10 @@ def test_run_folders_are_labelled_by_their_recipe_changes():
         "solver=heun, splitting=parallel, steps_per_layer=2, random_steps=4, kinetic_energy=0.01"
     )
     assert flow_study.short_label("canonical") == "canonical" and flow_study.short_label("out/ckpt.pt") == "out/ckpt.pt"
+
+
+def test_rows_are_named_by_the_recipe_their_checkpoint_recorded():
+    recipe = {**asdict(tm.Recipe()), "seed": 5, "solver": "heun", "random_steps": 4}
+    assert flow_study.row_label({"label": "x-abcdef", "recipe": recipe}) == "solver=heun, random_steps=4"
+    assert flow_study.row_label({"label": "x", "recipe": asdict(tm.Recipe())}) == "canonical"
+    assert flow_study.row_label({"label": "out/ckpt.pt", "recipe": None}) == "out/ckpt.pt"
