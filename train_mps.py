@@ -34,7 +34,7 @@ import tempfile
 import time
 import uuid
 from collections import deque
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -637,6 +637,21 @@ def draw_steps(r: Recipe, rng: random.Random) -> int:
     return rng.randint(r.steps_per_layer, r.random_steps) if r.random_steps else r.steps_per_layer
 
 
+@contextmanager
+def drawn_steps(model: GPT, r: Recipe, rng: random.Random):
+    """Around one training step: under Recipe.random_steps the model integrates with the drawn step count (yielded),
+    then with steps_per_layer again, for evaluation and the checkpoint; when off, nothing changes."""
+    if not r.random_steps:
+        yield r.steps_per_layer
+        return
+    n = draw_steps(r, rng)
+    model.set_integrator(steps_per_layer=n)
+    try:
+        yield n
+    finally:
+        model.set_integrator(steps_per_layer=r.steps_per_layer)
+
+
 def make_ema(model: GPT) -> tuple[GPT, list]:
     """A frozen copy of `model` (buffers included) and its trainable parameters, for ema_update."""
     ema = copy.deepcopy(model)
@@ -815,11 +830,8 @@ def train(recipe: Recipe = None):
 
         set_lr(optimizers, base_lrs, lr_at(it, n_iters, r))
         xb, yb = get_batch(train_data, train_gen)
-        if r.random_steps:
-            model.set_integrator(steps_per_layer=draw_steps(r, steps_rng))
-        loss = train_step(model, optimizers, params, xb, yb, r, ngram_teacher)
-        if r.random_steps:
-            model.set_integrator(steps_per_layer=r.steps_per_layer)  # evaluation and the checkpoint keep it
+        with drawn_steps(model, r, steps_rng):
+            loss = train_step(model, optimizers, params, xb, yb, r, ngram_teacher)
         if ema is not None:
             ema_update(ema_params, params, r.ema_decay)
         if it % eval_interval == eval_interval - 1 or it == n_iters - 1:

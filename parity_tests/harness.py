@@ -408,8 +408,8 @@ def check_training(
 ) -> dict:
     """n_steps of train_mps.train_step (set_lr, make_optimizers, ema_update) vs the JAX train step
     from the same initialization and batches: the losses and the parameters (and EMA) after. random_steps > 0:
-    each step's count drawn as train() draws it (train_mps.draw_steps), torch's set by set_integrator, JAX's
-    by jax_impl.train.TrainSteps."""
+    each step's count drawn as train() draws it (train_mps.drawn_steps), JAX's step compiled for it by
+    jax_impl.train.TrainSteps."""
     total = 10
     reg = dict(kinetic_energy=0.1, jacobian_frobenius=0.05) if regularized else {}
     r = recipe(
@@ -440,17 +440,15 @@ def check_training(
     with torch_muon_in_float64():
         for it in range(n_steps):
             idx, targets = batch(seed=it)
-            n = train_mps.draw_steps(r, rng)
-            drawn.add(n)
-            probes = None
-            if regularized:
-                probes = jax_impl.draw_probes(jax.random.PRNGKey(it), step.config(n), x_shape, jnp.dtype(dtype))
-            seq = [] if probes is None else jax_impl.probe_sequence(probes, step.config(n))
-            with torch_probes([torch.from_numpy(np.array(p)) for p in seq]) as probe_it:
-                train_mps.set_lr(opts, base_lrs, train_mps.lr_at(it, total, r))
-                model.set_integrator(steps_per_layer=n)
-                loss_t = train_mps.train_step(model, opts, tparams, idx, targets, r)
-                model.set_integrator(steps_per_layer=steps)
+            with train_mps.drawn_steps(model, r, rng) as n:
+                drawn.add(n)
+                probes = None
+                if regularized:
+                    probes = jax_impl.draw_probes(jax.random.PRNGKey(it), step.config(n), x_shape, jnp.dtype(dtype))
+                seq = [] if probes is None else jax_impl.probe_sequence(probes, step.config(n))
+                with torch_probes([torch.from_numpy(np.array(p)) for p in seq]) as probe_it:
+                    train_mps.set_lr(opts, base_lrs, train_mps.lr_at(it, total, r))
+                    loss_t = train_mps.train_step(model, opts, tparams, idx, targets, r)
             assert exhausted(probe_it)
             train_mps.ema_update(ema_t, tparams, r.ema_decay)
             params, state, loss_j = step(n, params, state, jnp_(idx), jnp_(targets), probes)

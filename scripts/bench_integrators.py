@@ -243,11 +243,8 @@ def main(argv=None):
         for _ in range(n):
             xb, yb = batches[run["it"] % len(batches)]
             r = run["recipe"]
-            if r.random_steps:  # as train() draws them: the timing includes the longer steps
-                run["model"].set_integrator(steps_per_layer=tm.draw_steps(r, run["steps_rng"]))
-            loss = tm.train_step(run["forward"], run["opts"], run["params"], xb, yb, r, run["teacher"])
-            if r.random_steps:
-                run["model"].set_integrator(steps_per_layer=r.steps_per_layer)
+            with tm.drawn_steps(run["model"], r, run["steps_rng"]):  # as train() draws them: the longer steps count
+                loss = tm.train_step(run["forward"], run["opts"], run["params"], xb, yb, r, run["teacher"])
             if run["ema"] is not None:
                 tm.ema_update(run["ema"], run["params"], run["recipe"].ema_decay)
             run["it"] += 1

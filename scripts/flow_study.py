@@ -48,6 +48,8 @@ from _study_common import (
     write_json,
 )
 
+import train_mps as tm
+
 STUDY = "flow_study"
 AGREEMENT = 0.02  # nats: issue #14's bound on |loss(other integrator) - loss(own)|, per seed
 RTOL = 1e-4  # the tsit5 tolerance the agreement is judged at
@@ -96,40 +98,40 @@ def checkpoints(args) -> list:
     return found
 
 
-def windows(tokens: np.ndarray, block_size: int, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """full_split_loss's windows: every non-overlapping block_size window, (n, T) inputs and targets."""
+def split_tokens(tokens: np.ndarray, block_size: int, limit: int) -> torch.Tensor:
+    """The split as full_split_loss reads it; `limit` > 0 keeps its first `limit` windows only."""
     n = (len(tokens) - 1) // block_size
-    n = min(n, limit) if limit else n
     if n < 1:
         raise StudyError(f"val.bin holds {len(tokens)} tokens, fewer than one window of {block_size} + 1")
-    data = torch.from_numpy(tokens.astype(np.int64))
+    if limit:
+        tokens = tokens[: min(n, limit) * block_size + 1]
+    return torch.from_numpy(tokens.astype(np.int64))
+
+
+def windows(data: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """full_split_loss's windows: every non-overlapping block_size window, (n, T) inputs and targets."""
+    n = (len(data) - 1) // block_size
     offsets = torch.arange(n)[:, None] * block_size + torch.arange(block_size)[None, :]
     return data[offsets], data[offsets + 1]
 
 
-@torch.no_grad()
-def torch_loss(model, x: torch.Tensor, y: torch.Tensor, **integrator) -> float:
-    """Mean cross-entropy of every window under the given integrator (then restored)."""
+def torch_loss(model, data: torch.Tensor, **integrator) -> float:
+    """train_mps.full_split_loss under the given integrator (then restored)."""
     c = model.config
     saved = {"solver": c.solver, "splitting": c.splitting, "steps_per_layer": c.steps_per_layer}
     model.set_integrator(**integrator)
     try:
-        total = 0.0
-        for i in range(0, len(x), 64):
-            _, loss = model(x[i : i + 64], y[i : i + 64])
-            total += loss.item() * y[i : i + 64].numel()
-        return total / y.numel()
+        return tm.full_split_loss(model, data)
     finally:
         model.set_integrator(**saved)
 
 
-def jax_tsit5(ckpt_path: Path, x: torch.Tensor, y: torch.Tensor, rtol: float) -> tuple[float, float]:
+def jax_tsit5(ck: dict, x: torch.Tensor, y: torch.Tensor, rtol: float) -> tuple[float, float]:
     """(mean cross-entropy, mean NFE per forward) of the checkpoint's weights under tsit5 at rtol, in JAX."""
     import jax.numpy as jnp
 
     import jax_impl
 
-    ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     config = jax_impl.config_from_torch(
         ck["model_args"],
         ck["model"],
@@ -151,28 +153,30 @@ def jax_tsit5(ckpt_path: Path, x: torch.Tensor, y: torch.Tensor, rtol: float) ->
     return total / y.numel(), float(np.mean(nfe))
 
 
-def study(label, seed, path: Path, x, y, args) -> dict:
+def study(label, seed, path: Path, sha: str, data: torch.Tensor, args) -> dict:
     t0 = time.time()
-    model, info = load_checkpoint(path)
+    model, _ = load_checkpoint(path)  # validated, in eval mode
+    ck = torch.load(path, map_location="cpu", weights_only=False)  # its metrics, and the weights for JAX
     c = model.config
     own = {"solver": c.solver, "splitting": c.splitting, "steps_per_layer": c.steps_per_layer}
     refined = {"solver": "rk4", "splitting": "parallel", "steps_per_layer": args.refine * c.steps_per_layer}
-    metrics = torch.load(path, map_location="cpu", weights_only=False).get("metrics", {}) or {}
+    metrics = ck.get("metrics", {}) or {}
     row = {
         "label": label,
         "seed": seed if seed is not None else metrics.get("seed"),
         "path": str(path),
-        "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+        "sha256": sha,
         "recipe": metrics.get("recipe"),
         "elapsed_min": metrics.get("elapsed_min"),
         "own_integrator": own,
         "refined_integrator": refined,
-        "own": torch_loss(model, x, y, **own),
-        "refined": torch_loss(model, x, y, **refined),
+        "own": torch_loss(model, data, **own),
+        "refined": torch_loss(model, data, **refined),
         "tsit5": {},
     }
+    x, y = windows(data, c.block_size)
     for rtol in args.rtols:
-        loss, nfe = jax_tsit5(path, x, y, rtol)
+        loss, nfe = jax_tsit5(ck, x, y, rtol)
         row["tsit5"][f"{rtol:g}"] = {"loss": loss, "nfe": nfe}
     row["tsit5_loss"] = row["tsit5"][f"{RTOL:g}"]["loss"]
     row["refined_gap"] = row["refined"] - row["own"]
@@ -230,20 +234,19 @@ def run(args) -> dict:
         "environment": env,
         "rows": rows,
     }
-    x = y = None
+    data = None
     for i, (label, seed, path) in enumerate(todo):
         sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
         if (str(path), sha) in done:
             print(f"[{STUDY}] {i + 1}/{len(todo)} {path}: in the JSON already (--resume)", flush=True)
             continue
-        if x is None:
+        if data is None:
             model, _ = load_checkpoint(path)
-            x, y = windows(
-                load_tokens(args.data_dir, "val", model.config.vocab_size), model.config.block_size, args.windows
-            )
-            results["windows"] = len(x)
-        print(f"[{STUDY}] {i + 1}/{len(todo)} {path} ({len(x)} windows)", flush=True)
-        rows.append(study(label, seed, path, x, y, args))
+            tokens = load_tokens(args.data_dir, "val", model.config.vocab_size)
+            data = split_tokens(tokens, model.config.block_size, args.windows)
+            results["windows"] = (len(data) - 1) // model.config.block_size
+        print(f"[{STUDY}] {i + 1}/{len(todo)} {path} ({results['windows']} windows)", flush=True)
+        rows.append(study(label, seed, path, sha, data, args))
         write_json(json_path, results)  # after each checkpoint: an interrupted study keeps what it measured
     return results
 
@@ -264,9 +267,7 @@ def row_label(row: dict) -> str:
     recipe = row.get("recipe")
     if not isinstance(recipe, dict):
         return short_label(row["label"])
-    import train_mps
-
-    defaults = asdict(train_mps.Recipe())
+    defaults = asdict(tm.Recipe())
     changed = [f"{k}={v}" for k, v in recipe.items() if k != "seed" and k in defaults and defaults[k] != v]
     return ", ".join(changed) or "canonical"
 

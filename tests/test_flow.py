@@ -127,9 +127,8 @@ def train_small(data, solver, splitting, random_steps, iters=600, lr=1e-2):
     for it in range(iters):
         tm.set_lr(optimizers, base_lrs, tm.lr_at(it, iters, r))
         xb, yb = batch(data, gen)
-        model.set_integrator(steps_per_layer=tm.draw_steps(r, rng))
-        tm.train_step(model, optimizers, params, xb, yb, r)
-        model.set_integrator(steps_per_layer=r.steps_per_layer)
+        with tm.drawn_steps(model, r, rng):
+            tm.train_step(model, optimizers, params, xb, yb, r)
     return model.eval()
 
 
