@@ -121,6 +121,7 @@ RECIPE_RULES = (
     ("ema_decay", _is_unit, "a number in [0, 1) (0 disables the EMA)"),
     ("select_window", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 ends with the last weights)"),
     ("ngram_distill", _is_unit, "a number in [0, 1) (0 = no teacher)"),
+    ("ngram_loo", lambda v: isinstance(v, bool), "True or False"),
     ("random_steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 = train with steps_per_layer only)"),
 )
 
@@ -151,6 +152,9 @@ class Recipe:
     # loss design (issue #16): the training loss is (1 - a) * CE(targets) + a * CE(teacher), the teacher an
     # interpolated Kneser-Ney trigram fitted on train.bin (NgramTeacher); training only, the model stays a network.
     ngram_distill: float = 0.0
+    # True: the teacher leaves each position's own trigram occurrence out of its counts (NgramTeacher), so that on
+    # training text it predicts as on new text
+    ngram_loo: bool = False
     # continuous depth (issue #14): K > 0 trains each step under a step count drawn uniformly from steps_per_layer..K
     # (the solver and splitting unchanged); evaluation and the checkpoint keep steps_per_layer. A loss that must hold
     # under every step size cannot lean on one step size's error: the trained weights become a flow, which a finer
@@ -198,6 +202,8 @@ class Recipe:
                 f"random_steps ({self.random_steps!r}) is the largest step count drawn, from steps_per_layer "
                 f"({self.steps_per_layer!r}) up: give 0 (off) or a value >= steps_per_layer"
             )
+        if self.ngram_loo and not self.ngram_distill:
+            raise ValueError("ngram_loo=True changes the n-gram teacher, which ngram_distill=0 leaves off: set both")
 
 
 def train_vocabulary(tokens: np.ndarray, vocab_size: int) -> tuple[np.ndarray, float]:
@@ -519,13 +525,29 @@ class NgramTeacher:
     over the model's output rows (`token_rows`: token id -> row, the shortlist's; None: rows are token ids). The
     context of position j is xb[j - 1], xb[j] (the bigram alone at j = 0, where the window starts). Its counts are
     this split's: the teacher has seen every training target, which makes it a smoothing of the targets by their
-    contexts (Xie et al. 2017 relate data noising to Kneser-Ney smoothing) rather than an independent model."""
+    contexts (Xie et al. 2017 relate data noising to Kneser-Ney smoothing) rather than an independent model.
 
-    def __init__(self, tokens: np.ndarray, vocab_size: int, token_rows=None, n_rows: int = 0, on="cpu"):
+    leave_one_out=True (Recipe.ngram_loo) takes the position's own trigram occurrence (u, v, y) out of every count
+    before predicting it, the discounts kept: c(uvy) and c(uv.) lose 1, and where that was the type's only
+    occurrence, N1+(uv.), N1+(.vy), N1+(.v.) lose 1 (and N1+(v.), N1+(.y), N1+(..) where the bigram type (v, y)
+    goes too). On training text the teacher then predicts as it would on new text (a context seen once is a
+    context never seen), which is what a held-out model needs to learn from it. Positions with no u in the window
+    (j = 0) keep the full counts: their trigram is not in the batch."""
+
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        vocab_size: int,
+        token_rows=None,
+        n_rows: int = 0,
+        on="cpu",
+        leave_one_out: bool = False,
+    ):
         t = np.asarray(tokens, dtype=np.int64)
         if len(t) < 3:
             raise DataError(f"the n-gram teacher needs at least 3 training tokens, got {len(t)}; {PREPARE_HINT}")
         V = self.V = vocab_size
+        self.leave_one_out = leave_one_out
         rows = np.arange(V) if token_rows is None else np.asarray(token_rows, dtype=np.int64)
         self.n_rows = n_rows or V
         if int(rows[t].max()) >= self.n_rows:
@@ -535,7 +557,7 @@ class NgramTeacher:
         # trigram level: contexts (u, v), their successors w and counts
         ctx3, start3 = np.unique(tri // V, return_index=True)
         ptr3 = np.append(start3, len(tri))  # context i's successors: tri[ptr3[i]:ptr3[i + 1]]
-        len3 = np.diff(ptr3)
+        len3 = np.diff(ptr3)  # N1+(uv.)
         total3 = np.add.reduceat(tri_count, start3)  # c(uv.)
         d3 = self.discount(tri_count)
         # bigram level, continuation counts: N1+(.vw) = the distinct u before (v, w)
@@ -544,18 +566,20 @@ class NgramTeacher:
         d2 = self.discount(n_vw)
         s_v = np.bincount(v_of, weights=n_vw, minlength=V)  # N1+(.v.)
         succ_v = np.bincount(v_of, minlength=V)  # N1+(v.)
-        # unigram level: N1+(.w) / N1+(..), over rows
-        p1 = np.bincount(rows[w_of], minlength=self.n_rows) / len(vw)
-        gamma2 = np.where(s_v > 0, d2 * succ_v / np.maximum(s_v, 1), 1.0)  # a v never seen: p1 alone
+        # unigram level: N1+(.w) over rows, and N1+(..)
+        n_w = np.bincount(rows[w_of], minlength=self.n_rows)
         as_t = lambda a, dtype=torch.float32: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=on)
         self.ctx3, self.ptr3 = as_t(ctx3, torch.long), as_t(ptr3, torch.long)
         self.w3 = as_t(rows[tri % V], torch.long)
-        self.p3 = as_t(np.maximum(tri_count - d3, 0) / np.repeat(total3, len3))
-        self.gamma3 = as_t(d3 * len3 / total3)
+        self.c3 = as_t(tri_count)  # c(uvw), in the order of w3
+        self.len3, self.total3 = as_t(len3), as_t(total3)
         self.ptr2 = as_t(np.concatenate([[0], np.cumsum(succ_v)]), torch.long)
         self.w2 = as_t(rows[w_of], torch.long)
-        self.p2 = as_t(np.maximum(n_vw - d2, 0) / s_v[v_of])
-        self.gamma2, self.p1 = as_t(gamma2), as_t(p1)
+        self.n2 = as_t(n_vw)  # N1+(.vw), in the order of w2
+        self.s_v, self.succ_v = as_t(s_v), as_t(succ_v)
+        self.n_w, self.n_types = as_t(n_w), float(len(vw))
+        self.tri, self.vw = as_t(tri, torch.long), as_t(vw, torch.long)  # sorted keys, for a position's own counts
+        self.token_rows = as_t(rows, torch.long)
         self.discounts = (float(d2), float(d3))
 
     @staticmethod
@@ -563,27 +587,61 @@ class NgramTeacher:
         n1, n2 = int(np.sum(counts == 1)), int(np.sum(counts == 2))
         return n1 / (n1 + 2 * n2) if n1 + n2 else 0.5
 
+    @staticmethod
+    def _lookup(keys: torch.Tensor, counts: torch.Tensor, query: torch.Tensor):
+        """The entry of each query key in the sorted `keys` (clamped) and its count, 0 where the key is absent."""
+        i = torch.searchsorted(keys, query).clamp_max(len(keys) - 1)
+        return i, torch.where(keys[i] == query, counts[i], torch.zeros_like(counts[i]))
+
     @torch.no_grad()
-    def target(self, xb: torch.Tensor) -> torch.Tensor:
-        """xb: (b, t) inputs -> the teacher's next-row distribution at each position, (b * t, n_rows)."""
+    def target(self, xb: torch.Tensor, yb: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """xb: (b, t) inputs, yb: (b, t) their targets (needed under leave_one_out) -> the teacher's next-row
+        distribution at each position, (b * t, n_rows)."""
+        if self.leave_one_out and yb is None:
+            raise ValueError(
+                "a leave-one-out teacher needs the targets yb: each position's own occurrence is taken out"
+            )
         b, t = xb.shape
+        d2, d3 = self.discounts
+        V = self.V
         v = xb.reshape(-1)  # (P,) the last context token of each position
         u = torch.cat([xb.new_full((b, 1), -1), xb[:, :-1]], dim=1).reshape(-1)  # (P,) -1: none in the window
-        key = u * self.V + v
-        c = torch.searchsorted(self.ctx3, key).clamp_max(len(self.ctx3) - 1)
-        seen = (u >= 0) & (self.ctx3[c] == key)  # (P,) positions whose trigram context was seen
-        gamma3 = self.gamma3[c].masked_fill(~seen, 1.0)  # weight of p2 (all of it where no trigram context)
-        out = torch.outer(gamma3 * self.gamma2[v], self.p1)  # (P, n_rows): the lowest order, scaled
+        c, total = self._lookup(self.ctx3, self.total3, u * V + v)
+        total = total.masked_fill(u < 0, 0.0)  # c(uv.), 0: no trigram context
+        n3, s, succ, n_types = self.len3[c], self.s_v[v], self.succ_v[v], self.n_types
+        if self.leave_one_out:
+            y = yb.reshape(-1)
+            out_ = (u >= 0).float()  # 1 where the position's own trigram is taken out
+            _, cy = self._lookup(self.tri, self.c3, (u * V + v) * V + y)
+            out_ = out_ * (cy > 0).float()  # a trigram not in the counts (not training text) has nothing to take out
+            _, ny = self._lookup(self.vw, self.n2, v * V + y)
+            gone3 = out_ * (cy == 1).float()  # the trigram type (u, v, y) goes: continuation counts lose it
+            gone2 = gone3 * (ny == 1).float()  # and with it the bigram type (v, y)
+            total, n3 = total - out_, n3 - gone3
+            s, succ, n_types = s - gone3, succ - gone2, n_types - gone2
+        seen = total > 0  # (P,) positions whose trigram context is seen
+        inv3 = torch.where(seen, 1.0 / total.clamp_min(1.0), torch.zeros_like(total))
+        gamma3 = torch.where(seen, d3 * n3 * inv3, torch.ones_like(total))  # weight of p2 (all of it: no context)
+        has2 = s > 0
+        inv2 = torch.where(has2, 1.0 / s.clamp_min(1.0), torch.zeros_like(s))
+        gamma2 = torch.where(has2, d2 * succ * inv2, torch.ones_like(s))  # a v never seen: p1 alone
+        out = torch.outer(gamma3 * gamma2 / n_types, self.n_w)  # (P, n_rows): the lowest order, scaled
         rows3, idx3 = self._successors(self.ptr3, c, seen)
-        out.index_put_((rows3, self.w3[idx3]), self.p3[idx3], accumulate=True)
-        rows2, idx2 = self._successors(self.ptr2, v, torch.ones_like(seen))
-        out.index_put_((rows2, self.w2[idx2]), gamma3[rows2] * self.p2[idx2], accumulate=True)
+        out.index_put_((rows3, self.w3[idx3]), (self.c3[idx3] - d3).clamp_min(0) * inv3[rows3], accumulate=True)
+        rows2, idx2 = self._successors(self.ptr2, v, has2)
+        p2 = (self.n2[idx2] - d2).clamp_min(0) * inv2[rows2]
+        out.index_put_((rows2, self.w2[idx2]), gamma3[rows2] * p2, accumulate=True)
+        if self.leave_one_out:  # y's own entries, each level's count one lower than what was added above
+            fix = inv3 * ((cy - out_ - d3).clamp_min(0) - (cy - d3).clamp_min(0))
+            fix = fix + gamma3 * inv2 * ((ny - gone3 - d2).clamp_min(0) - (ny - d2).clamp_min(0))
+            fix = fix - gamma3 * gamma2 * gone2 / n_types
+            out.index_put_((torch.arange(len(y), device=y.device), self.token_rows[y]), fix, accumulate=True)
         return out
 
-    def cross_entropy(self, logp: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
-        """logp: (b, t, n_rows) log-probabilities of the next row; xb: (b, t) the inputs -> the mean over positions
-        of -sum_rows teacher * logp, a scalar."""
-        return -(self.target(xb) * logp.reshape(-1, logp.size(-1))).sum() / xb.numel()
+    def cross_entropy(self, logp: torch.Tensor, xb: torch.Tensor, yb: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """logp: (b, t, n_rows) log-probabilities of the next row; xb, yb: (b, t) the inputs and targets -> the mean
+        over positions of -sum_rows teacher * logp, a scalar."""
+        return -(self.target(xb, yb) * logp.reshape(-1, logp.size(-1))).sum() / xb.numel()
 
     @staticmethod
     def _successors(ptr: torch.Tensor, context: torch.Tensor, keep: torch.Tensor):
@@ -604,7 +662,7 @@ def make_teacher(r: Recipe, model: GPT, train_tokens: np.ndarray, on) -> Optiona
     k = model.config.shortlist_size
     model.keep_log_probs = True  # train_step reads the output rows' log-probabilities from the forward
     rows = model.token_rows.cpu().numpy() if k else None
-    return NgramTeacher(train_tokens, r.vocab_size, rows, k, on)
+    return NgramTeacher(train_tokens, r.vocab_size, rows, k, on, leave_one_out=r.ngram_loo)
 
 
 def train_step(model: GPT, optimizers, params, xb, yb, r: Recipe, ngram_teacher: Optional[NgramTeacher] = None):
@@ -615,7 +673,7 @@ def train_step(model: GPT, optimizers, params, xb, yb, r: Recipe, ngram_teacher:
         total_loss = loss + model.regularization_loss()
         if ngram_teacher is not None:  # the forward's log-probabilities of its output rows (the shortlist's k)
             logp, model.last_log_probs = model.last_log_probs, None  # released: the graph keeps what backward needs
-            total_loss = total_loss + r.ngram_distill * (ngram_teacher.cross_entropy(logp, xb) - loss)
+            total_loss = total_loss + r.ngram_distill * (ngram_teacher.cross_entropy(logp, xb, yb) - loss)
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     total_loss.backward()

@@ -186,6 +186,7 @@ BASELINE_RECIPE = dict(
     ema_decay=0.0,
     select_window=0,
     ngram_distill=0.0,
+    ngram_loo=False,
     random_steps=0,
 )
 

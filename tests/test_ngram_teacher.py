@@ -17,9 +17,14 @@ import train_mps as tm
 V = 20
 
 
-def reference_distribution(tokens, u, v, d2, d3):
-    """p3(. | u v) over token ids, straight from the formulas in NgramTeacher's docstring; u None: p2(. | v)."""
-    tri = Counter(zip(tokens[:-2], tokens[1:-1], tokens[2:]))
+def trigrams(tokens):
+    return Counter(zip(tokens[:-2], tokens[1:-1], tokens[2:]))
+
+
+def reference_distribution(tri, u, v, d2, d3):
+    """p3(. | u v) over token ids, straight from the formulas in NgramTeacher's docstring, from the trigram counts
+    `tri` (a Counter); u None: p2(. | v)."""
+    tri = +tri  # the types with a positive count
     n_vw = Counter((b, c) for (_, b, c) in tri)  # N1+(. v w): distinct u before (v, w)
     n_w = Counter(c for (_, c) in n_vw)  # N1+(. w): distinct v before w
 
@@ -66,13 +71,56 @@ def test_the_distribution_is_the_formulas(toy, shortlist):
     toks = tokens.tolist()
     for p, (i, j) in enumerate((i, j) for i in range(xb.size(0)) for j in range(xb.size(1))):
         u = int(xb[i, j - 1]) if j else None
-        want = reference_distribution(toks, u, int(xb[i, j]), d2, d3)
+        want = reference_distribution(trigrams(toks), u, int(xb[i, j]), d2, d3)
         assert sum(want) == pytest.approx(1.0)
         want_rows = np.zeros(teacher.n_rows)
         for w, pw in enumerate(want):
             if pw:
                 want_rows[rows[w]] += pw
         assert np.allclose(got[p].numpy(), want_rows, atol=1e-6), (i, j)
+
+
+@pytest.mark.parametrize("shortlist", [False, True], ids=["token-ids", "shortlist-rows"])
+def test_leave_one_out_is_the_formulas_on_the_counts_without_the_positions_own_trigram(shortlist):
+    """Each position (u, v) -> y of a training batch is predicted from the split's trigram counts minus that one
+    occurrence, the discounts kept; window starts (no u) keep the full counts."""
+    rng = np.random.default_rng(3)
+    tokens = rng.integers(0, 8, size=60)  # few types: contexts seen once, twice, many times, and types that vanish
+    tokens[20:23] = [9, 10, 11]  # a trigram, its bigram (10, 11) and token 11 seen once: every level loses a type
+    if shortlist:
+        rows = np.full(V, 12)
+        rows[np.arange(12)] = np.arange(12)[::-1]
+        kw = dict(token_rows=rows, n_rows=13)
+    else:
+        rows, kw = np.arange(V), {}
+    teacher = tm.NgramTeacher(tokens, V, leave_one_out=True, **kw)
+    starts = list(range(0, 50, 2))  # overlapping windows: every trigram of the first 60 tokens, most twice
+    xb = torch.as_tensor(np.stack([tokens[i : i + 10] for i in starts]))
+    yb = torch.as_tensor(np.stack([tokens[i + 1 : i + 11] for i in starts]))
+    got = teacher.target(xb, yb)
+    d2, d3 = teacher.discounts
+    full = trigrams(tokens.tolist())
+    vanished = 0
+    for p, (i, j) in enumerate((i, j) for i in range(xb.size(0)) for j in range(xb.size(1))):
+        u, v, y = (int(xb[i, j - 1]) if j else None), int(xb[i, j]), int(yb[i, j])
+        counts = full - Counter({(u, v, y): 1}) if u is not None else full
+        vanished += u is not None and full[(u, v, y)] == 1
+        want = reference_distribution(counts, u, v, d2, d3)
+        assert sum(want) == pytest.approx(1.0)
+        want_rows = np.zeros(teacher.n_rows)
+        np.add.at(want_rows, rows, want)
+        assert np.allclose(got[p].numpy(), want_rows, atol=1e-6), (i, j)
+    assert vanished > 0  # the data reach the case where a type leaves the continuation counts
+    assert not torch.allclose(got, tm.NgramTeacher(tokens, V, **kw).target(xb))  # it is not the plain teacher
+    with pytest.raises(ValueError, match="needs the targets"):
+        teacher.target(xb)
+
+
+def test_ngram_loo_without_a_teacher_is_refused():
+    with pytest.raises(ValueError, match="ngram_distill=0"):
+        tm.Recipe(ngram_loo=True)
+    with pytest.raises(ValueError, match="ngram_loo must be True or False"):
+        tm.Recipe(ngram_distill=0.3, ngram_loo=1)
 
 
 def test_cross_entropy_is_the_teachers_expected_log_loss(toy):
@@ -97,12 +145,13 @@ def small_model(recipe, tokens):
     return tm.make_model(recipe, tokens)
 
 
+@pytest.mark.parametrize("loo", [False, True], ids=["counts", "leave-one-out"])
 @pytest.mark.parametrize("shortlist", [True, False], ids=["shortlist", "full-softmax"])
-def test_the_step_minimises_the_stated_mixture(shortlist):
+def test_the_step_minimises_the_stated_mixture(shortlist, loo):
     """train_step's gradient is that of (1 - a) CE(targets) + a CE(teacher), computed here from the logits."""
     rng = np.random.default_rng(2)
     tokens = rng.integers(0, 400, size=4000)
-    r = replace(tm.Recipe(), ngram_distill=0.4, shortlist=shortlist, grad_clip=0.0, ema_decay=0.0)
+    r = replace(tm.Recipe(), ngram_distill=0.4, ngram_loo=loo, shortlist=shortlist, grad_clip=0.0, ema_decay=0.0)
     data = torch.from_numpy(tokens)
     xb, yb = tm.get_batch(data, torch.Generator().manual_seed(0))
     grads = []
@@ -120,7 +169,7 @@ def test_the_step_minimises_the_stated_mixture(shortlist):
             ce = torch.nn.functional.nll_loss(logp.view(-1, logp.size(-1)), yb.view(-1))
             if shortlist:
                 logp = logp.index_select(-1, m.row_tokens)
-            loss = 0.6 * ce + 0.4 * teacher.cross_entropy(logp, xb)
+            loss = 0.6 * ce + 0.4 * -(teacher.target(xb, yb) * logp.view(-1, logp.size(-1))).sum(1).mean()
             loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-4)
