@@ -635,7 +635,8 @@ class NgramTeacher:
             fix = inv3 * ((cy - out_ - d3).clamp_min(0) - (cy - d3).clamp_min(0))
             fix = fix + gamma3 * inv2 * ((ny - gone3 - d2).clamp_min(0) - (ny - d2).clamp_min(0))
             fix = fix - gamma3 * gamma2 * gone2 / n_types
-            out.index_put_((torch.arange(len(y), device=y.device), self.token_rows[y]), fix, accumulate=True)
+            at = self.token_rows[y].clamp_max(self.n_rows - 1)  # fix is 0 where y is not in the counts (no row)
+            out.index_put_((torch.arange(len(y), device=y.device), at), fix, accumulate=True)
         return out
 
     def cross_entropy(self, logp: torch.Tensor, xb: torch.Tensor, yb: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -6,6 +6,7 @@ Public API (re-exported from the modules below):
   METHODS, get_method, SPLITTING_SCHEMES, SplitRK, RK4, RK438, Kutta3       jax_impl.solvers
   make_optimizer, lr_multiplier, lr_schedule, adamw_torch, muon_torch,
   clip_by_global_norm_torch, decay_mask, muon_labels, ema_update          jax_impl.optim
+  TeacherCounts, fit_teacher, teacher_target, distill_loss_terms          jax_impl.teacher
   `python -m jax_impl.train`                               jax_impl.train
 """
 
@@ -51,6 +52,7 @@ from .solvers import (
     SplitRK,
     get_method,
 )
+from .teacher import TeacherCounts, distill_loss_terms, fit_teacher, teacher_target
 
 __all__ = [
     "adamw_torch",
@@ -89,4 +91,8 @@ __all__ = [
     "probe_sequence",
     "shortlist_buffers",
     "torch_config_kwargs",
+    "TeacherCounts",
+    "distill_loss_terms",
+    "fit_teacher",
+    "teacher_target",
 ]

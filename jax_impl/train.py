@@ -22,6 +22,11 @@ model.py:
 `--init-from CKPT` starts from a trained checkpoint's weights instead (train_mps.py's or this trainer's, for the same
 train.bin): fine-tuning under another integrator, e.g. a flow-trained torch model under tsit5. `--random-steps K`
 is Recipe.random_steps: each training step under a step count drawn from --steps..K, the same draws as train_mps.
+`--ngram-distill A` is Recipe.ngram_distill: the step trains on (1 - A) CE(targets) + A CE(teacher) + regularizers,
+the teacher an interpolated Kneser-Ney trigram fitted on train.bin over the model's output rows (jax_impl.teacher,
+written apart from train_mps.NgramTeacher; a parity test compares the two); `--ngram-loo` is Recipe.ngram_loo, the
+teacher leaving each position's own trigram occurrence out of its counts. Both go into the recipe (validated by it,
+recorded in the metrics); the progress lines and metrics report the pure cross-entropy, as train_mps.
 
 Environment: TRAIN_MPS_DATA_DIR (data folder), TRAIN_MPS_OUT_DIR (default out/jax), TRAIN_MPS_SEED (unless
 --seed). Fails as train_mps does, before any work or before writing anything: a bad iteration count, seed or
@@ -59,18 +64,27 @@ from .model import (
 )
 from .optim import ema_update, lr_multiplier, make_optimizer
 from .solvers import METHODS, SPLITTINGS
+from .teacher import distill_loss_terms, make_teacher, teacher_target
 
 # ---------------------------------------------------------------------------------------------
 # the jitted step
 
 
-def make_train_step(config: GPTConfig, tx: optax.GradientTransformation):
-    """step(params, opt_state, xb, yb, probes=None) -> (params, opt_state, loss): one optimizer step
-    on the cross-entropy plus the regularizers (train_mps.train_step), jit-compiled once."""
+def make_train_step(config: GPTConfig, tx: optax.GradientTransformation, distill: float = 0.0):
+    """step(params, opt_state, xb, yb, probes=None, teacher_probs=None) -> (params, opt_state, loss): one optimizer
+    step on the cross-entropy plus the regularizers (train_mps.train_step), jit-compiled once. distill > 0
+    (Recipe.ngram_distill): on (1 - distill) CE + distill CE(teacher_probs) + the regularizers, teacher_probs the
+    batch's teacher_target (b * t, n_rows); the loss returned stays the pure cross-entropy."""
 
     @partial(jax.jit, donate_argnums=(0, 1))
-    def step(params, opt_state, xb, yb, probes=None):
-        (_, (loss, _)), grads = jax.value_and_grad(loss_terms, has_aux=True)(params, config, xb, yb, probes)
+    def step(params, opt_state, xb, yb, probes=None, teacher_probs=None):
+        if distill:
+            if teacher_probs is None:
+                raise ValueError("a distillation step (distill > 0) needs the batch's teacher_probs")
+            loss_fn = partial(distill_loss_terms, teacher_probs=teacher_probs, distill=distill)
+        else:
+            loss_fn = loss_terms
+        (_, (loss, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, config, xb, yb, probes=probes)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -78,20 +92,24 @@ def make_train_step(config: GPTConfig, tx: optax.GradientTransformation):
 
 
 class TrainSteps:
-    """step(n_steps, params, opt_state, xb, yb, probes=None): make_train_step's step under `n_steps` steps per
-    layer (Recipe.random_steps draws it per training step; otherwise it is always config.steps_per_layer), each
-    count compiled once, on first use."""
+    """step(n_steps, params, opt_state, xb, yb, probes=None, teacher_probs=None): make_train_step's step (with
+    `distill`, Recipe.ngram_distill) under `n_steps` steps per layer (Recipe.random_steps draws it per training
+    step; otherwise it is always config.steps_per_layer), each count compiled once, on first use."""
 
-    def __init__(self, config: GPTConfig, tx: optax.GradientTransformation):
-        self.base, self.tx, self.steps = config, tx, {}
+    def __init__(self, config: GPTConfig, tx: optax.GradientTransformation, distill: float = 0.0):
+        self.base, self.tx, self.distill, self.steps = config, tx, distill, {}
 
     def config(self, n_steps: int) -> GPTConfig:
         return self.base if n_steps == self.base.steps_per_layer else replace(self.base, steps_per_layer=n_steps)
 
-    def __call__(self, n_steps, params, opt_state, xb, yb, probes=None):
+    def __call__(self, n_steps, params, opt_state, xb, yb, probes=None, teacher_probs=None):
         if n_steps not in self.steps:
-            self.steps[n_steps] = make_train_step(self.config(n_steps), self.tx)
-        return self.steps[n_steps](params, opt_state, xb, yb, probes)
+            config = self.config(n_steps)
+            # the plain step keeps the two-argument call (tests/test_safe_failure.py wraps make_train_step so)
+            plain = not self.distill
+            step = make_train_step(config, self.tx) if plain else make_train_step(config, self.tx, self.distill)
+            self.steps[n_steps] = step
+        return self.steps[n_steps](params, opt_state, xb, yb, probes, teacher_probs)
 
 
 @partial(jax.jit, static_argnames="config")
@@ -157,6 +175,8 @@ def train(
     out_dir=None,
     random_steps=0,
     init_from=None,
+    ngram_distill=None,
+    ngram_loo=None,
 ):
     import torch
 
@@ -167,7 +187,10 @@ def train(
     # The recipe keeps torch's default solver: the torch model only supplies the initial weights (which do not
     # depend on the integrator), and a JAX-only solver (tsit5, dopri5) is no Recipe value; the JAX solver is
     # `solver`, recorded in the metrics' recipe.
-    r = replace(tm.Recipe(), steps_per_layer=steps, splitting=splitting, random_steps=random_steps)
+    teacher_fields = {k: v for k, v in (("ngram_distill", ngram_distill), ("ngram_loo", ngram_loo)) if v is not None}
+    r = replace(
+        tm.Recipe(), steps_per_layer=steps, splitting=splitting, random_steps=random_steps, **teacher_fields
+    )  # Recipe validates each field: a bad value or ngram_loo without ngram_distill stops here; None: its default
     if random_steps and METHODS[solver].adaptive:
         raise ValueError(f"--random-steps draws fixed step counts; adaptive {solver!r} chooses its own: leave it 0")
     r = replace(r, seed=seed) if seed is not None else tm.seed_from_env(r)
@@ -215,7 +238,9 @@ def train(
 
     tx = make_optimizer(r, params, n_iters)
     opt_state = tx.init(params)
-    step = TrainSteps(config, tx)
+    step = TrainSteps(config, tx, r.ngram_distill)
+    teacher = make_teacher(config, train_np, r.ngram_distill)  # over the model's rows, as train_mps.make_teacher
+    param_dtype = jax.tree_util.tree_leaves(params)[0].dtype
     steps_rng = tm.steps_stream(r)  # train_mps's draws for Recipe.random_steps, the same ones
     ema = jax.tree_util.tree_map(jnp.copy, params) if r.ema_decay > 0 else None
     ema_step = jax.jit(partial(ema_update, decay=r.ema_decay))
@@ -265,7 +290,10 @@ def train(
         probes = None
         if config.jacobian_frobenius > 0:
             probes = draw_probes(jax.random.fold_in(probe_key, it), step.config(n_steps), x_shape)
-        params, opt_state, loss = step(n_steps, params, opt_state, as_jnp(xb), as_jnp(yb), probes)
+        teacher_probs = None
+        if teacher is not None:  # on the host, outside autograd, as train_mps's NgramTeacher.target
+            teacher_probs = jnp.asarray(teacher_target(teacher, xb.numpy(), yb.numpy(), r.ngram_loo), param_dtype)
+        params, opt_state, loss = step(n_steps, params, opt_state, as_jnp(xb), as_jnp(yb), probes, teacher_probs)
         if ema is not None:
             ema = ema_step(ema, params)
         if it % tm.eval_interval == tm.eval_interval - 1 or it == n_iters - 1:
@@ -298,7 +326,9 @@ def train(
         "fixed": {"batch_size": tm.batch_size, "block_size": tm.block_size, "max_iters": tm.max_iters},
         "history": history,
         "data_dir": str(data_dir),
-        "sources_sha256": {f: tm.file_sha256(here / f) for f in ("model.py", "solvers.py", "optim.py", "train.py")},
+        "sources_sha256": {
+            f: tm.file_sha256(here / f) for f in ("model.py", "solvers.py", "optim.py", "teacher.py", "train.py")
+        },
         "versions": _versions(),
     }
     ckpt = {
@@ -382,6 +412,21 @@ def main(argv=None):
         default=0,
         help="Recipe.random_steps: each training step under a step count drawn from --steps..K (0 = off)",
     )
+    p.add_argument(
+        "--ngram-distill",
+        type=float,
+        default=None,
+        metavar="A",
+        help="Recipe.ngram_distill: train on (1 - A) CE(targets) + A CE(Kneser-Ney trigram teacher), A in [0, 1) "
+        "(default: the Recipe's)",
+    )
+    p.add_argument(
+        "--ngram-loo",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Recipe.ngram_loo: the teacher leaves each position's own trigram out of its counts (needs "
+        "--ngram-distill; default: the Recipe's)",
+    )
     a = p.parse_args(argv)
     return train(
         solver=a.solver,
@@ -396,6 +441,8 @@ def main(argv=None):
         out_dir=a.out_dir,
         random_steps=a.random_steps,
         init_from=a.init_from,
+        ngram_distill=a.ngram_distill,
+        ngram_loo=a.ngram_loo,
     )
 
 

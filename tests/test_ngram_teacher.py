@@ -88,15 +88,16 @@ def test_leave_one_out_is_the_formulas_on_the_counts_without_the_positions_own_t
     tokens = rng.integers(0, 8, size=60)  # few types: contexts seen once, twice, many times, and types that vanish
     tokens[20:23] = [9, 10, 11]  # a trigram, its bigram (10, 11) and token 11 seen once: every level loses a type
     if shortlist:
-        rows = np.full(V, 12)
+        rows = np.full(V, 12)  # ids 12.. never occur: no row, as the shortlist's token_rows (row k)
         rows[np.arange(12)] = np.arange(12)[::-1]
-        kw = dict(token_rows=rows, n_rows=13)
+        kw = dict(token_rows=rows, n_rows=12)
     else:
         rows, kw = np.arange(V), {}
     teacher = tm.NgramTeacher(tokens, V, leave_one_out=True, **kw)
     starts = list(range(0, 50, 2))  # overlapping windows: every trigram of the first 60 tokens, most twice
     xb = torch.as_tensor(np.stack([tokens[i : i + 10] for i in starts]))
     yb = torch.as_tensor(np.stack([tokens[i + 1 : i + 11] for i in starts]))
+    yb[0, 5] = 19  # a target outside the counts (and the shortlist): nothing to take out, the full counts
     got = teacher.target(xb, yb)
     d2, d3 = teacher.discounts
     full = trigrams(tokens.tolist())
@@ -107,9 +108,10 @@ def test_leave_one_out_is_the_formulas_on_the_counts_without_the_positions_own_t
         vanished += u is not None and full[(u, v, y)] == 1
         want = reference_distribution(counts, u, v, d2, d3)
         assert sum(want) == pytest.approx(1.0)
-        want_rows = np.zeros(teacher.n_rows)
+        want_rows = np.zeros(teacher.n_rows + 1)
         np.add.at(want_rows, rows, want)
-        assert np.allclose(got[p].numpy(), want_rows, atol=1e-6), (i, j)
+        assert want_rows[teacher.n_rows] == 0  # the tokens without a row get no probability
+        assert np.allclose(got[p].numpy(), want_rows[:-1], atol=1e-6), (i, j)
     assert vanished > 0  # the data reach the case where a type leaves the continuation counts
     assert not torch.allclose(got, tm.NgramTeacher(tokens, V, **kw).target(xb))  # it is not the plain teacher
     with pytest.raises(ValueError, match="needs the targets"):
