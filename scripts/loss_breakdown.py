@@ -9,6 +9,10 @@ The windows are train_mps.full_split_loss's (non-overlapping block_size windows 
     in_context    it occurs among the window's inputs up to its position (copyable by attention)
     contribution  the bucket's share of the mean loss (the contributions sum to `total`)
 
+--kneser-ney N adds the count-based reference per bucket: the interpolated Kneser-Ney N-gram of
+scripts/kneser_ney.py, fitted on the same train.bin, scored on the same targets with its history cut at each
+window's start (kneser_ney.whole_split_loss's protocol), so each bucket shows where the network loses to counting.
+
 Calibration: the same log-probabilities under a temperature T, or mixed with the uniform or the
 (add-1/2 smoothed) train.bin unigram distribution at weight w. These are fitted on the validation
 split itself, so they are an upper bound on what any output calibration (label smoothing, temperature,
@@ -16,6 +20,7 @@ smoothing toward the unigram) could buy, not a method.
 
     python scripts/loss_breakdown.py                          # out/ckpt.pt -> results/loss_breakdown.{json,png}
     python scripts/loss_breakdown.py --ckpt results/benchmark/X/runs/canonical/seed0/ckpt.pt --out-dir results/X
+    python scripts/loss_breakdown.py --ckpt ... --data-dir data/pypi --kneser-ney 4   # with the n-gram's buckets
     python scripts/loss_breakdown.py --plot-only
 """
 
@@ -47,7 +52,29 @@ MIX_WEIGHTS = (0.0, 0.01, 0.03, 0.1, 0.2)
 def parse_args(argv=None):
     p = base_parser(__doc__.split("\n\n")[0], default_batches=0)
     p.add_argument("--chunk", type=int, default=8, help="windows per forward (memory: chunk x 64 x 50304 floats)")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--kneser-ney",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also break down the Kneser-Ney N-gram's loss on the same targets (0 = off)",
+    )
+    args = p.parse_args(argv)
+    if args.kneser_ney < 0 or args.kneser_ney == 1:
+        p.error(f"--kneser-ney must be 0 (off) or an order >= 2, got {args.kneser_ney}")
+    return args
+
+
+def kneser_ney_nll(train: np.ndarray, windows: torch.Tensor, order: int, vocab_size: int) -> np.ndarray:
+    """Per target of `windows` (n, T + 1), in row order, -log p under the Kneser-Ney `order`-gram fitted on train,
+    its history cut at the window's start: (n * T,) float64."""
+    import kneser_ney
+
+    lm = kneser_ney.fit(train, order, vocab_size)
+    keep, out = order - 1, []
+    for window in windows.tolist():
+        out += [-np.log(lm.prob(window[max(0, j + 1 - keep) : j + 1], window[j + 1])) for j in range(len(window) - 1)]
+    return np.asarray(out)
 
 
 def bucket_name(lo: int, hi: int | None) -> str:
@@ -67,7 +94,8 @@ def run(args) -> dict:
     t0 = time.time()
     model, info, _, env = setup(STUDY, args)
     c = model.config
-    counts = np.bincount(load_tokens(args.data_dir, "train", c.vocab_size), minlength=c.vocab_size)
+    train = load_tokens(args.data_dir, "train", c.vocab_size)
+    counts = np.bincount(train, minlength=c.vocab_size)
     val = torch.from_numpy(load_val_tokens(args.data_dir, c.vocab_size).astype(np.int64))
     T = c.block_size
     n_windows = (len(val) - 1) // T
@@ -98,6 +126,7 @@ def run(args) -> dict:
     in_ctx = torch.cat(seen_all).flatten().numpy()
     tcount = counts[windows[:, 1:].flatten().numpy()]
     total = float(nll.mean())
+    kn = kneser_ney_nll(train, windows, args.kneser_ney, c.vocab_size) if args.kneser_ney else None
 
     buckets = []
     for lo, hi in BUCKETS:
@@ -108,6 +137,11 @@ def run(args) -> dict:
                 "fraction": float(mask.mean()),
                 "mean_loss": float(nll[mask].mean()) if mask.any() else None,
                 "contribution": float(nll[mask].sum() / len(nll)),
+            }
+        if kn is not None:
+            row["kneser_ney"] = {
+                "mean_loss": float(kn[in_b].mean()) if in_b.any() else None,
+                "contribution": float(kn[in_b].sum() / len(kn)),
             }
         buckets.append(row)
     n_tok = len(nll)
@@ -126,15 +160,23 @@ def run(args) -> dict:
         "calibration": calibration,
         "best_calibration_gain": total - best,
         "shortlist_size": c.shortlist_size,
+        "kneser_ney": None if kn is None else {"order": args.kneser_ney, "total": float(kn.mean())},
         "run": run_record(args, env, info, t0),
     }
     print(
         f"[{STUDY}] whole-split val {total:.4f} over {n_tok} tokens; best post-hoc calibration gains {total - best:.4f}"
     )
+    if kn is not None:
+        print(f"[{STUDY}] Kneser-Ney {args.kneser_ney}-gram on the same targets: {kn.mean():.4f}")
     for b in buckets:
         a = b["all"]
+        vs = ""
+        if kn is not None and b["kneser_ney"]["mean_loss"] is not None:
+            k = b["kneser_ney"]
+            vs = f" | Kneser-Ney mean {k['mean_loss']:6.2f}, contributes {k['contribution']:.3f}"
         print(
-            f"[{STUDY}]   train count {b['name']:>6}: {a['fraction']:6.1%} of tokens, mean {a['mean_loss'] or 0:6.2f}, contributes {a['contribution']:.3f}"
+            f"[{STUDY}]   train count {b['name']:>6}: {a['fraction']:6.1%} of tokens, mean {a['mean_loss'] or 0:6.2f}, "
+            f"contributes {a['contribution']:.3f}{vs}"
         )
     return results
 
@@ -148,6 +190,10 @@ def plot(results: dict, path) -> None:
     notc = [b["not_in_context"]["contribution"] for b in results["buckets"]]
     ax.bar(xs, notc, color="tab:red", label="not earlier in the window")
     ax.bar(xs, inc, bottom=notc, color="tab:blue", label="earlier in the window (copyable)")
+    if results.get("kneser_ney"):
+        kn = [b["kneser_ney"]["contribution"] for b in results["buckets"]]
+        label = f"Kneser-Ney {results['kneser_ney']['order']}-gram, same targets ({results['kneser_ney']['total']:.3f})"
+        ax.plot(xs, kn, "k_", markersize=28, markeredgewidth=2, label=label)
     for x, b in zip(xs, results["buckets"]):
         a = b["all"]
         top = b["in_context"]["contribution"] + b["not_in_context"]["contribution"]

@@ -64,6 +64,22 @@ def test_total_is_the_whole_split_loss_and_buckets_partition_it(inputs):
     assert res["best_calibration_gain"] >= 0
 
 
+def test_kneser_ney_buckets_partition_the_n_grams_whole_split_loss(inputs):
+    """--kneser-ney N: the n-gram's per-bucket contributions sum to kneser_ney.whole_split_loss on the same val."""
+    import kneser_ney
+
+    root, _, train, val = inputs
+    res = run(inputs, "--kneser-ney", "3")
+    want = kneser_ney.whole_split_loss(kneser_ney.fit(train, 3, VOCAB), val, BLOCK)
+    assert res["kneser_ney"] == {"order": 3, "total": pytest.approx(want, rel=1e-9)}
+    assert sum(b["kneser_ney"]["contribution"] for b in res["buckets"]) == pytest.approx(want, rel=1e-9)
+    assert res["buckets"][0]["kneser_ney"]["mean_loss"] > res["buckets"][3]["kneser_ney"]["mean_loss"]  # unseen: hardest
+    saved = json.loads((root / "out" / "loss_breakdown.json").read_text())
+    assert saved["kneser_ney"]["order"] == 3 and "kneser_ney" in saved["buckets"][0]
+    with pytest.raises(SystemExit):
+        run(inputs, "--kneser-ney", "1")
+
+
 def test_in_context_fraction_matches_a_direct_loop(inputs):
     _, _, _, val = inputs
     res = run(inputs)
