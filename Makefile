@@ -8,7 +8,7 @@ EXTRAS ?= dev,data,plots,jax
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),_,$(EXTRAS))
 
-.PHONY: setup data data-tinyshakespeare data-pypi train test lint clean ablations lr-sweep candidates levers kneser-ney tinyshakespeare-table rerank-gen1 dreamteam-checkout flow
+.PHONY: setup data data-tinyshakespeare data-pypi train test lint clean ablations lr-sweep candidates levers kneser-ney tinyshakespeare-table rerank-gen1 dreamteam-checkout flow teacher-table
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -134,6 +134,19 @@ LEVERS_OUT ?= results/benchmark/levers-$(shell date +%Y%m%d-%H%M%S)
 levers: data-tinyshakespeare
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python scripts/benchmark.py --configs $(LEVERS) --baseline canonical \
 		--seeds $(LEVERS_SEEDS) --jobs 2 --data-dir $(TINY_DIR) --out $(LEVERS_OUT) $(RESUME)
+
+# Issue #16's deciding table: the leave-one-out Kneser-Ney teacher (TEACHER) against the canonical, 3 seeds, on
+# tinyshakespeare and on the offline corpus, under the trusted runner, two at a time with one thread each (about
+# 2.5 hours per corpus on 2 cores). RESUME=--resume continues both in the same TEACHER_OUT.
+TEACHER := canonical:ngram_distill=0.5,ngram_loo=True
+TEACHER_SEEDS ?= 0 1 2
+TEACHER_OUT ?= results/benchmark/teacher-$(TINY_STAMP)
+
+teacher-table: data-tinyshakespeare data-pypi
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python scripts/benchmark.py --configs $(TEACHER) canonical \
+		--baseline canonical --seeds $(TEACHER_SEEDS) --jobs 2 --data-dir $(TINY_DIR) --out $(TEACHER_OUT)/tinyshakespeare $(RESUME)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python scripts/benchmark.py --configs $(TEACHER) canonical \
+		--baseline canonical --seeds $(TEACHER_SEEDS) --jobs 2 --data-dir data/pypi --out $(TEACHER_OUT)/pypi $(RESUME)
 
 # Issue #14's table: a recipe whose trained weights are a flow. FLOW trains under heun/parallel with 2..4 steps per
 # layer drawn per step (Recipe.random_steps) and is evaluated at 2; FLOW_KE adds kinetic-energy regularization

@@ -637,6 +637,7 @@ class NgramTeacher:
             fix = fix - gamma3 * gamma2 * gone2 / n_types
             at = self.token_rows[y].clamp_max(self.n_rows - 1)  # fix is 0 where y is not in the counts (no row)
             out.index_put_((torch.arange(len(y), device=y.device), at), fix, accumulate=True)
+            out.clamp_min_(0.0)  # a count taken to 0 leaves a float rounding of 0 (~1e-10) at y, either sign
         return out
 
     def cross_entropy(self, logp: torch.Tensor, xb: torch.Tensor, yb: Optional[torch.Tensor] = None) -> torch.Tensor:

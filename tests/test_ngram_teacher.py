@@ -184,3 +184,48 @@ def test_a_short_training_with_the_teacher_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("TRAIN_MPS_MAX_ITERS", "3")
     best, minutes = tm.train(replace(tm.Recipe(), ngram_distill=0.3))
     assert np.isfinite(best) and np.isfinite(minutes)
+
+
+def test_make_teacher_table_names_a_valid_teacher_recipe_on_both_corpora():
+    """Issue #16: `make teacher-table` runs the teacher's spec (a real change of the recipe, leave-one-out on) beside
+    the canonical on tinyshakespeare and on the offline corpus."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "scripts"))
+    import benchmark
+
+    text = (root / "Makefile").read_text().replace("\\\n", " ")
+    spec = next(line for line in text.splitlines() if line.startswith("TEACHER :=")).split(":=", 1)[1].strip()
+    config = benchmark.parse_config(spec, tm.Recipe)
+    assert config.overrides["ngram_loo"] is True and 0 < config.overrides["ngram_distill"] < 1
+    assert all(getattr(tm.Recipe(), k) != v for k, v in config.overrides.items())
+    rule = " ".join(text.split("\nteacher-table:", 1)[1].split("\n\n", 1)[0].split())  # whitespace runs as one space
+    for data in ("$(TINY_DIR)", "data/pypi"):
+        assert (
+            f"--configs $(TEACHER) canonical --baseline canonical --seeds $(TEACHER_SEEDS) --jobs 2 --data-dir {data}"
+            in rule
+        )
+
+
+def test_teacher_fit_reports_the_leave_one_out_teacher_as_on_new_text(tmp_path):
+    """scripts/teacher_fit.py: on a small vocabulary the counted teacher nearly knows each training target, the
+    leave-one-out one predicts training text about as badly as val text; the JSON holds all three figures."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import teacher_fit
+
+    data = write_bins(tmp_path / "data", n_train=6000, n_val=2000, vocab=40)
+    out = tmp_path / "fit.json"
+    assert teacher_fit.main(["--data-dir", str(data), "--batches", "4", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    plain, loo, val = (
+        res[k]["cross_entropy_where_positive"] for k in ("train_counts_as_they_are", "train_leave_one_out", "val")
+    )
+    assert plain < loo - 0.2 and abs(loo - val) < abs(plain - val)
+    assert res["train_counts_as_they_are"]["zero_probability_share"] == 0
+    assert teacher_fit.main(["--data-dir", str(tmp_path / "missing")]) == 2
