@@ -611,13 +611,13 @@ class NgramTeacher:
         n3, s, succ, n_types = self.len3[c], self.s_v[v], self.succ_v[v], self.n_types
         if self.leave_one_out:
             y = yb.reshape(-1)
-            out_ = (u >= 0).float()  # 1 where the position's own trigram is taken out
+            taken = (u >= 0).float()  # 1 where the position's own trigram is taken out
             _, cy = self._lookup(self.tri, self.c3, (u * V + v) * V + y)
-            out_ = out_ * (cy > 0).float()  # a trigram not in the counts (not training text) has nothing to take out
+            taken = taken * (cy > 0).float()  # a trigram not in the counts (not training text) has nothing to take out
             _, ny = self._lookup(self.vw, self.n2, v * V + y)
-            gone3 = out_ * (cy == 1).float()  # the trigram type (u, v, y) goes: continuation counts lose it
+            gone3 = taken * (cy == 1).float()  # the trigram type (u, v, y) goes: continuation counts lose it
             gone2 = gone3 * (ny == 1).float()  # and with it the bigram type (v, y)
-            total, n3 = total - out_, n3 - gone3
+            total, n3 = total - taken, n3 - gone3
             s, succ, n_types = s - gone3, succ - gone2, n_types - gone2
         seen = total > 0  # (P,) positions whose trigram context is seen
         inv3 = torch.where(seen, 1.0 / total.clamp_min(1.0), torch.zeros_like(total))
@@ -632,7 +632,7 @@ class NgramTeacher:
         p2 = (self.n2[idx2] - d2).clamp_min(0) * inv2[rows2]
         out.index_put_((rows2, self.w2[idx2]), gamma3[rows2] * p2, accumulate=True)
         if self.leave_one_out:  # y's own entries, each level's count one lower than what was added above
-            fix = inv3 * ((cy - out_ - d3).clamp_min(0) - (cy - d3).clamp_min(0))
+            fix = inv3 * ((cy - taken - d3).clamp_min(0) - (cy - d3).clamp_min(0))
             fix = fix + gamma3 * inv2 * ((ny - gone3 - d2).clamp_min(0) - (ny - d2).clamp_min(0))
             fix = fix - gamma3 * gamma2 * gone2 / n_types
             at = self.token_rows[y].clamp_max(self.n_rows - 1)  # fix is 0 where y is not in the counts (no row)
