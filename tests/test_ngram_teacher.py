@@ -229,3 +229,39 @@ def test_teacher_fit_reports_the_leave_one_out_teacher_as_on_new_text(tmp_path):
     assert plain < loo - 0.2 and abs(loo - val) < abs(plain - val)
     assert res["train_counts_as_they_are"]["zero_probability_share"] == 0
     assert teacher_fit.main(["--data-dir", str(tmp_path / "missing")]) == 2
+
+
+def test_teacher_fit_compares_a_trained_student_with_the_teacher(tmp_path, monkeypatch):
+    """--ckpt: the student's cross-entropy is its own loss on the same batches, and KL(teacher || student) is the
+    teacher's cross-entropy against the student minus the teacher's entropy (computed here apart)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import teacher_fit
+    from _study_common import load_checkpoint
+
+    data = write_bins(tmp_path / "data", n_train=6000, n_val=2000, vocab=300)
+    monkeypatch.setenv("TRAIN_MPS_DATA_DIR", str(data))
+    monkeypatch.setenv("TRAIN_MPS_OUT_DIR", str(tmp_path / "out"))
+    monkeypatch.setenv("TRAIN_MPS_MAX_ITERS", "3")
+    tm.train(tm.Recipe())
+    ckpt, out = tmp_path / "out" / "ckpt.pt", tmp_path / "fit.json"
+    assert teacher_fit.main(["--data-dir", str(data), "--batches", "2", "--ckpt", str(ckpt), "--out", str(out)]) == 0
+    got = json.loads(out.read_text())["student"]["val_vs_counted_teacher"]
+    model, _ = load_checkpoint(ckpt)
+    train = np.fromfile(data / "train.bin", dtype=np.uint16)
+    teacher = tm.NgramTeacher(train, 50304, model.token_rows.numpy(), model.config.shortlist_size)
+    val = torch.from_numpy(np.fromfile(data / "val.bin", dtype=np.uint16).astype(np.int64))
+    gen, ce, kl = torch.Generator().manual_seed(0), 0.0, 0.0
+    model.keep_log_probs = True
+    for _ in range(2):
+        xb, yb = tm.get_batch(val, gen)
+        with torch.no_grad():
+            ce += model(xb, yb)[1].item() / 2
+        t = teacher.target(xb).double()
+        entropy = -(t * t.clamp_min(1e-300).log()).sum(1).mean().item()
+        kl += (teacher.cross_entropy(model.last_log_probs, xb).item() - entropy) / 2
+    assert got["student_cross_entropy"] == pytest.approx(ce, rel=1e-6)
+    assert got["kl_teacher_student"] == pytest.approx(kl, rel=1e-4) and kl > 0
