@@ -138,7 +138,7 @@ levers: data-tinyshakespeare
 # Issue #16's deciding table: the leave-one-out Kneser-Ney teacher (TEACHER) against the canonical, 3 seeds, on
 # tinyshakespeare and on the offline corpus, under the trusted runner, two at a time with one thread each (about
 # 2.5 hours per corpus on 2 cores). RESUME=--resume continues both in the same TEACHER_OUT.
-TEACHER := canonical:ngram_distill=0.5,ngram_loo=True
+TEACHER := canonical:ngram_distill=0.5,ngram_loo=True,head_width=96
 TEACHER_SEEDS ?= 0 1 2
 TEACHER_OUT ?= results/benchmark/teacher-$(TINY_STAMP)
 
