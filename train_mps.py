@@ -135,9 +135,15 @@ class Recipe:
     vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 64
     bias: bool = False
     dropout: float = 0.0
-    solver: str = "euler"
-    steps_per_layer: int = 1
-    splitting: str = "lie"
+    # The residual stream integrated by heun (second order) with attention and MLP summed in each stage (parallel
+    # splitting), 2 steps per layer in evaluation; random_steps below draws 2..4 per training step, so the trained
+    # weights are a flow (issue #14): a finer or adaptive integrator of the same fields gives the same loss, within
+    # 0.005 nats on 3 seeds. It replaced euler/lie x1 (nanoGPT's residual block, a discrete map: 1.1 nats worse
+    # under a finer integrator) at no cost in loss (trusted test loss -0.033, median of 3 seeds; README). The
+    # step costs 1.6x euler/lie x1's, 0.32x the baseline's.
+    solver: str = "heun"
+    steps_per_layer: int = 2
+    splitting: str = "parallel"
     zero_init_proj: bool = False
     # output softmax over the tokens seen in train.bin only (~11.5k of 50304 on Shakespeare), the others
     # sharing their Good-Turing probability uniformly: a proper distribution over all 50304 tokens at
@@ -158,8 +164,8 @@ class Recipe:
     # continuous depth (issue #14): K > 0 trains each step under a step count drawn uniformly from steps_per_layer..K
     # (the solver and splitting unchanged); evaluation and the checkpoint keep steps_per_layer. A loss that must hold
     # under every step size cannot lean on one step size's error: the trained weights become a flow, which a finer
-    # or adaptive integrator of the same fields reproduces. 0 = off.
-    random_steps: int = 0
+    # or adaptive integrator of the same fields reproduces. 0 = off (a fixed step: a smaller h alone is not enough).
+    random_steps: int = 4
     # optimizer
     optimizer: str = "adamw"  # adamw | muon (Muon on hidden matrices, AdamW on the rest)
     learning_rate: float = 3e-3  # peak (AdamW groups)

@@ -163,9 +163,9 @@ def params_from_checkpoint(path, torch_model, config: GPTConfig) -> dict:
 
 
 def train(
-    solver="euler",
-    steps=1,
-    splitting="lie",
+    solver=None,
+    steps=None,
+    splitting=None,
     rtol=1e-3,
     atol=1e-6,
     adjoint="recursive",
@@ -173,7 +173,7 @@ def train(
     max_iters=None,
     init="torch",
     out_dir=None,
-    random_steps=0,
+    random_steps=None,
     init_from=None,
     ngram_distill=None,
     ngram_loo=None,
@@ -187,10 +187,23 @@ def train(
     # The recipe keeps torch's default solver: the torch model only supplies the initial weights (which do not
     # depend on the integrator), and a JAX-only solver (tsit5, dopri5) is no Recipe value; the JAX solver is
     # `solver`, recorded in the metrics' recipe.
-    teacher_fields = {k: v for k, v in (("ngram_distill", ngram_distill), ("ngram_loo", ngram_loo)) if v is not None}
-    r = replace(
-        tm.Recipe(), steps_per_layer=steps, splitting=splitting, random_steps=random_steps, **teacher_fields
-    )  # Recipe validates each field: a bad value or ngram_loo without ngram_distill stops here; None: its default
+    # The integrator's fields default to the Recipe's (the canonical's: heun/parallel x2, trained under 2..4 steps);
+    # an adaptive solver chooses its own steps, so its random_steps defaults to 0.
+    canonical = tm.Recipe()
+    solver = canonical.solver if solver is None else solver
+    if solver not in METHODS:
+        raise ValueError(f"solver must be one of {', '.join(METHODS)}, got {solver!r}")
+    if random_steps is None:
+        random_steps = 0 if METHODS[solver].adaptive else canonical.random_steps
+    fields = {
+        "steps_per_layer": steps,
+        "splitting": splitting,
+        "random_steps": random_steps,
+        "ngram_distill": ngram_distill,
+        "ngram_loo": ngram_loo,
+    }
+    r = replace(canonical, **{k: v for k, v in fields.items() if v is not None})
+    # Recipe validates each field: a bad value or ngram_loo without ngram_distill stops here; None: its default
     if random_steps and METHODS[solver].adaptive:
         raise ValueError(f"--random-steps draws fixed step counts; adaptive {solver!r} chooses its own: leave it 0")
     r = replace(r, seed=seed) if seed is not None else tm.seed_from_env(r)
@@ -385,9 +398,14 @@ def _iterations(text: str) -> int:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--solver", default="euler", choices=list(METHODS))
-    p.add_argument("--steps", type=int, default=1, help="steps per layer (adaptive solvers: the first step's size)")
-    p.add_argument("--splitting", default="lie", choices=list(SPLITTINGS))
+    p.add_argument("--solver", default=None, choices=list(METHODS), help="default: the Recipe's (heun)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="steps per layer (adaptive solvers: the first step's size); default: the Recipe's (2)",
+    )
+    p.add_argument("--splitting", default=None, choices=list(SPLITTINGS), help="default: the Recipe's (parallel)")
     p.add_argument("--rtol", type=float, default=1e-3, help="adaptive solvers only")
     p.add_argument("--atol", type=float, default=1e-6, help="adaptive solvers only")
     p.add_argument(
@@ -409,8 +427,9 @@ def main(argv=None):
     p.add_argument(
         "--random-steps",
         type=int,
-        default=0,
-        help="Recipe.random_steps: each training step under a step count drawn from --steps..K (0 = off)",
+        default=None,
+        help="Recipe.random_steps: each training step under a step count drawn from --steps..K (0 = off; default: "
+        "the Recipe's, 4, or 0 for an adaptive solver)",
     )
     p.add_argument(
         "--ngram-distill",

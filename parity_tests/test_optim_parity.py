@@ -38,8 +38,9 @@ def test_five_training_steps(case):
 def test_training_steps_under_drawn_step_counts():
     """Recipe.random_steps (issue #14): heun/parallel with 1..3 steps per layer drawn per step, the same draws on
     both sides; 8 steps so that every count is drawn (checked)."""
-    rng = train_mps.steps_stream(H.recipe(random_steps=3))
-    assert {train_mps.draw_steps(H.recipe(random_steps=3), rng) for _ in range(8)} == {1, 2, 3}
+    drawn = H.recipe(steps_per_layer=1, random_steps=3)
+    rng = train_mps.steps_stream(drawn)
+    assert {train_mps.draw_steps(drawn, rng) for _ in range(8)} == {1, 2, 3}
     assert_within(
         H.check_training("heun", "parallel", 1, "adamw", False, "float64", n_steps=8, random_steps=3), "float64"
     )

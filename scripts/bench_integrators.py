@@ -101,8 +101,9 @@ class VariantForward:
 
 
 def parse_config(text: str) -> dict:
-    """'baseline', 'canonical', 'canonical:field=value,...' or 'solver/splitting/steps' -> the Recipe
-    fields it sets; names are validated by model.GPTConfig and benchmark.parse_overrides."""
+    """'baseline', 'canonical', 'canonical:field=value,...' or 'solver/splitting/steps' (that integrator with a
+    fixed step: random_steps 0) -> the Recipe fields it sets; names are validated by model.GPTConfig and
+    benchmark.parse_overrides."""
     import benchmark  # the one definition of the seeds' starting point and of the override syntax
 
     if text == "baseline":
@@ -122,7 +123,7 @@ def parse_config(text: str) -> dict:
             f"error: config {text!r} is not `baseline`, `canonical[:FIELD=VALUE,...]` or SOLVER/SPLITTING/STEPS, "
             "e.g. heun/parallel/1"
         )
-    return dict(solver=parts[0], splitting=parts[1], steps_per_layer=int(parts[2]))
+    return dict(solver=parts[0], splitting=parts[1], steps_per_layer=int(parts[2]), random_steps=0)  # a fixed step
 
 
 def atomic_write_text(path: Path, text: str) -> None:

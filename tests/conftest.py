@@ -21,6 +21,21 @@ def write_bins(folder: Path, n_train: int = 4000, n_val: int = 1000, vocab: int 
     return folder
 
 
+def makefile_text() -> str:
+    """The Makefile with its continuation lines joined and each `NAME := value` variable (no $(shell ...)) expanded
+    wherever it is referenced, so that tests read the configurations a target really runs."""
+    import re
+
+    text = (REPO / "Makefile").read_text().replace("\\\n", " ")
+    simple = {m[1]: m[2].strip() for m in re.finditer(r"^(\w+)\s*:=(.*)$", text, flags=re.M) if "$(shell" not in m[2]}
+    for _ in range(10):  # nested references, e.g. REFERENCE := $(EULER),...
+        expanded = re.sub(r"\$\((\w+)\)", lambda m: simple.get(m[1], m[0]), text)
+        if expanded == text:
+            break
+        text = expanded
+    return text
+
+
 @pytest.fixture
 def synthetic_data(tmp_path):
     return write_bins(tmp_path / "data")

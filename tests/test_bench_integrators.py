@@ -30,7 +30,9 @@ def test_baseline_is_the_benchmarks_starting_point(tmp_path):
     import benchmark
 
     assert bench_integrators.parse_config("baseline") == benchmark.BASELINE_RECIPE
-    assert bench_integrators.parse_config("rk4/strang/2") == dict(solver="rk4", splitting="strang", steps_per_layer=2)
+    assert bench_integrators.parse_config("rk4/strang/2") == dict(
+        solver="rk4", splitting="strang", steps_per_layer=2, random_steps=0
+    )
     out = tmp_path / "bench.json"
     argv = ["--configs", "baseline", "euler/lie/1", "--repeats", "1", "--steps", "1", "--warmup", "0"]
     result = bench_integrators.main(argv + ["--out", str(out)])

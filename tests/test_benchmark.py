@@ -12,7 +12,7 @@ from dataclasses import asdict, fields
 
 import pytest
 import torch
-from conftest import REPO, write_bins
+from conftest import REPO, makefile_text, write_bins
 
 import train_mps
 from model import GPT
@@ -322,32 +322,46 @@ def test_a_benchmark_stopped_by_an_error_leaves_the_next_one_unharmed(finished, 
     assert record["status"] == "ok", (record["status"], record.get("error"))
 
 
+EULER = "canonical:solver=euler,splitting=lie,steps_per_layer=1,random_steps=0"  # the canonical before FLOW
+TABLES_REFERENCE = f"{EULER},ema_decay=0.0,schedule=cosine"  # where the switches were chosen
+
+
 @pytest.mark.parametrize(
     "variable, head, reference",
     [
-        ("ABLATIONS", ["canonical", "baseline"], "$(REFERENCE)"),
-        ("LR_SWEEP", [], "$(REFERENCE)"),
-        ("CANDIDATES", ["canonical"], "canonical"),
-        ("LEVERS", ["canonical"], "canonical"),
+        ("ABLATIONS", [EULER, "baseline"], TABLES_REFERENCE),
+        ("LR_SWEEP", [], TABLES_REFERENCE),
+        ("CANDIDATES", [EULER], EULER),
+        ("LEVERS", [EULER], EULER),
     ],
 )
 def test_make_targets_name_valid_configurations(variable, head, reference):
     """`make ablations`, `make lr-sweep` and `make candidates` (the README's tables in one command each) list
-    configurations the benchmark accepts, each a real change of the recipe, and each list on its reference."""
-    text = (REPO / "Makefile").read_text().replace("\\\n", " ")
-    tables_reference = "canonical:ema_decay=0.0,schedule=cosine"  # where the switches were chosen
-    assert f"REFERENCE := {tables_reference}\n" in text
-    text, reference = (t.replace("$(REFERENCE)", tables_reference) for t in (text, reference))
+    configurations the benchmark accepts, each a real change of the recipe, and each list on its reference: the
+    tables were measured on the canonical of their time (EULER), which the targets name explicitly."""
+    text = makefile_text()
+    assert f"REFERENCE := {TABLES_REFERENCE}\n" in text and f"EULER := {EULER}\n" in text
+    assert benchmark.parse_config(EULER, train_mps.Recipe).overrides  # not today's canonical
     specs = next(line for line in text.splitlines() if line.startswith(f"{variable} :=")).split(":=", 1)[1].split()
     assert specs[: len(head)] == head and len(set(specs)) == len(specs)
-    assert reference in specs and f"--baseline {reference} " in text.split(f"$({variable})")[1].splitlines()[0]
+    rules = (" ".join(line.split()) for line in text.splitlines())  # whitespace runs as one space
+    rule = next(line for line in rules if f"--configs {' '.join(specs)} " in line)
+    assert reference in specs and f"--baseline {reference} " in rule
     for spec in (s for s in specs[len(head) :] if s != "baseline"):
         config = benchmark.parse_config(spec, train_mps.Recipe)
         assert config.overrides and all(getattr(train_mps.Recipe(), k) != v for k, v in config.overrides.items())
 
 
 @pytest.mark.parametrize(
-    "report", ["ablations", "candidates", "lr_sweep", "canonical_vs_baseline", "tinyshakespeare-trusted"]
+    "report",
+    [
+        "ablations",
+        "candidates",
+        "lr_sweep",
+        "canonical_vs_baseline",
+        "tinyshakespeare-trusted",
+        "tinyshakespeare-canonical",
+    ],
 )
 def test_readme_reports_label_each_run_by_the_recipe_it_ran(report):
     """The README's tables (results/benchmark/<report>) name each run by a configuration that, with today's
@@ -361,7 +375,7 @@ def test_readme_reports_label_each_run_by_the_recipe_it_ran(report):
     }
     assert drift == {}
     # and the check can fail: under the previous default the adopted canonical is another recipe
-    canonical = next(r for r in runs if r["config"] in ("canonical", "canonical:ema_decay=0.0,schedule=cosine"))
+    canonical = next(r for r in runs if r["config"].startswith("canonical"))
     assert benchmark.recipe_drift(
         canonical["config"], {**canonical["metrics"]["recipe"], "schedule": "x"}, train_mps.Recipe
     )
@@ -391,6 +405,11 @@ def test_merge_relabels_runs_made_under_an_older_default(finished, tmp_path, cap
     assert relabelled == {**{("c2", s): "baseline" for s in SEEDS}, **{("baseline", s): "canonical" for s in SEEDS}}
     details = {d["label"]: d.get("recorded_label") for d in load(again)["settings"]["config_details"]}
     assert details == {"c2": "baseline", "baseline": "canonical"}
+    # and it keeps where the merged report's runs came from, and its relabels, under `earlier`
+    (entry,) = load(again)["merged_from"]
+    assert entry["earlier"] == {"merged_from": merged["merged_from"], "relabeled": merged["relabeled"]}
+    assert len(load(again)["previous_environments"]) == 1 + len(merged["previous_environments"])
+    assert f"itself merged from `{src}`" in (again / "benchmark.md").read_text()
     assert (
         benchmark.main(
             [

@@ -45,7 +45,7 @@ def test_draws_cover_steps_per_layer_to_random_steps_and_nothing_else():
     rng = random.Random(0)
     draws = [tm.draw_steps(r, rng) for _ in range(400)]
     assert set(draws) == {2, 3, 4, 5}
-    assert tm.draw_steps(tm.Recipe(steps_per_layer=3), rng) == 3  # off: the recipe's own count
+    assert tm.draw_steps(tm.Recipe(steps_per_layer=3, random_steps=0), rng) == 3  # off: the recipe's own count
 
 
 def test_the_baseline_pins_the_switch_off():
@@ -61,7 +61,7 @@ def read_ckpt(out):
 def test_a_range_of_one_step_count_is_the_plain_recipe(run_env):
     """random_steps == steps_per_layer draws the recipe's own count every time: the same weights, bit for bit,
     so the draws' own stream never perturbs the batches or the initialisation."""
-    plain = tm.Recipe(solver="heun", splitting="parallel", steps_per_layer=2)
+    plain = tm.Recipe(solver="heun", splitting="parallel", steps_per_layer=2, random_steps=0)
     tm.train(plain)
     a = read_ckpt(run_env)
     tm.train(replace(plain, random_steps=2))
@@ -80,7 +80,7 @@ def test_training_draws_the_steps_and_keeps_its_own_for_evaluation(run_env, monk
         return original(self, solver, steps_per_layer, splitting)
 
     monkeypatch.setattr(GPT, "set_integrator", recording)
-    tm.train(tm.Recipe(solver="heun", splitting="parallel", random_steps=3))
+    tm.train(tm.Recipe(solver="heun", splitting="parallel", steps_per_layer=1, random_steps=3))
     drawn = seen[0::2]  # each training step: the draw, then back to steps_per_layer
     assert len(drawn) == int(SHORT) and set(drawn) == {1, 2, 3}
     assert set(seen[1::2]) == {1}
@@ -227,17 +227,22 @@ def test_flow_study_names_the_fix_for_a_folder_without_runs(tmp_path):
 
 
 def test_make_flow_names_the_flow_recipe_as_one_benchmark_spec():
-    """Issue #14: the Makefile names the flow recipe as one spec the benchmark accepts, each field a real change."""
+    """Issue #14: the flow recipe became the canonical, so the Makefile's FLOW is `canonical`, whose Recipe
+    defaults draw the step count (a flow), beside the canonical before it (EULER, each field a real change)."""
     import benchmark
+    from conftest import makefile_text
 
-    text = (ROOT / "Makefile").read_text()
-    spec = next(line for line in text.splitlines() if line.startswith("FLOW :=")).split(":=", 1)[1].strip()
-    config = benchmark.parse_config(spec, tm.Recipe)
-    assert config.overrides["random_steps"] > config.overrides["steps_per_layer"]
-    assert all(getattr(tm.Recipe(), k) != v for k, v in config.overrides.items())
-    assert "FLOW_KE := $(FLOW),kinetic_energy=" in text
-    flow_rule = text.split("\nflow:", 1)[1].split("\n\n", 1)[0]
-    assert "$(FLOW) $(FLOW_KE) canonical" in flow_rule and "scripts/flow_study.py --runs $(FLOW_OUT)" in flow_rule
+    raw = (ROOT / "Makefile").read_text()
+    assert "\nFLOW := canonical\n" in raw and "\nFLOW_KE := canonical:kinetic_energy=" in raw
+    r = tm.Recipe()
+    assert r.random_steps > r.steps_per_layer > 1 and r.splitting == "parallel"
+    text = makefile_text()
+    euler = next(line for line in text.splitlines() if line.startswith("EULER :=")).split(":=", 1)[1].strip()
+    config = benchmark.parse_config(euler, tm.Recipe)
+    assert config.overrides == {"solver": "euler", "splitting": "lie", "steps_per_layer": 1, "random_steps": 0}
+    flow_rule = " ".join(text.split("\nflow:", 1)[1].split("\n\n", 1)[0].split())  # whitespace runs as one space
+    assert f"--configs canonical canonical:kinetic_energy=0.01 {euler} " in flow_rule
+    assert f"--baseline {euler} " in flow_rule and "scripts/flow_study.py --runs" in flow_rule
 
 
 def test_run_folders_are_labelled_by_their_recipe_changes():
@@ -249,7 +254,7 @@ def test_run_folders_are_labelled_by_their_recipe_changes():
 
 
 def test_rows_are_named_by_the_recipe_their_checkpoint_recorded():
-    recipe = {**asdict(tm.Recipe()), "seed": 5, "solver": "heun", "random_steps": 4}
-    assert flow_study.row_label({"label": "x-abcdef", "recipe": recipe}) == "solver=heun, random_steps=4"
+    recipe = {**asdict(tm.Recipe()), "seed": 5, "solver": "euler", "random_steps": 0}
+    assert flow_study.row_label({"label": "x-abcdef", "recipe": recipe}) == "solver=euler, random_steps=0"
     assert flow_study.row_label({"label": "x", "recipe": asdict(tm.Recipe())}) == "canonical"
     assert flow_study.row_label({"label": "out/ckpt.pt", "recipe": None}) == "out/ckpt.pt"

@@ -242,7 +242,10 @@ def test_forward_returns_nanogpts_logits_and_their_cross_entropy():
 
 
 def test_a_block_called_with_one_argument_is_the_pre_ln_block():
+    """Under nanoGPT's integrator (euler/lie x1, GPTConfig's default) a Block is nanoGPT's pre-LN block; the
+    canonical's own (heun/parallel x2) is another map of the same weights."""
     model, _ = canonical_model()
+    model.set_integrator(solver="euler", steps_per_layer=1, splitting="lie")
     block = model.transformer.h[0]
     x = torch.randn(2, 16, model.config.n_embd)
     y = x + block.attn(block.ln_1(x))
@@ -254,7 +257,9 @@ def test_a_block_called_with_one_argument_is_the_pre_ln_block():
 
 
 def test_estimate_mfu_is_nanogpts_formula():
+    """nanoGPT's formula under its integrator (euler/lie x1: one evaluation of each sub-field per layer)."""
     model, _ = canonical_model()
+    model.set_integrator(solver="euler", steps_per_layer=1, splitting="lie")
     c = model.config
     n = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
     flops_per_token = 6 * n + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * c.block_size

@@ -195,17 +195,19 @@ def test_make_teacher_table_names_a_valid_teacher_recipe_on_both_corpora():
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root / "scripts"))
     import benchmark
+    from conftest import makefile_text
 
-    text = (root / "Makefile").read_text().replace("\\\n", " ")
+    text = makefile_text()
     spec = next(line for line in text.splitlines() if line.startswith("TEACHER :=")).split(":=", 1)[1].strip()
+    euler = next(line for line in text.splitlines() if line.startswith("EULER :=")).split(":=", 1)[1].strip()
     config = benchmark.parse_config(spec, tm.Recipe)
     assert config.overrides["ngram_loo"] is True and 0 < config.overrides["ngram_distill"] < 1
     assert all(getattr(tm.Recipe(), k) != v for k, v in config.overrides.items())
+    assert spec.startswith(euler + ",")  # measured on the canonical of its time
     rule = " ".join(text.split("\nteacher-table:", 1)[1].split("\n\n", 1)[0].split())  # whitespace runs as one space
-    for data in ("$(TINY_DIR)", "data/pypi"):
+    for data in ("data/tinyshakespeare", "data/pypi"):
         assert (
-            f"--configs $(TEACHER) canonical --baseline canonical --seeds $(TEACHER_SEEDS) --jobs 2 --data-dir {data}"
-            in rule
+            f"--configs {spec} {euler} --baseline {euler} --seeds $(TEACHER_SEEDS) --jobs 2 --data-dir {data}" in rule
         )
 
 

@@ -154,7 +154,9 @@ def test_an_original_layout_cheat_is_still_a_violation(tmp_path, data):
     )
     assert cheat != ORIGINAL_LAYOUT
     r = run(tmp_path, "cheat", cheat, data)
-    assert any("nats below the trusted test loss" in v for v in r["violations"]), r["violations"]
+    assert any("the lowest loss the runner finds for one evaluation batch" in v for v in r["violations"]), r[
+        "violations"
+    ]
 
 
 # --- scripts/rerank_generation.py -------------------------------------------------------------------------------
@@ -270,6 +272,70 @@ def test_the_slack_decides_the_violation():
     benchmark.judge_run(strict, payload, 3, "module", benchmark.VLOSS_SLACK)
     benchmark.judge_run(wide, payload, 3, "module", benchmark.vloss_slack(kn_refs(5.05, 4.45)))
     assert any("nats below the trusted test loss" in v for v in strict["violations"]) and wide["violations"] == []
+
+
+def easy_passage_losses(n: int = 18_048, seed: int = 0):
+    """Per-token losses of a text like tinyshakespeare's first half of val: ~4.5 nats with a spread, and a stretch
+    of 300 tokens the model nearly knows (a passage repeated from train)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    losses = rng.gamma(2.0, 2.25, size=n)  # mean 4.5, std 3.2 per token
+    losses[7_000:7_300] = rng.gamma(2.0, 0.75, size=300)  # mean 1.5
+    return losses
+
+
+def harness_minimum(losses, seed: int, n_evals: int = 101) -> float:
+    """best_vloss as train_mps.train() makes it: the min over n_evals evaluation batches, each drawn by
+    train_mps.get_batch from its own generator (the starts read off a batch of torch.arange)."""
+    import numpy as np
+
+    import train_mps
+
+    starts_of = torch.arange(len(losses) - 1)
+    g = torch.Generator().manual_seed(seed)
+    csum = np.concatenate([[0.0], np.cumsum(losses)])
+    best = math.inf
+    for _ in range(n_evals):
+        at = train_mps.get_batch(starts_of, g)[0][:, 0].numpy()  # (8,) window starts
+        best = min(best, float(np.mean((csum[at + 64] - csum[at]) / 64)))
+    return best
+
+
+def test_the_batch_floor_bounds_an_honest_minimum_and_the_old_slack_did_not():
+    """Across 200 seeds of the harness's own evaluation batches, an honest best_vloss never falls more than
+    VLOSS_MARGIN below the floor (below the floor itself with probability ~1/(FLOOR_REPEATS + 1)), while a fixed
+    distance to the whole split (VLOSS_SLACK alone, no harder test half) flags some of them. (What the floor
+    catches, fakes larger than the batches' own spread, is tested on trained candidates in test_trusted_runner.)"""
+    losses = easy_passage_losses()
+    floor = benchmark.batch_floor(losses, 101)
+    assert floor == benchmark.batch_floor(losses, 101)  # seeded: a verdict reproduces
+    assert benchmark.batch_floor(losses, 11) >= floor  # fewer evaluations: a floor no lower
+    minima = [harness_minimum(losses, seed) for seed in range(200)]
+    assert min(minima) >= floor - benchmark.VLOSS_MARGIN
+    assert sum(m < floor for m in minima) <= 3
+    assert sum(m < losses.mean() - benchmark.VLOSS_SLACK for m in minima) >= 1  # the slack alone flags honest runs
+
+
+def test_below_the_slack_a_best_vloss_the_models_batches_reach_is_no_violation():
+    """1.6 and 1.7 nats below the trusted test loss of 5.2 (past the slack of 1.0): the first is within
+    VLOSS_MARGIN of the floor the runner measured (an easy batch), the second is not; within the slack, a best_vloss
+    far below the floor (a model better earlier in its run than at its end) is no violation either."""
+    floor = 3.7
+    verdicts = []
+    for value, slack in ((floor - 0.1, benchmark.VLOSS_SLACK), (floor - 0.2, benchmark.VLOSS_SLACK), (3.0, 2.5)):
+        payload = returned("builtins.float", value=value)
+        payload["trusted"]["batch_floor"] = floor
+        record = {"violations": [], "heldout": {"evaluations": 1}}
+        benchmark.judge_run(record, payload, 3, "module", slack)
+        assert record["trusted_batch_floor"] == floor
+        verdicts.append(record["violations"])
+    assert verdicts[0] == [] and verdicts[2] == []
+    assert len(verdicts[1]) == 1 and "and more than 0.15 below 3.7000" in verdicts[1][0], verdicts[1]
+
+
+def test_evaluations_follow_the_fixed_interval():
+    assert [benchmark.evaluations(n) for n in (10001, 10000, 2000, 3, 0)] == [101, 100, 20, 1, 0]
 
 
 def test_rejudge_applies_todays_rules_from_the_saved_findings(tmp_path):
