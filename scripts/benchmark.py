@@ -39,7 +39,9 @@ before the candidate is imported (`child_main`; torch is imported first, as ever
              split, computed from nanoGPT's inference call model(idx) alone (the last position's logits, no
              targets): for j = 1..64, model(window[:, :j]) predicts token j, normalised by the runner
              (logsumexp), in eval mode under no_grad. Causal by construction. ~15 s on one loaded CPU thread
-             for tinyshakespeare's held-out half (281 windows).
+             for tinyshakespeare's held-out half (281 windows). The same scoring of the candidate's half gives
+             trusted_candidate_val_loss and the batch floor that the returned best_vloss is checked against
+             (batch_floor, below); ~20 s for both halves of a shortened run's model.
   layouts    both layouts of train_mps.py run (scripts/check_constraints.py infers which): odegpt's, and the
              DreamTeam original's (fixed locals at the top of train(), a data folder literal, device 'mps', no
              seed). An original-layout candidate runs from an adapted copy (prepare_candidate): the value of

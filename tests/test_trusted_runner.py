@@ -138,6 +138,10 @@ def test_trusted_loss_equals_an_independent_full_window_computation(canonical, d
         _, loss = model(x, y)
     assert canonical["trusted_test_loss"] == pytest.approx(loss.item(), rel=1e-5)
     assert benchmark.trusted_test_loss(model, test.numpy()) == pytest.approx(loss.item(), rel=1e-5)
+    # on the candidate's half the runner's scoring agrees with train_mps.full_split_loss (the candidate's own
+    # whole-split val), and the batch floor it draws from those losses lies below their mean
+    assert canonical["trusted_candidate_val_loss"] == pytest.approx(canonical["val_loss_full"], rel=1e-5)
+    assert canonical["trusted_batch_floor"] < canonical["trusted_candidate_val_loss"]
 
 
 def test_two_optimizers_per_iteration_count_as_one_step(tmp_path, data):
