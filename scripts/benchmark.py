@@ -198,9 +198,9 @@ BASELINE_RECIPE = dict(
     random_steps=0,
 )
 
-# The harness contract's fixed values that the runner checks at run time (scripts/check_constraints.py checks
-# the source; a test compares these with train_mps's fixed block).
-FIXED = {"batch_size": 8, "block_size": 64, "max_iters": 10001}
+# The harness contract's fixed values that the runner checks or relies on at run time (scripts/check_constraints.py
+# checks the source; a test compares these with train_mps's fixed block).
+FIXED = {"batch_size": 8, "block_size": 64, "max_iters": 10001, "eval_interval": 100}
 
 # Trusted scoring (see the module docstring). The candidate's val.bin holds the first windows of the validation
 # split; the last TEST_FRACTION of its block_size windows (cut at a window boundary) is the held-out test split.
@@ -216,7 +216,6 @@ TEST_FRACTION = 0.5
 # Kneser-Ney reference scores the two) covers a model that was better earlier in its run than at its end.
 VLOSS_MARGIN = 0.15
 FLOOR_REPEATS = 1000
-EVAL_INTERVAL = 100  # the fixed block's eval_interval
 VLOSS_SLACK = 1.0
 # A returned elapsed_min below ELAPSED_SLACK_REL * (the runner's clock up to the last optimizer step) - ELAPSED_SLACK_MIN
 # is a violation: the returned clock must cover the training it did (10% and 6 s for jitter and the clock's start).
@@ -835,8 +834,8 @@ def trusted_test_loss(model, tokens, block_size: int = FIXED["block_size"], wind
 
 def evaluations(iters: int) -> int:
     """How many evaluations a run of `iters` iterations makes under the fixed block (at every iteration
-    divisible by EVAL_INTERVAL, from 0): 101 for 10001."""
-    return len(range(0, iters, EVAL_INTERVAL))
+    divisible by eval_interval, from 0): 101 for 10001."""
+    return len(range(0, iters, FIXED["eval_interval"]))
 
 
 def batch_floor(

@@ -394,6 +394,7 @@ def test_merging_a_report_made_before_the_trusted_runner_says_it_is_untrusted(tm
 def test_fixed_values_match_the_harness_contract():
     import train_mps
 
-    assert benchmark.FIXED == {k: getattr(train_mps, k) for k in ("batch_size", "block_size", "max_iters")}
+    names = ("batch_size", "block_size", "max_iters", "eval_interval")
+    assert benchmark.FIXED == {k: getattr(train_mps, k) for k in names}
     assert benchmark.default_timeout_min(None) == 240
     assert 5 < benchmark.default_timeout_min(200) < 10
