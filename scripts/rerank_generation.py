@@ -13,7 +13,13 @@ returned best_vloss. This script takes such a generation from a local DreamTeam 
    layout is adapted to run here (its data folder literal, device 'mps' where there is no MPS, a seed), each change
    listed in benchmark.md;
 4. writes <out>/rerank.md and rerank.json: the recorded figure and rank beside the trusted test loss (median over
-   seeds), its paired difference against the baseline, the trusted rank, and whether the recorded order survives.
+   seeds), its paired difference against the baseline, the trusted rank (equal medians share one), whether the
+   recorded order survives (each candidate strictly better than the next), and which candidates train exactly as
+   the baseline (every seed's figures equal to the last bit: the seeded runs make a candidate that changed nothing
+   but its data path show up as such, and its recorded gap then measures the recorded figures' noise).
+
+Runs are keyed by the candidate folders' paths as given: keep --out relative (the default in `make rerank-gen1`) and
+run from the repository root, so that --resume finds the finished runs from another checkout.
 
 The starting files are looked for in gen_N/baseline/ (the current main.py keeps them there), then in src/dreamteam/
 two folders up (the older layout); --base names another folder.
@@ -120,6 +126,15 @@ def rerank(rows: list[dict], names: list[str], labels: dict[str, str], report: d
     """The comparison: recorded figure and rank beside the trusted ones (from benchmark.json's summary)."""
     recorded = {r["name"]: r for r in rows}
     configs = report["summary"]["configs"]
+    figures = {  # per configuration, seed -> what the runner measured and what the candidate returned, clean runs
+        label: {
+            r["seed"]: (r.get("trusted_test_loss"), r.get("best_vloss"))
+            for r in report["runs"]
+            if r["config"] == label and r.get("status") == "ok" and not r.get("violations")
+        }
+        for label in labels.values()
+    }
+    base = figures[labels[BASELINE]]
     out = []
     for name in names:
         c = configs.get(labels[name], {})
@@ -137,23 +152,42 @@ def rerank(rows: list[dict], names: list[str], labels: dict[str, str], report: d
                 "paired_vs_baseline": paired.get("diffs"),
                 "paired_median": paired.get("median"),
                 "seeds_lower": paired.get("n_lower"),
+                "own_best_vloss": [figures[labels[name]][k][1] for k in sorted(figures[labels[name]])],
+                # the same training as the baseline's: every seed's figures equal to the last bit (runs are seeded)
+                "same_as_baseline": (
+                    None
+                    if name == BASELINE or not base or figures[labels[name]].keys() != base.keys()
+                    else figures[labels[name]] == base
+                ),
             }
         )
-    scored = [r for r in out if r["trusted_test_loss_median"] is not None]
-    for rank, r in enumerate(sorted(scored, key=lambda r: r["trusted_test_loss_median"]), 1):
-        r["trusted_rank"] = rank
-    recorded_order = [
-        r["name"] for r in sorted(out, key=lambda r: (r["recorded_vloss"] is None, r["recorded_vloss"] or 0))
-    ]
-    trusted_order = [r["name"] for r in sorted(scored, key=lambda r: r["trusted_test_loss_median"])]
+    scored = sorted((r for r in out if r["trusted_test_loss_median"] is not None), key=trusted)
+    for r in scored:  # equal medians share a rank (1, 2, 2, 4)
+        r["trusted_rank"] = 1 + sum(trusted(o) < trusted(r) for o in scored)
+    by_record = sorted(out, key=lambda r: (r["recorded_vloss"] is None, r["recorded_vloss"] or 0))
     complete = len(scored) == len(out) and all(len(r["seeds"]) == len(report["settings"]["seeds"]) for r in out)
     return {
         "rows": out,
-        "recorded_order": recorded_order,
-        "trusted_order": trusted_order,
+        "recorded_order": [r["name"] for r in by_record],
+        "trusted_order": [r["name"] for r in scored],
+        "trusted_ties": [[a["name"], b["name"]] for a, b in zip(scored, scored[1:]) if trusted(a) == trusted(b)],
         "complete": complete,
-        "order_survives": (recorded_order == trusted_order) if complete else None,
+        # each candidate strictly better than the next one in the recorded order (a tie does not uphold it)
+        "order_survives": all(trusted(a) < trusted(b) for a, b in zip(by_record, by_record[1:])) if complete else None,
     }
+
+
+def trusted(row: dict) -> float:
+    return row["trusted_test_loss_median"]
+
+
+def order_text(names: list[str], ties: list[list[str]]) -> str:
+    """'a > b = c': '=' between neighbours whose trusted medians are equal."""
+    tied = {tuple(t) for t in ties}
+    text = names[0] if names else ""
+    for a, b in zip(names, names[1:]):
+        text += (" = " if (a, b) in tied else " > ") + b
+    return text
 
 
 def render(result: dict, generation: Path, report: dict, origins: dict) -> str:
@@ -186,6 +220,27 @@ def render(result: dict, generation: Path, report: dict, origins: dict) -> str:
             f"{'n/a' if r['seeds_lower'] is None else str(r['seeds_lower']) + '/' + str(len(r['paired_vs_baseline'] or []))} | "
             f"{fmt(r['own_best_vloss_median'])} | {fmt(r['trusted_min_median'], 1)} | {r.get('trusted_rank', 'n/a')} |"
         )
+    base = result["rows"][0]
+    for r in result["rows"][1:]:
+        if r["same_as_baseline"]:
+            gap = (
+                None
+                if None in (r["recorded_vloss"], base["recorded_vloss"])
+                else r["recorded_vloss"] - base["recorded_vloss"]
+            )
+            lines += [
+                "",
+                f"{r['name']} trains exactly as the baseline: on every seed its trusted test loss and returned "
+                "best_vloss equal the baseline's to the last bit. Its recorded gap to the baseline "
+                f"({fmt(gap)}) is what one unseeded run of the same code varies by.",
+            ]
+    own = [v for v in base["own_best_vloss"] if v is not None]
+    if len(own) > 1:
+        lines += [
+            "",
+            f"The baseline's own best_vloss over the seeds: {', '.join(fmt(v) for v in own)} (a spread of "
+            f"{fmt(max(own) - min(own))}): the scale of the recorded figures' one-run noise.",
+        ]
     if kn:
         lines += [
             "",
@@ -196,7 +251,7 @@ def render(result: dict, generation: Path, report: dict, origins: dict) -> str:
     lines += [
         "",
         f"Recorded order: {' > '.join(result['recorded_order'])}.",
-        f"Trusted order: {' > '.join(result['trusted_order']) or 'n/a'}.",
+        f"Trusted order: {order_text(result['trusted_order'], result.get('trusted_ties', [])) or 'n/a'}.",
         "Order survives: "
         + ("n/a (incomplete)" if result["order_survives"] is None else "yes" if result["order_survives"] else "no")
         + ".",

@@ -212,6 +212,47 @@ def test_top_skips_the_baseline_and_failed_candidates(tmp_path):
         rerank_generation.pick(rows, ["nobody"], 3)
 
 
+def synthetic_report(medians: dict[str, float], seeds=(0, 1, 2)) -> dict:
+    """benchmark.json as rerank() reads it: per configuration a median, per run the two figures it compares."""
+    return {
+        "settings": {"seeds": list(seeds)},
+        "summary": {
+            "configs": {
+                c: {"seeds": list(seeds), "trusted_test_loss": {"values": [m] * len(seeds), "median": m}}
+                for c, m in medians.items()
+            }
+        },
+        "runs": [
+            {"config": c, "seed": s, "status": "ok", "violations": [], "trusted_test_loss": m, "best_vloss": m - 0.5}
+            for c, m in medians.items()
+            for s in seeds
+        ],
+    }
+
+
+def test_rerank_ties_share_a_rank_and_do_not_uphold_the_recorded_order():
+    rows = [
+        {"name": "a", "vloss": 4.3, "rank": 1},
+        {"name": "b", "vloss": 4.5, "rank": 2},
+        {"name": "baseline", "vloss": 4.6, "rank": 3},
+    ]
+    labels = {n: n for n in ("baseline", "a", "b")}
+    names = ["baseline", "a", "b"]
+    tied = rerank_generation.rerank(rows, names, labels, synthetic_report({"baseline": 5.3, "a": 5.2, "b": 5.3}))
+    assert {r["name"]: r["trusted_rank"] for r in tied["rows"]} == {"a": 1, "baseline": 2, "b": 2}
+    assert tied["order_survives"] is False and tied["trusted_ties"] in (
+        [["baseline", "b"]],
+        [["b", "baseline"]],
+    )
+    assert rerank_generation.order_text(["a", "b", "baseline"], [["b", "baseline"]]) == "a > b = baseline"
+    assert {r["name"]: r["same_as_baseline"] for r in tied["rows"]} == {"baseline": None, "a": False, "b": True}
+    kept = rerank_generation.rerank(rows, names, labels, synthetic_report({"baseline": 5.3, "a": 5.1, "b": 5.2}))
+    assert kept["order_survives"] is True and kept["trusted_ties"] == []
+    short = synthetic_report({"baseline": 5.3, "a": 5.1, "b": 5.2})
+    short["settings"]["seeds"] = [0, 1, 2, 3]  # a seed still to run: no verdict yet
+    assert rerank_generation.rerank(rows, names, labels, short)["order_survives"] is None
+
+
 def test_rerank_end_to_end(tmp_path, data):
     gen = generation(tmp_path)
     out = tmp_path / "rr"
@@ -243,8 +284,13 @@ def test_rerank_end_to_end(tmp_path, data):
         assert len(r["trusted_test_loss"]) == 2 and all(math.isfinite(v) for v in r["trusted_test_loss"])
     assert result["files"]["unchanged"] == {"model.py": "starting file", "train_mps.py": "own"}
     assert result["files"]["baseline"] == {"model.py": "starting file", "train_mps.py": "starting file"}
+    # the candidate that changed only its data path trains as the baseline does, bit for bit (seeded runs)
+    same = {r["name"]: r["same_as_baseline"] for r in result["rows"]}
+    assert same == {"baseline": None, "weaker_decay": False, "unchanged": True}
     md = (out / "rerank.md").read_text()
     assert "SHORTENED RUNS" in md and "Order survives:" in md
+    assert "unchanged trains exactly as the baseline" in md and "weaker_decay trains exactly" not in md
+    assert "The baseline's own best_vloss over the seeds" in md
     assert "Adapted to run here" in (out / "benchmark" / "benchmark.md").read_text()
     # a second call on the same folder with --resume keeps the runs; another generation there is refused
     (gen / "weaker_decay" / "train_mps.py").write_text(ORIGINAL_LAYOUT_DATA_DIR)
