@@ -1,0 +1,185 @@
+"""A diagnostic for issue #16: train_mps.train() with fixed-block values the harness forbids (a wider residual
+stream, more layers, a longer run), scored as the trusted runner scores a candidate. A probe is never a candidate
+and never ranks: it asks whether a bigger model or a longer run of the same recipe would close the gap to the
+Kneser-Ney reference, which tells a limit of the fixed block (width, depth, step budget) from a limit of the data.
+
+    python scripts/fixed_block_probe.py --data-dir data/pypi --set n_embd=64 \\
+        --recipe ngram_distill=0.5,ngram_loo=True,head_width=96 --seed 0 --out results/issue16_probe/pypi_e64_s0.json
+    python scripts/fixed_block_probe.py --data-dir data/pypi --set max_iters=20002 ... # twice the step budget
+    python scripts/fixed_block_probe.py --data-dir data/pypi --seed 0 --out ...         # no --set: the control
+
+What it does, as scripts/benchmark.py does for a run: the run's data folder holds train.bin and the first half of
+val.bin (benchmark.make_candidate_data); the second half is the held-out test, scored with the runner's own prefix
+scoring (benchmark.trusted_test_loss) on the checkpoint train() wrote; the Kneser-Ney rows are fitted on the same
+train.bin and scored on the same halves. The fixed-block names are set on a private copy of train_mps loaded for
+the probe, so nothing else sees them. The JSON (written atomically, once the run is scored) holds the settings,
+the figures and the reference rows; an existing one is kept unless --force.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+
+import benchmark  # noqa: E402
+
+# The fixed-block names a probe may change (train() reads them at call time), and the values they must keep
+# relative to each other. eval_interval, device and ctx stay: they change how a run is measured, not the model.
+PROBE_NAMES = ("batch_size", "n_layer", "n_head", "n_embd", "max_iters")
+
+
+class ProbeError(RuntimeError):
+    """A usage or input error; the message says what to change."""
+
+
+def parse_sets(items: list[str]) -> dict[str, int]:
+    """['n_embd=64', ...] -> {'n_embd': 64}: fixed-block names, positive integers."""
+    sets = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or name not in PROBE_NAMES:
+            raise ProbeError(f"--set {item!r}: expected NAME=INTEGER with NAME one of {', '.join(PROBE_NAMES)}")
+        try:
+            value = int(text)
+        except ValueError:
+            raise ProbeError(f"--set {item!r}: {text!r} is not an integer") from None
+        if value < 1:
+            raise ProbeError(f"--set {item!r}: must be >= 1")
+        if name in sets:
+            raise ProbeError(f"--set names {name} twice")
+        sets[name] = value
+    return sets
+
+
+def load_probe_module(sets: dict[str, int]):
+    """A private copy of train_mps with the fixed-block names set; the shapes must still fit together."""
+    tm = benchmark.load_module("train_mps_probe", ROOT / "train_mps.py")
+    for name, value in sets.items():
+        setattr(tm, name, value)
+    if tm.n_embd % tm.n_head:
+        raise ProbeError(f"n_embd {tm.n_embd} is not a multiple of n_head {tm.n_head}: set both")
+    return tm
+
+
+def prepare(a: argparse.Namespace):
+    """Everything checked before any work: (the probe's train_mps, its recipe, the data folder)."""
+    sets = parse_sets(a.set)
+    data_dir = a.data_dir.resolve()
+    if not ((data_dir / "train.bin").is_file() and (data_dir / "val.bin").is_file()):
+        raise ProbeError(f"{data_dir} lacks train.bin/val.bin; prepare it with `make data` or pass --data-dir")
+    tm = load_probe_module(sets)
+    overrides = benchmark.parse_overrides(a.recipe, tm.Recipe) if a.recipe else {}
+    try:
+        recipe = tm.Recipe(**{**overrides, "seed": a.seed})
+    except ValueError as e:
+        raise ProbeError(str(e)) from None
+    return tm, recipe, overrides, sets, data_dir
+
+
+def probe(a: argparse.Namespace, tm, recipe, overrides: dict, sets: dict, data_dir: Path) -> dict:
+    fixed = {n: getattr(tm, n) for n in PROBE_NAMES}
+    print(
+        f"[probe] OUTSIDE THE HARNESS'S FIXED BLOCK (a diagnostic, never a candidate): {fixed}, "
+        f"recipe overrides {overrides or 'none'}, seed {a.seed}, data {data_dir}",
+        flush=True,
+    )
+    work = a.out.with_name(a.out.stem + ".work")
+    if work.exists():
+        shutil.rmtree(work)
+    heldout = benchmark.make_candidate_data(data_dir, work / "data")
+    refs = benchmark.reference_losses(data_dir)
+    env = {"TRAIN_MPS_DATA_DIR": str(work / "data"), "TRAIN_MPS_OUT_DIR": str(work / "out")}
+    saved = {k: os.environ.get(k) for k in (*env, "TRAIN_MPS_SEED", "TRAIN_MPS_MAX_ITERS")}
+    os.environ.update(env)
+    for k in ("TRAIN_MPS_SEED", "TRAIN_MPS_MAX_ITERS"):  # the probe's settings, not the shell's
+        os.environ.pop(k, None)
+    t0 = time.perf_counter()
+    try:
+        best_vloss, elapsed_min = tm.train(recipe)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    train_min = (time.perf_counter() - t0) / 60
+    import _study_common
+
+    model, info = _study_common.load_checkpoint(work / "out" / "ckpt.pt")
+    val = np.fromfile(data_dir / "val.bin", dtype=np.uint16)
+    test = val[heldout["test_start"] : heldout["test_start"] + heldout["test_tokens"]]
+    mine = val[: heldout["test_start"]]
+    t1 = time.perf_counter()
+    test_loss = benchmark.trusted_test_loss(model, test)
+    own_loss = benchmark.trusted_test_loss(model, mine)
+    kn = (refs or {}).get("kneser_ney", {})
+    result = {
+        "probe": "scripts/fixed_block_probe.py",
+        "note": "outside the harness's fixed block: a diagnostic, never a candidate",
+        "fixed": fixed,
+        "set": sets,
+        "recipe_overrides": overrides,
+        "recipe": dataclasses.asdict(recipe),
+        "model_args": info["model_args"],
+        "seed": a.seed,
+        "data_dir": str(data_dir),
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "best_vloss": float(best_vloss),
+        "elapsed_min": float(elapsed_min),
+        "train_min": train_min,
+        "scoring_s": time.perf_counter() - t1,
+        "trusted_test_loss": test_loss,
+        "candidate_val_loss": own_loss,
+        "kneser_ney_heldout_test": kn.get("heldout_test"),
+        "kneser_ney_candidate_val": kn.get("candidate_val"),
+        "heldout": heldout,
+        "environment": {"argv": sys.argv, "threads": os.environ.get("OMP_NUM_THREADS")},
+    }
+    benchmark.atomic_write_json(a.out, result)
+    shutil.rmtree(work)
+    best_kn = min((kn.get("heldout_test") or {}).values(), default=float("nan"))
+    print(
+        f"[probe] trusted test loss {test_loss:.4f} (best Kneser-Ney {best_kn:.4f}), candidate half {own_loss:.4f}, "
+        f"best_vloss {best_vloss:.4f}, {train_min:.1f} min -> {a.out}",
+        flush=True,
+    )
+    return result
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", type=Path, default=ROOT / "data" / "tinyshakespeare")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=INT", help=f"one of {', '.join(PROBE_NAMES)}")
+    p.add_argument("--recipe", default="", help="train_mps.Recipe overrides, as in a benchmark spec: f=v,f=v")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="the result's JSON")
+    p.add_argument("--force", action="store_true", help="run again over an existing --out")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(list(sys.argv[1:] if argv is None else argv))
+    if a.out.exists() and not a.force:
+        print(f"[probe] {a.out} exists: kept (pass --force to run it again)", flush=True)
+        return 0
+    try:
+        setup = prepare(a)
+    except (ProbeError, benchmark.BenchmarkError) as e:
+        print(f"[probe] error: {e}", file=sys.stderr, flush=True)
+        return 2
+    probe(a, *setup)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""scripts/fixed_block_probe.py: train() with fixed-block values the harness forbids, scored as the runner scores
+a candidate, on a private copy of train_mps (tiny synthetic data, a few iterations)."""
+
+import json
+import math
+import sys
+
+import pytest
+from conftest import REPO, write_bins
+
+sys.path.insert(0, str(REPO / "scripts"))
+import fixed_block_probe as probe  # noqa: E402
+
+import train_mps  # noqa: E402
+
+
+def test_sets_are_fixed_block_names_with_positive_integers():
+    assert probe.parse_sets(["n_embd=64", "max_iters=20002"]) == {"n_embd": 64, "max_iters": 20002}
+    for bad, message in [
+        (["block_size=128"], "NAME one of"),  # the window the losses are measured on stays
+        (["n_embd"], "NAME=INTEGER"),
+        (["n_embd=6.4"], "not an integer"),
+        (["n_embd=0"], ">= 1"),
+        (["n_embd=64", "n_embd=96"], "twice"),
+    ]:
+        with pytest.raises(probe.ProbeError, match=message):
+            probe.parse_sets(bad)
+
+
+def test_a_probe_that_cannot_run_stops_before_any_work(tmp_path, capsys):
+    data = write_bins(tmp_path / "data")
+    out = tmp_path / "p.json"
+    base = ["--data-dir", str(data), "--out", str(out)]
+    assert probe.main([*base, "--set", "n_embd=30"]) == 2  # 30 is no multiple of 4 heads
+    assert "n_head" in capsys.readouterr().err
+    assert probe.main([*base, "--recipe", "solver=nope"]) == 2
+    assert probe.main(["--data-dir", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    assert "make data" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "p.work").exists()
+
+
+def test_probe_trains_the_changed_model_and_scores_it_on_the_held_out_half(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRAIN_MPS_MAX_ITERS", "1")  # the shell's setting must not reach the probe's run
+    data = write_bins(tmp_path / "data")
+    out = tmp_path / "probe" / "wide.json"
+    args = ["--data-dir", str(data), "--set", "n_embd=48", "--set", "max_iters=4", "--recipe", "ema_decay=0.0"]
+    assert probe.main([*args, "--seed", "1", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["model_args"]["n_embd"] == 48 and r["fixed"]["max_iters"] == 4 and r["fixed"]["n_embd"] == 48
+    assert r["recipe"]["ema_decay"] == 0.0 and r["recipe"]["seed"] == 1
+    assert math.isfinite(r["trusted_test_loss"]) and math.isfinite(r["candidate_val_loss"])
+    # random tokens: the trained model is near the uniform loss over the vocabulary, as the n-gram is
+    assert abs(r["trusted_test_loss"] - math.log(50304)) < 2.0
+    assert set(r["kneser_ney_heldout_test"]) == {"2", "3", "4", "5"}
+    assert r["heldout"]["test_start"] > 0 and not out.with_name("wide.work").exists()
+    assert train_mps.n_embd == 32 and train_mps.max_iters == 10001  # the repo's module is untouched
+    # an existing result is kept unless --force
+    stamp = out.stat().st_mtime_ns
+    assert probe.main([*args, "--out", str(out)]) == 0 and out.stat().st_mtime_ns == stamp
