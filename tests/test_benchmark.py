@@ -430,3 +430,19 @@ def test_merge_relabels_runs_made_under_an_older_default(finished, tmp_path, cap
     assert "twice" in capsys.readouterr().err
     assert benchmark.main(bench_argv(src.parent / "data", tmp_path / "r", "--relabel", "a", "b")) == 2
     assert "--merge" in capsys.readouterr().err
+
+
+def test_the_fixed_block_probe_scores_a_run_as_the_runner_does(finished, tmp_path):
+    """scripts/fixed_block_probe.py with the fixed block's values (max_iters shortened as the benchmark's was)
+    reproduces the benchmark's trusted figures for the same seed: same data halves, same training, same scoring."""
+    import fixed_block_probe
+
+    out, data = finished
+    probe_out = tmp_path / "probe.json"
+    argv = ["--data-dir", str(data), "--set", f"max_iters={MAX_ITERS}", "--seed", "0", "--out", str(probe_out)]
+    assert fixed_block_probe.main(argv) == 0
+    probe = json.loads(probe_out.read_text())
+    run = next(r for r in load(out)["runs"] if r["config"] == "canonical" and r["seed"] == 0)
+    assert probe["trusted_test_loss"] == pytest.approx(run["trusted_test_loss"], abs=1e-4)
+    assert probe["candidate_val_loss"] == pytest.approx(run["trusted_candidate_val_loss"], abs=1e-4)
+    assert probe["best_vloss"] == pytest.approx(run["best_vloss"], abs=1e-4)
