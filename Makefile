@@ -63,7 +63,7 @@ tinyshakespeare-table: data-tinyshakespeare
 
 # #15's demonstration: DreamTeam's gen_1 baseline and its recorded top three, re-ranked by trusted figures, 3 seeds
 # on tinyshakespeare. DREAMTEAM: a local checkout of github.com/kevinbdsouza/DreamTeam (none is shipped here).
-# About 15 hours of one CPU core (four full-softmax candidates); RESUME=--resume continues it.
+# About 12 hours of one CPU core (four full-softmax candidates, ~60 min a run); RESUME=--resume continues it.
 DREAMTEAM ?= ../DreamTeam
 RERANK_OUT ?= results/rerank/gen_1
 

@@ -201,6 +201,8 @@ def render(result: dict, generation: Path, report: dict, origins: dict) -> str:
         "the test loss the runner computes on the held-out half of val (median over seeds); paired = candidate "
         "minus baseline on the same seed, negative = better.",
     ]
+    if result.get("base"):
+        lines += ["", f"Starting files (the baseline's, and any file a candidate left out): `{result['base']}`."]
     if s.get("max_iters") is not None:
         lines += ["", f"**SHORTENED RUNS ({s['max_iters']} iterations): a smoke test, not a ranking.**"]
     if not result["complete"]:
@@ -230,8 +232,8 @@ def render(result: dict, generation: Path, report: dict, origins: dict) -> str:
             )
             lines += [
                 "",
-                f"{r['name']} trains exactly as the baseline: on every seed its trusted test loss and returned "
-                "best_vloss equal the baseline's to the last bit. Its recorded gap to the baseline "
+                f"{r['name']} trains exactly as the baseline: on each of its {len(r['seeds'])} seed(s) its trusted "
+                "test loss and returned best_vloss equal the baseline's to the last bit. Its recorded gap to the baseline "
                 f"({fmt(gap)}) is what one unseeded run of the same code varies by.",
             ]
     own = [v for v in base["own_best_vloss"] if v is not None]
