@@ -564,6 +564,14 @@ def make_candidate_data(data_dir: Path, dest: Path) -> dict:
     }
 
 
+def heldout_halves(heldout: dict):
+    """(held-out test, the candidate's val) as int64 tokens, from the source val.bin make_candidate_data split."""
+    import numpy as np
+
+    val = np.fromfile(heldout["source_val"], dtype=np.uint16).astype(np.int64)
+    return val[heldout["test_start"] :], val[: heldout["test_start"]]
+
+
 # ---------------------------------------------------------------------------------------------
 # the DreamTeam original layout: fixed locals at the top of train(), a data folder the user writes in as a literal,
 # device 'mps' used directly, no seed. The runner adapts exactly those lines (adapt_original_layout) and says so.
@@ -883,8 +891,7 @@ def child_main(argv: list[str]) -> int:
     import numpy as np
     import torch  # noqa: F401  (imported before the clock starts: every candidate imports it)
 
-    val = np.fromfile(heldout["source_val"], dtype=np.uint16).astype(np.int64)  # the runner's copy, read before
-    test, mine = val[heldout["test_start"] :], val[: heldout["test_start"]]  # held out / the candidate's val.bin
+    test, mine = heldout_halves(heldout)  # read before the candidate runs
     seed = int(os.environ.get("TRAIN_MPS_SEED", "0"))  # for candidates that set no seed (odegpt's train() re-seeds)
     random.seed(seed)
     np.random.seed(seed)

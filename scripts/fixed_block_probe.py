@@ -26,8 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
@@ -116,9 +114,7 @@ def probe(a: argparse.Namespace, tm, recipe, overrides: dict, sets: dict, data_d
     import _study_common
 
     model, info = _study_common.load_checkpoint(work / "out" / "ckpt.pt")
-    val = np.fromfile(data_dir / "val.bin", dtype=np.uint16)
-    test = val[heldout["test_start"] : heldout["test_start"] + heldout["test_tokens"]]
-    mine = val[: heldout["test_start"]]
+    test, mine = benchmark.heldout_halves(heldout)
     t1 = time.perf_counter()
     test_loss = benchmark.trusted_test_loss(model, test)
     own_loss = benchmark.trusted_test_loss(model, mine)

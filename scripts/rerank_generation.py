@@ -27,6 +27,7 @@ two folders up (the older layout); --base names another folder.
     python scripts/rerank_generation.py --generation ../DreamTeam/src/dreamteam/dreamteam_generations/gen_1 \\
         --top 3 --data-dir data/tinyshakespeare --seeds 0 1 2 --jobs 2 --out results/rerank/gen_1
     python scripts/rerank_generation.py --generation ... --out results/rerank/gen_1 --resume
+    python scripts/rerank_generation.py --generation ... --out results/rerank/gen_1 --render-only  # tables again
     python scripts/rerank_generation.py --generation ... --out /tmp/smoke --seeds 0 --max-iters 30   # smoke
 
 Exit status: that of the benchmark (0 all runs clean, 1 some run failed or broke the contract, 2 a usage or input
@@ -126,14 +127,11 @@ def rerank(rows: list[dict], names: list[str], labels: dict[str, str], report: d
     """The comparison: recorded figure and rank beside the trusted ones (from benchmark.json's summary)."""
     recorded = {r["name"]: r for r in rows}
     configs = report["summary"]["configs"]
-    figures = {  # per configuration, seed -> what the runner measured and what the candidate returned, clean runs
-        label: {
-            r["seed"]: (r.get("trusted_test_loss"), r.get("best_vloss"))
-            for r in report["runs"]
-            if r["config"] == label and r.get("status") == "ok" and not r.get("violations")
-        }
-        for label in labels.values()
-    }
+    figures = {}  # per configuration, seed -> what the runner measured and what the candidate returned (ranked runs)
+    for label in labels.values():
+        c = configs.get(label, {})
+        values = [c.get(m, {}).get("values", []) for m in ("trusted_test_loss", "best_vloss")]
+        figures[label] = dict(zip(c.get("seeds", []), zip(*values)))
     base = figures[labels[BASELINE]]
     out = []
     for name in names:
@@ -282,6 +280,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--timeout-min", type=float, help="per run (the benchmark's default otherwise)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--resume", action="store_true", help="keep the finished runs in --out; run the rest")
+    p.add_argument(
+        "--render-only",
+        action="store_true",
+        help="run nothing: write rerank.md/.json again from --out's benchmark.json (runs finished so far)",
+    )
     return p.parse_args(argv)
 
 
@@ -299,7 +302,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[rerank] error: {e}", file=sys.stderr, flush=True)
         return 2
     labels = {n: str(a.out / "candidates" / n) for n in names}
+    report_path = a.out / "benchmark" / "benchmark.json"
     print(f"[rerank] {generation.name}: {', '.join(names)} (starting files from {base})", flush=True)
+    if a.render_only:
+        if not report_path.is_file():
+            print(f"[rerank] error: no {report_path}: run without --render-only first", file=sys.stderr, flush=True)
+            return 2
+        return write_result(rows, names, labels, generation, base, origins, report_path, 0)
     cmd = [
         "--configs",
         *labels.values(),
@@ -318,15 +327,20 @@ def main(argv: list[str] | None = None) -> int:
     cmd += ["--max-iters", str(a.max_iters)] if a.max_iters is not None else []
     cmd += ["--timeout-min", str(a.timeout_min)] if a.timeout_min is not None else []
     status = benchmark.main(cmd)
-    report_path = a.out / "benchmark" / "benchmark.json"
     if not report_path.is_file():
         return status
+    return write_result(rows, names, labels, generation, base, origins, report_path, status)
+
+
+def write_result(rows, names, labels, generation, base, origins, report_path: Path, status: int) -> int:
+    """rerank.json and rerank.md beside the benchmark folder, from its report (atomic writes); returns status."""
     report = json.loads(report_path.read_text())
     result = rerank(rows, names, labels, report)
     result.update(generation=str(generation), base=str(base), files=origins, benchmark=str(report_path))
-    benchmark.atomic_write_json(a.out / "rerank.json", result)
+    out = report_path.parent.parent
+    benchmark.atomic_write_json(out / "rerank.json", result)
     text = render(result, generation, report, origins)
-    benchmark.atomic_write_bytes(a.out / "rerank.md", text.encode("utf-8"))
+    benchmark.atomic_write_bytes(out / "rerank.md", text.encode("utf-8"))
     print(text, flush=True)
     return status
 

@@ -213,20 +213,19 @@ def test_top_skips_the_baseline_and_failed_candidates(tmp_path):
 
 
 def synthetic_report(medians: dict[str, float], seeds=(0, 1, 2)) -> dict:
-    """benchmark.json as rerank() reads it: per configuration a median, per run the two figures it compares."""
+    """benchmark.json as rerank() reads it: per configuration the seeds, each seed's two figures and their medians."""
     return {
         "settings": {"seeds": list(seeds)},
         "summary": {
             "configs": {
-                c: {"seeds": list(seeds), "trusted_test_loss": {"values": [m] * len(seeds), "median": m}}
+                c: {
+                    "seeds": list(seeds),
+                    "trusted_test_loss": {"values": [m] * len(seeds), "median": m},
+                    "best_vloss": {"values": [m - 0.5] * len(seeds), "median": m - 0.5},
+                }
                 for c, m in medians.items()
             }
         },
-        "runs": [
-            {"config": c, "seed": s, "status": "ok", "violations": [], "trusted_test_loss": m, "best_vloss": m - 0.5}
-            for c, m in medians.items()
-            for s in seeds
-        ],
     }
 
 
@@ -293,6 +292,13 @@ def test_rerank_end_to_end(tmp_path, data):
     assert "unchanged trains exactly as the baseline" in md and "weaker_decay trains exactly" not in md
     assert "The baseline's own best_vloss over the seeds" in md
     assert "Adapted to run here" in (out / "benchmark" / "benchmark.md").read_text()
+    # --render-only runs nothing and writes the same result from the report; without a report it says what to run
+    (out / "rerank.md").unlink()
+    assert rerank_generation.main(["--generation", str(gen), "--top", "2", "--out", str(out), "--render-only"]) == 0
+    assert (out / "rerank.md").read_text() == md
+    assert json.loads((out / "rerank.json").read_text()) == result
+    empty = ["--generation", str(gen), "--top", "2", "--out", str(tmp_path / "none"), "--render-only"]
+    assert rerank_generation.main(empty) == 2
     # a second call on the same folder with --resume keeps the runs; another generation there is refused
     (gen / "weaker_decay" / "train_mps.py").write_text(ORIGINAL_LAYOUT_DATA_DIR)
     assert rerank_generation.main(["--generation", str(gen), "--top", "2", "--out", str(out), "--resume"]) == 2
