@@ -7,13 +7,16 @@ Kneser-Ney reference, which tells a limit of the fixed block (width, depth, step
         --recipe ngram_distill=0.5,ngram_loo=True,head_width=96 --seed 0 --out results/issue16_probe/pypi_e64_s0.json
     python scripts/fixed_block_probe.py --data-dir data/pypi --set max_iters=20002 ... # twice the step budget
     python scripts/fixed_block_probe.py --data-dir data/pypi --seed 0 --out ...         # no --set: the control
+    python scripts/fixed_block_probe.py --data-dir data/pypi --ckpt RUN/ckpt.pt --out ...  # or a finished run's
 
 What it does, as scripts/benchmark.py does for a run: the run's data folder holds train.bin and the first half of
 val.bin (benchmark.make_candidate_data); the second half is the held-out test, scored with the runner's own prefix
 scoring (benchmark.trusted_test_loss) on the checkpoint train() wrote; the Kneser-Ney rows are fitted on the same
 train.bin and scored on the same halves. The fixed-block names are set on a private copy of train_mps loaded for
 the probe, so nothing else sees them. The JSON (written atomically, once the run is scored) holds the settings,
-the figures and the reference rows; an existing one is kept unless --force.
+the figures and the reference rows; an existing one is kept unless --force. Beside the two halves of val it scores
+a slice of train.bin as long as the test half: the gap between the two tells a model that cannot fit (high train
+loss) from one that memorises (low train loss, wide gap).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import shutil
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
@@ -114,10 +119,8 @@ def probe(a: argparse.Namespace, tm, recipe, overrides: dict, sets: dict, data_d
     import _study_common
 
     model, info = _study_common.load_checkpoint(work / "out" / "ckpt.pt")
-    test, mine = benchmark.heldout_halves(heldout)
     t1 = time.perf_counter()
-    test_loss = benchmark.trusted_test_loss(model, test)
-    own_loss = benchmark.trusted_test_loss(model, mine)
+    scores = score(model, data_dir, heldout)
     kn = (refs or {}).get("kneser_ney", {})
     result = {
         "probe": "scripts/fixed_block_probe.py",
@@ -134,8 +137,7 @@ def probe(a: argparse.Namespace, tm, recipe, overrides: dict, sets: dict, data_d
         "elapsed_min": float(elapsed_min),
         "train_min": train_min,
         "scoring_s": time.perf_counter() - t1,
-        "trusted_test_loss": test_loss,
-        "candidate_val_loss": own_loss,
+        **scores,
         "kneser_ney_heldout_test": kn.get("heldout_test"),
         "kneser_ney_candidate_val": kn.get("candidate_val"),
         "heldout": heldout,
@@ -143,12 +145,62 @@ def probe(a: argparse.Namespace, tm, recipe, overrides: dict, sets: dict, data_d
     }
     benchmark.atomic_write_json(a.out, result)
     shutil.rmtree(work)
-    best_kn = min((kn.get("heldout_test") or {}).values(), default=float("nan"))
+    report(result, a.out)
+    return result
+
+
+def score(model, data_dir: Path, heldout: dict) -> dict:
+    """The runner's prefix scoring on the held-out half and on the candidate's half, and on a slice of train.bin
+    as long as the held-out half: the text the model was fitted on, so that test - train is its generalization
+    gap (a model too small to fit shows a high train slice; one that memorises, a low one and a wide gap)."""
+    test, mine = benchmark.heldout_halves(heldout)
+    train = np.fromfile(data_dir / "train.bin", dtype=np.uint16)[: len(test)].astype(np.int64)
+    return {
+        "trusted_test_loss": benchmark.trusted_test_loss(model, test),
+        "candidate_val_loss": benchmark.trusted_test_loss(model, mine),
+        "train_slice_loss": benchmark.trusted_test_loss(model, train),
+        "train_slice_tokens": len(train),
+    }
+
+
+def report(result: dict, out: Path) -> None:
+    best_kn = min((result.get("kneser_ney_heldout_test") or {}).values(), default=float("nan"))
     print(
-        f"[probe] trusted test loss {test_loss:.4f} (best Kneser-Ney {best_kn:.4f}), candidate half {own_loss:.4f}, "
-        f"best_vloss {best_vloss:.4f}, {train_min:.1f} min -> {a.out}",
+        f"[probe] trusted test loss {result['trusted_test_loss']:.4f} (best Kneser-Ney {best_kn:.4f}), candidate "
+        f"half {result['candidate_val_loss']:.4f}, train slice {result['train_slice_loss']:.4f}"
+        + (f", best_vloss {result['best_vloss']:.4f}, {result['train_min']:.1f} min" if "best_vloss" in result else "")
+        + f" -> {out}",
         flush=True,
     )
+
+
+def score_checkpoint(a: argparse.Namespace, data_dir: Path) -> dict:
+    """--ckpt: a finished run's checkpoint (a benchmark run of the same recipe and seed, the fixed block's values)
+    scored as a probe is, beside the probes it controls for. Nothing is trained."""
+    import _study_common
+
+    model, info = _study_common.load_checkpoint(a.ckpt)
+    work = a.out.with_name(a.out.stem + ".work")
+    heldout = benchmark.make_candidate_data(data_dir, work / "data")
+    try:
+        refs = benchmark.reference_losses(data_dir)
+        kn = (refs or {}).get("kneser_ney", {})
+        result = {
+            "probe": "scripts/fixed_block_probe.py --ckpt",
+            "ckpt": str(a.ckpt),
+            "model_args": info["model_args"],
+            "data_dir": str(data_dir),
+            "params": int(sum(p.numel() for p in model.parameters())),
+            **score(model, data_dir, heldout),
+            "kneser_ney_heldout_test": kn.get("heldout_test"),
+            "kneser_ney_candidate_val": kn.get("candidate_val"),
+            "heldout": heldout,
+            "environment": {"argv": sys.argv, "threads": os.environ.get("OMP_NUM_THREADS")},
+        }
+    finally:
+        shutil.rmtree(work)
+    benchmark.atomic_write_json(a.out, result)
+    report(result, a.out)
     return result
 
 
@@ -160,6 +212,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="the result's JSON")
     p.add_argument("--force", action="store_true", help="run again over an existing --out")
+    p.add_argument(
+        "--ckpt",
+        type=Path,
+        help="score this finished run's checkpoint as a probe is (the control), training nothing; no --set/--recipe",
+    )
     return p.parse_args(argv)
 
 
@@ -169,11 +226,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[probe] {a.out} exists: kept (pass --force to run it again)", flush=True)
         return 0
     try:
-        setup = prepare(a)
+        if a.ckpt is not None:
+            if a.set or a.recipe:
+                raise ProbeError("--ckpt scores a finished run as it is: drop --set and --recipe")
+            if not a.ckpt.is_file():
+                raise ProbeError(f"no checkpoint at {a.ckpt}")
+            data_dir = prepare(a)[-1]
+        else:
+            setup = prepare(a)
     except (ProbeError, benchmark.BenchmarkError) as e:
         print(f"[probe] error: {e}", file=sys.stderr, flush=True)
         return 2
-    probe(a, *setup)
+    if a.ckpt is not None:
+        score_checkpoint(a, data_dir)
+    else:
+        probe(a, *setup)
     return 0
 
 

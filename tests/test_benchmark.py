@@ -446,3 +446,12 @@ def test_the_fixed_block_probe_scores_a_run_as_the_runner_does(finished, tmp_pat
     assert probe["trusted_test_loss"] == pytest.approx(run["trusted_test_loss"], abs=1e-4)
     assert probe["candidate_val_loss"] == pytest.approx(run["trusted_candidate_val_loss"], abs=1e-4)
     assert probe["best_vloss"] == pytest.approx(run["best_vloss"], abs=1e-4)
+    # --ckpt scores the benchmark run's own checkpoint the same way: the control for probes of its recipe and seed
+    (ckpt,) = (out / "runs").glob("canonical*/seed0/ckpt.pt")
+    control_out = tmp_path / "control.json"
+    assert fixed_block_probe.main(["--data-dir", str(data), "--ckpt", str(ckpt), "--out", str(control_out)]) == 0
+    control = json.loads(control_out.read_text())
+    for key in ("trusted_test_loss", "candidate_val_loss", "train_slice_loss"):
+        assert control[key] == pytest.approx(probe[key], abs=1e-4), key
+    assert control["train_slice_tokens"] == probe["train_slice_tokens"] == probe["heldout"]["test_tokens"]
+    assert not (tmp_path / "control.work").exists()

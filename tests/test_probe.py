@@ -36,6 +36,11 @@ def test_a_probe_that_cannot_run_stops_before_any_work(tmp_path, capsys):
     assert probe.main([*base, "--recipe", "solver=nope"]) == 2
     assert probe.main(["--data-dir", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     assert "make data" in capsys.readouterr().err
+    assert probe.main([*base, "--ckpt", str(tmp_path / "none.pt")]) == 2  # --ckpt: a checkpoint that is there
+    assert "no checkpoint" in capsys.readouterr().err
+    (tmp_path / "c.pt").write_bytes(b"")
+    assert probe.main([*base, "--ckpt", str(tmp_path / "c.pt"), "--set", "n_embd=64"]) == 2  # and nothing to train
+    assert "drop --set" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "p.work").exists()
 
 
@@ -48,7 +53,7 @@ def test_probe_trains_the_changed_model_and_scores_it_on_the_held_out_half(tmp_p
     r = json.loads(out.read_text())
     assert r["model_args"]["n_embd"] == 48 and r["fixed"]["max_iters"] == 4 and r["fixed"]["n_embd"] == 48
     assert r["recipe"]["ema_decay"] == 0.0 and r["recipe"]["seed"] == 1
-    assert math.isfinite(r["trusted_test_loss"]) and math.isfinite(r["candidate_val_loss"])
+    assert all(math.isfinite(r[k]) for k in ("trusted_test_loss", "candidate_val_loss", "train_slice_loss"))
     # random tokens: the trained model is near the uniform loss over the vocabulary, as the n-gram is
     assert abs(r["trusted_test_loss"] - math.log(50304)) < 2.0
     assert set(r["kneser_ney_heldout_test"]) == {"2", "3", "4", "5"}
