@@ -118,6 +118,9 @@ def load_checkpoint(path: Path) -> tuple[GPT, dict]:
         "val_loss_full": metrics.get("val_loss_full"),
         "best_vloss": metrics.get("best_vloss"),
         "data_dir": metrics.get("data_dir"),
+        "seed": metrics.get("seed"),
+        "recipe": metrics.get("recipe"),
+        "fixed": metrics.get("fixed"),
     }
     return model, info
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shutil
 import sys
@@ -168,7 +169,7 @@ def report(result: dict, out: Path) -> None:
     print(
         f"[probe] trusted test loss {result['trusted_test_loss']:.4f} (best Kneser-Ney {best_kn:.4f}), candidate "
         f"half {result['candidate_val_loss']:.4f}, train slice {result['train_slice_loss']:.4f}"
-        + (f", best_vloss {result['best_vloss']:.4f}, {result['train_min']:.1f} min" if "best_vloss" in result else "")
+        + (f", best_vloss {result['best_vloss']:.4f}, {result['train_min']:.1f} min" if "train_min" in result else "")
         + f" -> {out}",
         flush=True,
     )
@@ -188,7 +189,11 @@ def score_checkpoint(a: argparse.Namespace, data_dir: Path) -> dict:
         result = {
             "probe": "scripts/fixed_block_probe.py --ckpt",
             "ckpt": str(a.ckpt),
+            "fixed": info["fixed"],
+            "recipe": info["recipe"],
             "model_args": info["model_args"],
+            "seed": info["seed"],
+            "best_vloss": info["best_vloss"],
             "data_dir": str(data_dir),
             "params": int(sum(p.numel() for p in model.parameters())),
             **score(model, data_dir, heldout),
@@ -204,13 +209,49 @@ def score_checkpoint(a: argparse.Namespace, data_dir: Path) -> dict:
     return result
 
 
+def table(paths: list[Path]) -> str:
+    """The probes' results side by side (markdown): what each changed, its figures, its gap between test and
+    training text, and the best Kneser-Ney order on the same test half. Controls (--ckpt) come first."""
+    rows = []
+    for path in paths:
+        try:
+            r = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise ProbeError(f"{path}: not a probe's JSON ({e})") from None
+        if "trusted_test_loss" not in r:
+            raise ProbeError(f"{path}: not a probe's JSON (no trusted_test_loss)")
+        rows.append((Path(path), r))
+    rows.sort(key=lambda pr: ("ckpt" not in pr[1], pr[1].get("seed") or 0, str(pr[0])))
+    lines = [
+        "| probe | seed | params | trusted test loss | candidate half | train slice | test - train slice "
+        "| best Kneser-Ney (n) | vs Kneser-Ney |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for path, r in rows:
+        what = (
+            "control: the fixed block (a finished run's checkpoint)"
+            if "ckpt" in r
+            else ", ".join(f"{k}={v}" for k, v in r["set"].items()) or "control: the fixed block"
+        )
+        kn = r.get("kneser_ney_heldout_test") or {}
+        n, best = min(kn.items(), key=lambda kv: kv[1]) if kn else ("-", float("nan"))
+        test, train = r["trusted_test_loss"], r.get("train_slice_loss", float("nan"))
+        lines.append(
+            f"| {what} (`{path.name}`) | {r.get('seed', '-')} | {r.get('params', '-'):,} | {test:.3f} "
+            f"| {r['candidate_val_loss']:.3f} | {train:.3f} | {test - train:.3f} | {best:.3f} ({n}) "
+            f"| {test - best:+.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", type=Path, default=ROOT / "data" / "tinyshakespeare")
     p.add_argument("--set", action="append", default=[], metavar="NAME=INT", help=f"one of {', '.join(PROBE_NAMES)}")
     p.add_argument("--recipe", default="", help="train_mps.Recipe overrides, as in a benchmark spec: f=v,f=v")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True, help="the result's JSON")
+    p.add_argument("--out", type=Path, help="the result's JSON (with --table: the markdown table, else stdout)")
+    p.add_argument("--table", nargs="+", type=Path, metavar="JSON", help="tabulate finished probes; runs nothing")
     p.add_argument("--force", action="store_true", help="run again over an existing --out")
     p.add_argument(
         "--ckpt",
@@ -222,6 +263,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(list(sys.argv[1:] if argv is None else argv))
+    if a.table:
+        try:
+            text = table(a.table)
+        except ProbeError as e:
+            print(f"[probe] error: {e}", file=sys.stderr, flush=True)
+            return 2
+        if a.out is not None:
+            benchmark.atomic_write_bytes(a.out, text.encode("utf-8"))
+        print(text, end="", flush=True)
+        return 0
+    if a.out is None:
+        print("[probe] error: --out is required (the result's JSON)", file=sys.stderr, flush=True)
+        return 2
     if a.out.exists() and not a.force:
         print(f"[probe] {a.out} exists: kept (pass --force to run it again)", flush=True)
         return 0

@@ -59,6 +59,14 @@ def test_probe_trains_the_changed_model_and_scores_it_on_the_held_out_half(tmp_p
     assert set(r["kneser_ney_heldout_test"]) == {"2", "3", "4", "5"}
     assert r["heldout"]["test_start"] > 0 and not out.with_name("wide.work").exists()
     assert train_mps.n_embd == 32 and train_mps.max_iters == 10001  # the repo's module is untouched
+    # --table puts finished probes side by side, with the gap to the best Kneser-Ney order on the same test half
+    md = tmp_path / "probes.md"
+    assert probe.main(["--table", str(out), "--out", str(md)]) == 0
+    (row,) = [line for line in md.read_text().splitlines() if "wide.json" in line]
+    best = min(r["kneser_ney_heldout_test"].values())
+    assert "n_embd=48, max_iters=4" in row and f"| {r['trusted_test_loss'] - best:+.3f} |" in row
+    (tmp_path / "bad.json").write_text("{}")
+    assert probe.main(["--table", str(tmp_path / "bad.json")]) == 2
     # an existing result is kept unless --force
     stamp = out.stat().st_mtime_ns
     assert probe.main([*args, "--out", str(out)]) == 0 and out.stat().st_mtime_ns == stamp
