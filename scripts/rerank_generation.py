@@ -40,6 +40,7 @@ import argparse
 import json
 import math
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -159,13 +160,20 @@ def rerank(rows: list[dict], names: list[str], labels: dict[str, str], report: d
                 ),
             }
         )
-    scored = sorted((r for r in out if r["trusted_test_loss_median"] is not None), key=trusted)
+    # ranked on the seeds every candidate has finished: medians over different seeds would rank the seeds (an
+    # unfinished run leaves a candidate's median on its luckier seeds); complete, these are all the seeds
+    common = sorted(set.intersection(*(set(figures[labels[n]]) for n in names))) if names else []
+    for r in out:
+        mine = figures[labels[r["name"]]]
+        r["rank_figure"] = statistics.median(mine[k][0] for k in common) if common else None
+    scored = sorted((r for r in out if r["rank_figure"] is not None), key=trusted)
     for r in scored:  # equal medians share a rank (1, 2, 2, 4)
         r["trusted_rank"] = 1 + sum(trusted(o) < trusted(r) for o in scored)
     by_record = sorted(out, key=lambda r: (r["recorded_vloss"] is None, r["recorded_vloss"] or 0))
     complete = len(scored) == len(out) and all(len(r["seeds"]) == len(report["settings"]["seeds"]) for r in out)
     return {
         "rows": out,
+        "ranked_on_seeds": common,
         "recorded_order": [r["name"] for r in by_record],
         "trusted_order": [r["name"] for r in scored],
         "trusted_ties": [[a["name"], b["name"]] for a, b in zip(scored, scored[1:]) if trusted(a) == trusted(b)],
@@ -176,7 +184,16 @@ def rerank(rows: list[dict], names: list[str], labels: dict[str, str], report: d
 
 
 def trusted(row: dict) -> float:
-    return row["trusted_test_loss_median"]
+    """What ranks: the trusted test loss's median over the seeds every candidate has finished."""
+    return row["rank_figure"]
+
+
+def ranked_on(result: dict) -> str:
+    """'' when every seed is in; else which seeds the order stands on (those every candidate has finished)."""
+    if result["complete"]:
+        return ""
+    seeds = result.get("ranked_on_seeds") or []
+    return f" (on seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds)) or 'none'}: those every candidate has finished)"
 
 
 def order_text(names: list[str], ties: list[list[str]]) -> str:
@@ -251,7 +268,8 @@ def render(result: dict, generation: Path, report: dict, origins: dict) -> str:
     lines += [
         "",
         f"Recorded order: {' > '.join(result['recorded_order'])}.",
-        f"Trusted order: {order_text(result['trusted_order'], result.get('trusted_ties', [])) or 'n/a'}.",
+        f"Trusted order{ranked_on(result)}: "
+        f"{order_text(result['trusted_order'], result.get('trusted_ties', [])) or 'n/a'}.",
         "Order survives: "
         + ("n/a (incomplete)" if result["order_survives"] is None else "yes" if result["order_survives"] else "no")
         + ".",

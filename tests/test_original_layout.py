@@ -252,6 +252,24 @@ def test_rerank_ties_share_a_rank_and_do_not_uphold_the_recorded_order():
     assert rerank_generation.rerank(rows, names, labels, short)["order_survives"] is None
 
 
+def test_an_unfinished_rerank_ranks_on_the_seeds_every_candidate_has():
+    """b finished only seed 0, its worse one for the others: medians over different seeds would put b first."""
+    rows = [{"name": "a", "vloss": 4.3, "rank": 1}, {"name": "b", "vloss": 4.5, "rank": 2}]
+    report = synthetic_report({"baseline": 5.3, "a": 5.2, "b": 5.25})
+    per_seed = {"baseline": [5.4, 5.2, 5.3], "a": [5.3, 5.1, 5.2], "b": [5.25]}
+    for c, values in per_seed.items():
+        entry = report["summary"]["configs"][c]
+        entry.update(seeds=list(range(len(values))), trusted_test_loss={"values": values, "median": values[-1]})
+        entry["best_vloss"]["values"] = [v - 0.5 for v in values]
+    names = ["baseline", "a", "b"]
+    result = rerank_generation.rerank(rows, names, {n: n for n in names}, report)
+    assert result["ranked_on_seeds"] == [0] and not result["complete"] and result["order_survives"] is None
+    assert result["trusted_order"] == ["b", "a", "baseline"]  # on seed 0: 5.25 < 5.3 < 5.4
+    assert {r["name"]: r["rank_figure"] for r in result["rows"]} == {"baseline": 5.4, "a": 5.3, "b": 5.25}
+    assert rerank_generation.ranked_on(result) == " (on seed 0: those every candidate has finished)"
+    assert rerank_generation.ranked_on({"complete": True}) == ""
+
+
 def test_rerank_end_to_end(tmp_path, data):
     gen = generation(tmp_path)
     out = tmp_path / "rr"

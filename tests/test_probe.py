@@ -70,3 +70,26 @@ def test_probe_trains_the_changed_model_and_scores_it_on_the_held_out_half(tmp_p
     # an existing result is kept unless --force
     stamp = out.stat().st_mtime_ns
     assert probe.main([*args, "--out", str(out)]) == 0 and out.stat().st_mtime_ns == stamp
+
+
+def test_make_probes_probes_the_deciding_tables_recipe():
+    """`make probes` (issue #16's evidence) probes the recipe of the deciding table (TEACHER), twice wider and with
+    twice the steps, beside a control with the fixed block's values, all at one seed (make's own expansion)."""
+    import subprocess
+
+    import benchmark
+
+    def make(*args):
+        return subprocess.run(["make", "--no-print-directory", *args], cwd=REPO, capture_output=True, text=True)
+
+    teacher = make("--eval", "print-%: ; @echo $($*)", "print-TEACHER").stdout.strip()
+    lines = [line for line in make("-n", "probes", "PROBE_OUT=/nowhere").stdout.splitlines() if "--recipe" in line]
+    assert len(lines) == 3
+    (recipe,) = {line.split("--recipe ")[1].split()[0] for line in lines}
+    expected = benchmark.parse_config(teacher, train_mps.Recipe).overrides
+    assert expected and benchmark.parse_overrides(recipe, train_mps.Recipe) == expected
+    assert sorted(line.split("--set ")[1].split()[0] for line in lines if "--set" in line) == [
+        "max_iters=20002",
+        "n_embd=64",
+    ]
+    assert len({line.split("--seed ")[1].split()[0] for line in lines}) == 1
