@@ -75,12 +75,17 @@ def load_probe_module(sets: dict[str, int]):
     return tm
 
 
-def prepare(a: argparse.Namespace):
-    """Everything checked before any work: (the probe's train_mps, its recipe, the data folder)."""
-    sets = parse_sets(a.set)
+def checked_data_dir(a: argparse.Namespace) -> Path:
     data_dir = a.data_dir.resolve()
     if not ((data_dir / "train.bin").is_file() and (data_dir / "val.bin").is_file()):
         raise ProbeError(f"{data_dir} lacks train.bin/val.bin; prepare it with `make data` or pass --data-dir")
+    return data_dir
+
+
+def prepare(a: argparse.Namespace):
+    """Everything checked before any work: (the probe's train_mps, its recipe, the data folder)."""
+    sets = parse_sets(a.set)
+    data_dir = checked_data_dir(a)
     tm = load_probe_module(sets)
     overrides = benchmark.parse_overrides(a.recipe, tm.Recipe) if a.recipe else {}
     try:
@@ -121,8 +126,7 @@ def probe(a: argparse.Namespace, tm, recipe, overrides: dict, sets: dict, data_d
 
     model, info = _study_common.load_checkpoint(work / "out" / "ckpt.pt")
     t1 = time.perf_counter()
-    scores = score(model, data_dir, heldout)
-    kn = (refs or {}).get("kneser_ney", {})
+    scores = scored(model, data_dir, heldout, refs)
     result = {
         "probe": "scripts/fixed_block_probe.py",
         "note": "outside the harness's fixed block: a diagnostic, never a candidate",
@@ -132,17 +136,11 @@ def probe(a: argparse.Namespace, tm, recipe, overrides: dict, sets: dict, data_d
         "recipe": dataclasses.asdict(recipe),
         "model_args": info["model_args"],
         "seed": a.seed,
-        "data_dir": str(data_dir),
-        "params": int(sum(p.numel() for p in model.parameters())),
         "best_vloss": float(best_vloss),
         "elapsed_min": float(elapsed_min),
         "train_min": train_min,
         "scoring_s": time.perf_counter() - t1,
         **scores,
-        "kneser_ney_heldout_test": kn.get("heldout_test"),
-        "kneser_ney_candidate_val": kn.get("candidate_val"),
-        "heldout": heldout,
-        "environment": {"argv": sys.argv, "threads": os.environ.get("OMP_NUM_THREADS")},
     }
     benchmark.atomic_write_json(a.out, result)
     shutil.rmtree(work)
@@ -150,17 +148,25 @@ def probe(a: argparse.Namespace, tm, recipe, overrides: dict, sets: dict, data_d
     return result
 
 
-def score(model, data_dir: Path, heldout: dict) -> dict:
-    """The runner's prefix scoring on the held-out half and on the candidate's half, and on a slice of train.bin
-    as long as the held-out half: the text the model was fitted on, so that test - train is its generalization
-    gap (a model too small to fit shows a high train slice; one that memorises, a low one and a wide gap)."""
+def scored(model, data_dir: Path, heldout: dict, refs: dict | None) -> dict:
+    """What a probe and a control record alike: the runner's prefix scoring on the held-out half and on the
+    candidate's half, and on a slice of train.bin as long as the held-out half (the text the model was fitted on,
+    so that test - train is its generalization gap: a model too small to fit shows a high train slice; one that
+    memorises, a low one and a wide gap), beside the Kneser-Ney rows on the same halves."""
     test, mine = benchmark.heldout_halves(heldout)
     train = np.fromfile(data_dir / "train.bin", dtype=np.uint16)[: len(test)].astype(np.int64)
+    kn = (refs or {}).get("kneser_ney", {})
     return {
+        "data_dir": str(data_dir),
+        "params": int(sum(p.numel() for p in model.parameters())),
         "trusted_test_loss": benchmark.trusted_test_loss(model, test),
         "candidate_val_loss": benchmark.trusted_test_loss(model, mine),
         "train_slice_loss": benchmark.trusted_test_loss(model, train),
         "train_slice_tokens": len(train),
+        "kneser_ney_heldout_test": kn.get("heldout_test"),
+        "kneser_ney_candidate_val": kn.get("candidate_val"),
+        "heldout": heldout,
+        "environment": {"argv": sys.argv, "threads": os.environ.get("OMP_NUM_THREADS")},
     }
 
 
@@ -184,8 +190,6 @@ def score_checkpoint(a: argparse.Namespace, data_dir: Path) -> dict:
     work = a.out.with_name(a.out.stem + ".work")
     heldout = benchmark.make_candidate_data(data_dir, work / "data")
     try:
-        refs = benchmark.reference_losses(data_dir)
-        kn = (refs or {}).get("kneser_ney", {})
         result = {
             "probe": "scripts/fixed_block_probe.py --ckpt",
             "ckpt": str(a.ckpt),
@@ -194,13 +198,7 @@ def score_checkpoint(a: argparse.Namespace, data_dir: Path) -> dict:
             "model_args": info["model_args"],
             "seed": info["seed"],
             "best_vloss": info["best_vloss"],
-            "data_dir": str(data_dir),
-            "params": int(sum(p.numel() for p in model.parameters())),
-            **score(model, data_dir, heldout),
-            "kneser_ney_heldout_test": kn.get("heldout_test"),
-            "kneser_ney_candidate_val": kn.get("candidate_val"),
-            "heldout": heldout,
-            "environment": {"argv": sys.argv, "threads": os.environ.get("OMP_NUM_THREADS")},
+            **scored(model, data_dir, heldout, benchmark.reference_losses(data_dir)),
         }
     finally:
         shutil.rmtree(work)
@@ -285,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ProbeError("--ckpt scores a finished run as it is: drop --set and --recipe")
             if not a.ckpt.is_file():
                 raise ProbeError(f"no checkpoint at {a.ckpt}")
-            data_dir = prepare(a)[-1]
+            data_dir = checked_data_dir(a)
         else:
             setup = prepare(a)
     except (ProbeError, benchmark.BenchmarkError) as e:
