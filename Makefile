@@ -8,7 +8,7 @@ EXTRAS ?= dev,data,plots,jax
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),_,$(EXTRAS))
 
-.PHONY: setup data data-tinyshakespeare data-pypi train test lint clean ablations lr-sweep candidates levers kneser-ney tinyshakespeare-table rerank-gen1 dreamteam-checkout flow teacher-table probes
+.PHONY: setup data data-tinyshakespeare data-pypi train test lint clean ablations lr-sweep candidates levers kneser-ney tinyshakespeare-table rerank-gen1 dreamteam-checkout flow teacher-table probes tradeoff
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -155,9 +155,10 @@ teacher-table: data-tinyshakespeare data-pypi
 		--baseline $(EULER) --seeds $(TEACHER_SEEDS) --jobs 2 --data-dir data/pypi --out $(TEACHER_OUT)/pypi $(RESUME)
 
 # Issue #16's evidence of what limits the offline-corpus loss: the best recipe (TEACHER) with fixed-block values the
-# harness forbids, a twice wider residual stream and twice the steps, beside the same recipe with the fixed block's
-# values (the control), seed PROBE_SEED, scored on the held-out half (scripts/fixed_block_probe.py), two at a time
-# with one thread each (about 2 hours on 2 cores). Finished probes are kept; the table is PROBE_OUT/probes.md.
+# harness forbids, a residual stream twice and four times wider and twice the steps, beside the same recipe with the
+# fixed block's values (the control), seed PROBE_SEED (the recorded ones: 0, 1, 2), scored on the held-out half
+# (scripts/fixed_block_probe.py), two at a time with one thread each (about 2.5 hours on 2 cores). The table is
+# PROBE_OUT/probes.md; `make tradeoff` draws them beside the deciding tables' loss against step time.
 PROBE_RECIPE := $(subst canonical:,,$(TEACHER))
 PROBE_SEED ?= 1
 PROBE_OUT ?= results/issue16_probe
@@ -167,8 +168,18 @@ PROBE = OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python scripts/fixed_block_pr
 probes: data-pypi
 	$(PROBE) --out $(PROBE_OUT)/pypi_control_s$(PROBE_SEED).json & \
 	$(PROBE) --set n_embd=64 --out $(PROBE_OUT)/pypi_n_embd_64_s$(PROBE_SEED).json & wait
-	$(PROBE) --set max_iters=20002 --out $(PROBE_OUT)/pypi_max_iters_20002_s$(PROBE_SEED).json
+	$(PROBE) --set n_embd=128 --out $(PROBE_OUT)/pypi_n_embd_128_s$(PROBE_SEED).json & \
+	$(PROBE) --set max_iters=20002 --out $(PROBE_OUT)/pypi_max_iters_20002_s$(PROBE_SEED).json & wait
 	$(BIN)/python scripts/fixed_block_probe.py --table $(PROBE_OUT)/*.json --out $(PROBE_OUT)/probes.md
+
+# Issue #16's figure from saved results (trains nothing): trusted test loss against side-by-side step time for the
+# deciding tables' configurations on both corpora, and the probes against width, beside the best Kneser-Ney order
+# and the target (scripts/plot_tradeoff.py).
+tradeoff:
+	$(BIN)/python scripts/plot_tradeoff.py \
+		--report results/benchmark/issue16_loo_tinyshakespeare results/benchmark/issue16_loo_pypi \
+		--bench results/bench_teacher/bench_teacher.json results/bench_levers/bench_levers.json \
+		--probes $(PROBE_OUT)/*.json --out results/tradeoff_issue16.png
 
 # Issue #14's table: a recipe whose trained weights are a flow. FLOW trains under heun/parallel with 2..4 steps per
 # layer drawn per step (Recipe.random_steps) and is evaluated at 2; it qualified and became the canonical, so FLOW

@@ -534,24 +534,13 @@ def rewrite_meta(meta, old: dict, new: dict):
     return meta
 
 
-def make_candidate_data(data_dir: Path, dest: Path) -> dict:
-    """The runner-made data folder the candidate trains on: train.bin as it is, val.bin the first part of the
-    validation split, meta.json (if the source has one) rewritten to match. Returns where the held-out test
-    split is, for the subprocess and the record."""
+def heldout_split(data_dir: Path) -> dict:
+    """Where data_dir's validation split is cut into the candidate's half and the held-out test half, and the test
+    half's fingerprint: the record heldout_halves reads the two halves back from. Writes nothing."""
     import numpy as np
 
     val = np.fromfile(data_dir / "val.bin", dtype=np.uint16)
     cut = split_validation(len(val))
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(data_dir / "train.bin", dest / "train.bin")
-    mine = val[:cut].tobytes()
-    atomic_write_bytes(dest / "val.bin", mine)
-    meta_path = data_dir / "meta.json"
-    if meta_path.exists():
-        val_bytes = (data_dir / "val.bin").read_bytes()
-        old = {"sha256": hashlib.sha256(val_bytes).hexdigest(), "tokens": len(val), "bytes": len(val_bytes)}
-        new = {"sha256": hashlib.sha256(mine).hexdigest(), "tokens": cut, "bytes": len(mine)}
-        atomic_write_json(dest / "meta.json", rewrite_meta(json.loads(meta_path.read_text()), old, new))
     test = val[cut:]
     return {
         "source_val": str(data_dir / "val.bin"),
@@ -560,12 +549,29 @@ def make_candidate_data(data_dir: Path, dest: Path) -> dict:
         "test_tokens": len(test),
         "test_windows": (len(test) - 1) // FIXED["block_size"],
         "test_sha256": hashlib.sha256(test.tobytes()).hexdigest(),
-        "candidate_data_dir": str(dest),
     }
 
 
+def make_candidate_data(data_dir: Path, dest: Path) -> dict:
+    """The runner-made data folder the candidate trains on: train.bin as it is, val.bin the candidate's half of the
+    validation split (heldout_split), meta.json (if the source has one) rewritten to match. Returns where the
+    held-out test split is, for the subprocess and the record."""
+    heldout = heldout_split(data_dir)
+    val_bytes = (data_dir / "val.bin").read_bytes()
+    mine = val_bytes[: 2 * heldout["test_start"]]  # uint16 tokens
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(data_dir / "train.bin", dest / "train.bin")
+    atomic_write_bytes(dest / "val.bin", mine)
+    meta_path = data_dir / "meta.json"
+    if meta_path.exists():
+        old = {"sha256": hashlib.sha256(val_bytes).hexdigest(), "tokens": len(val_bytes) // 2, "bytes": len(val_bytes)}
+        new = {"sha256": hashlib.sha256(mine).hexdigest(), "tokens": heldout["test_start"], "bytes": len(mine)}
+        atomic_write_json(dest / "meta.json", rewrite_meta(json.loads(meta_path.read_text()), old, new))
+    return {**heldout, "candidate_data_dir": str(dest)}
+
+
 def heldout_halves(heldout: dict):
-    """(held-out test, the candidate's val) as int64 tokens, from the source val.bin make_candidate_data split."""
+    """(held-out test, the candidate's val) as int64 tokens, from the source val.bin heldout_split cut."""
     import numpy as np
 
     val = np.fromfile(heldout["source_val"], dtype=np.uint16).astype(np.int64)

@@ -10,7 +10,7 @@ Kneser-Ney reference, which tells a limit of the fixed block (width, depth, step
     python scripts/fixed_block_probe.py --data-dir data/pypi --ckpt RUN/ckpt.pt --out ...  # or a finished run's
 
 What it does, as scripts/benchmark.py does for a run: the run's data folder holds train.bin and the first half of
-val.bin (benchmark.make_candidate_data); the second half is the held-out test, scored with the runner's own prefix
+val.bin (benchmark.heldout_split); the second half is the held-out test, scored with the runner's own prefix
 scoring (benchmark.trusted_test_loss) on the checkpoint train() wrote; the Kneser-Ney rows are fitted on the same
 train.bin and scored on the same halves. The fixed-block names are set on a private copy of train_mps loaded for
 the probe, so nothing else sees them. The JSON (written atomically, once the run is scored) holds the settings,
@@ -187,21 +187,16 @@ def score_checkpoint(a: argparse.Namespace, data_dir: Path) -> dict:
     import _study_common
 
     model, info = _study_common.load_checkpoint(a.ckpt)
-    work = a.out.with_name(a.out.stem + ".work")
-    heldout = benchmark.make_candidate_data(data_dir, work / "data")
-    try:
-        result = {
-            "probe": "scripts/fixed_block_probe.py --ckpt",
-            "ckpt": str(a.ckpt),
-            "fixed": info["fixed"],
-            "recipe": info["recipe"],
-            "model_args": info["model_args"],
-            "seed": info["seed"],
-            "best_vloss": info["best_vloss"],
-            **scored(model, data_dir, heldout, benchmark.reference_losses(data_dir)),
-        }
-    finally:
-        shutil.rmtree(work)
+    result = {
+        "probe": "scripts/fixed_block_probe.py --ckpt",
+        "ckpt": str(a.ckpt),
+        "fixed": info["fixed"],
+        "recipe": info["recipe"],
+        "model_args": info["model_args"],
+        "seed": info["seed"],
+        "best_vloss": info["best_vloss"],
+        **scored(model, data_dir, benchmark.heldout_split(data_dir), benchmark.reference_losses(data_dir)),
+    }
     benchmark.atomic_write_json(a.out, result)
     report(result, a.out)
     return result

@@ -455,3 +455,5 @@ def test_the_fixed_block_probe_scores_a_run_as_the_runner_does(finished, tmp_pat
         assert control[key] == pytest.approx(probe[key], abs=1e-4), key
     assert control["train_slice_tokens"] == probe["train_slice_tokens"] == probe["heldout"]["test_tokens"]
     assert not (tmp_path / "control.work").exists()
+    # the control reads the same cut without writing a data folder: the probe's record less the folder it trained on
+    assert control["heldout"] == {k: v for k, v in probe["heldout"].items() if k != "candidate_data_dir"}

@@ -73,8 +73,8 @@ def test_probe_trains_the_changed_model_and_scores_it_on_the_held_out_half(tmp_p
 
 
 def test_make_probes_probes_the_deciding_tables_recipe():
-    """`make probes` (issue #16's evidence) probes the recipe of the deciding table (TEACHER), twice wider and with
-    twice the steps, beside a control with the fixed block's values, all at one seed (make's own expansion)."""
+    """`make probes` (issue #16's evidence) probes the recipe of the deciding table (TEACHER), twice and four times wider and
+    with twice the steps, beside a control with the fixed block's values, all at one seed (make's own expansion)."""
     import subprocess
 
     import benchmark
@@ -84,12 +84,13 @@ def test_make_probes_probes_the_deciding_tables_recipe():
 
     teacher = make("--eval", "print-%: ; @echo $($*)", "print-TEACHER").stdout.strip()
     lines = [line for line in make("-n", "probes", "PROBE_OUT=/nowhere").stdout.splitlines() if "--recipe" in line]
-    assert len(lines) == 3
+    assert len(lines) == 4
     (recipe,) = {line.split("--recipe ")[1].split()[0] for line in lines}
     expected = benchmark.parse_config(teacher, train_mps.Recipe).overrides
     assert expected and benchmark.parse_overrides(recipe, train_mps.Recipe) == expected
     assert sorted(line.split("--set ")[1].split()[0] for line in lines if "--set" in line) == [
         "max_iters=20002",
+        "n_embd=128",
         "n_embd=64",
     ]
     assert len({line.split("--seed ")[1].split()[0] for line in lines}) == 1

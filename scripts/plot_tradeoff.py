@@ -1,0 +1,243 @@
+"""Loss against time, and loss against width: issue #16's picture, drawn from saved results only (trains nothing).
+
+    python scripts/plot_tradeoff.py \\
+        --report results/benchmark/issue16_loo_tinyshakespeare results/benchmark/issue16_loo_pypi \\
+        --bench results/bench_teacher/bench_teacher.json results/bench_levers/bench_levers.json \\
+        --probes results/issue16_probe/*.json --out results/tradeoff_issue16.png
+
+One panel per benchmark report: each configuration's trusted test loss (median over its ranked seeds, the
+seeds' range as a bar) against its step time relative to the baseline's, measured side by side by
+scripts/bench_integrators.py (--bench; a configuration is matched by name, the first file that has it wins;
+one without a step time is listed and left out). Beside them, the best Kneser-Ney order on the same test half
+and issue #16's target, kneser_ney.TARGET_MARGIN below it. The vertical line is the baseline's step: the budget.
+
+With --probes, one more panel: scripts/fixed_block_probe.py's results against the residual stream's width
+(n_embd), each seed a point, the median a line, the train slice (text the model was fitted on) dashed, the
+same two horizontal lines. Probes that change anything other than n_embd are drawn at their width with their own
+marker and named in the legend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchmark  # noqa: E402
+import kneser_ney  # noqa: E402
+
+
+class PlotError(ValueError):
+    """A missing or unusable input; the message names the fix."""
+
+
+def read(path: Path, made_by: str) -> dict:
+    if path.is_dir():
+        path = path / "benchmark.json"
+    if not path.exists():
+        raise PlotError(f"{path} not found: run {made_by} first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise PlotError(f"{path} is not JSON ({e}): rerun {made_by}") from e
+
+
+def step_ratios(bench_paths: list[Path]) -> dict[str, float]:
+    """Configuration name -> median step time / the baseline's, from bench_integrators.py's JSONs."""
+    ratios: dict[str, float] = {}
+    for path in bench_paths:
+        for c in read(path, "scripts/bench_integrators.py").get("configs", []):
+            ratios.setdefault(c["name"], c["median_ratio"])
+    return ratios
+
+
+def best_kneser_ney(report: dict) -> tuple[int, float] | None:
+    test = ((report.get("references") or {}).get("kneser_ney") or {}).get("heldout_test") or {}
+    return min(((int(n), v) for n, v in test.items()), key=lambda t: t[1]) if test else None
+
+
+def tradeoff_points(report: dict, ratios: dict[str, float]) -> tuple[list[dict], list[str]]:
+    """(configurations with a trusted test loss and a step time, names left out for want of one)."""
+    points, missing = [], []
+    for name, c in report["summary"]["configs"].items():
+        values = (c.get("trusted_test_loss") or {}).get("values") or []
+        if not values:
+            continue
+        if name not in ratios:
+            missing.append(name)
+            continue
+        points.append(
+            {
+                "name": name,
+                "ratio": ratios[name],
+                "median": statistics.median(values),
+                "lo": min(values),
+                "hi": max(values),
+            }
+        )
+    return points, missing
+
+
+def probe_points(paths: list[Path]) -> list[dict]:
+    """fixed_block_probe.py's results: width, what else was changed, seed, test and train-slice losses."""
+    out = []
+    for path in paths:
+        r = read(path, "scripts/fixed_block_probe.py")
+        if "trusted_test_loss" not in r:
+            raise PlotError(f"{path} is not a fixed_block_probe.py result (no trusted_test_loss)")
+        other = {k: v for k, v in (r.get("set") or {}).items() if k != "n_embd"}
+        out.append(
+            {
+                "n_embd": r["model_args"]["n_embd"],
+                "other": ", ".join(f"{k}={v}" for k, v in sorted(other.items())),
+                "seed": r["seed"],
+                "test": r["trusted_test_loss"],
+                "train": r["train_slice_loss"],
+                "kneser_ney": min((r.get("kneser_ney_heldout_test") or {}).values(), default=None),
+            }
+        )
+    return out
+
+
+def label(report: dict, path: Path) -> str:
+    data = (report.get("settings") or {}).get("data_dir")
+    return f"data/{Path(data).name}" if data else str(path)
+
+
+def draw(reports: list[tuple[Path, dict]], ratios: dict[str, float], probes: list[dict]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(reports) + bool(probes)
+    fig, axes = plt.subplots(1, n, figsize=(6.2 * n, 6.4), squeeze=False)
+    names = list(dict.fromkeys(pt["name"] for _, r in reports for pt in tradeoff_points(r, ratios)[0]))
+    colours = {name: f"C{i % 10}" for i, name in enumerate(names)}  # one colour per configuration in every panel
+    for ax, (path, report) in zip(axes[0], reports):
+        points, _ = tradeoff_points(report, ratios)
+        for pt in points:
+            colour = colours[pt["name"]]
+            ax.errorbar(
+                pt["ratio"],
+                pt["median"],
+                yerr=[[pt["median"] - pt["lo"]], [pt["hi"] - pt["median"]]],
+                fmt="o",
+                color=colour,
+                capsize=3,
+                label=pt["name"],
+            )
+        reference_lines(ax, best_kneser_ney(report))
+        ax.axvline(1.0, color="grey", lw=1, ls=":", label="the baseline's step (budget)")
+        ax.set_xlim(0, max([1.1] + [pt["ratio"] * 1.1 for pt in points]))
+        ax.set_xlabel("step time / the baseline's (side by side)")
+        ax.set_ylabel("trusted test loss (nats), median and range over seeds")
+        ax.set_title(f"{label(report, path)}: loss against time")
+        below(ax)
+        ax.grid(alpha=0.3)
+    if probes:
+        ax = axes[0][-1]
+        plain = [p for p in probes if not p["other"]]
+        widths = sorted({p["n_embd"] for p in plain})
+        for key, style, name in (("test", "-o", "held-out test half"), ("train", "--s", "train slice")):
+            ax.plot(
+                [p["n_embd"] for p in plain],
+                [p[key] for p in plain],
+                style[-1],
+                color="C0" if key == "test" else "C2",
+                alpha=0.45,
+            )
+            medians = [statistics.median(p[key] for p in plain if p["n_embd"] == w) for w in widths]
+            ax.plot(
+                widths, medians, style, color="C0" if key == "test" else "C2", lw=2, label=f"{name}, median over seeds"
+            )
+        for i, other in enumerate(sorted({p["other"] for p in probes if p["other"]})):
+            mine = [p for p in probes if p["other"] == other]
+            ax.plot(
+                [p["n_embd"] for p in mine],
+                [p["test"] for p in mine],
+                "^",
+                color=f"C{3 + i}",
+                ms=8,
+                label=f"{other} (test)",
+            )
+        kn = [p["kneser_ney"] for p in probes if p["kneser_ney"] is not None]
+        reference_lines(ax, (None, min(kn)) if kn else None)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(widths or [32])
+        ax.set_xticklabels([str(w) for w in widths or [32]])
+        ax.set_xlabel("n_embd (the fixed block's is 32; wider is outside the harness's rules)")
+        ax.set_ylabel("loss (nats)")
+        ax.set_title("probes outside the fixed block: loss against width")
+        below(ax)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def below(ax) -> None:
+    """The legend under the panel, where it hides no point."""
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
+
+
+def reference_lines(ax, best: tuple[int | None, float] | None) -> None:
+    if best is None:
+        return
+    order, value = best
+    ax.axhline(value, color="black", lw=1, label=f"best Kneser-Ney{f' (n = {order})' if order else ''}: {value:.3f}")
+    ax.axhline(
+        value - kneser_ney.TARGET_MARGIN,
+        color="red",
+        lw=1,
+        ls="--",
+        label=f"issue #16's target: {value - kneser_ney.TARGET_MARGIN:.3f}",
+    )
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--report", type=Path, nargs="+", required=True, help="benchmark folders or benchmark.json files")
+    p.add_argument("--bench", type=Path, nargs="+", required=True, help="bench_integrators.py JSONs (step times)")
+    p.add_argument("--probes", type=Path, nargs="*", default=[], help="fixed_block_probe.py result JSONs")
+    p.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if a.out.suffix != ".png":
+            raise PlotError(f"--out {a.out}: give a .png path")
+        ratios = step_ratios(a.bench)
+        reports = [(path, read(path, "scripts/benchmark.py")) for path in a.report]
+        probes = probe_points([p for p in a.probes if p.suffix == ".json"])
+    except PlotError as e:
+        print(f"plot_tradeoff: {e}", file=sys.stderr)
+        return 2
+    for path, report in reports:
+        points, missing = tradeoff_points(report, ratios)
+        kn = best_kneser_ney(report)
+        print(f"{label(report, path)}: best Kneser-Ney {kn[1]:.4f} (n = {kn[0]})" if kn else f"{label(report, path)}:")
+        for pt in points:
+            print(
+                f"  {pt['name']}: step x{pt['ratio']:.2f}, trusted test {pt['median']:.4f} ({pt['lo']:.4f}..{pt['hi']:.4f})"
+            )
+        for name in missing:
+            print(f"  {name}: no step time in --bench, left out (run scripts/bench_integrators.py with it)")
+    fig = draw(reports, ratios, probes)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    benchmark.atomic_write_bytes(a.out, buf.getvalue())
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
