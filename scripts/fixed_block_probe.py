@@ -26,6 +26,7 @@ import dataclasses
 import json
 import os
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -202,9 +203,19 @@ def score_checkpoint(a: argparse.Namespace, data_dir: Path) -> dict:
     return result
 
 
+CONTROL = "control: the fixed block"
+
+
+def what(r: dict) -> str:
+    """What a probe changed ('n_embd=64'), or CONTROL: a control trained here or scored from a checkpoint."""
+    return ", ".join(f"{k}={v}" for k, v in (r.get("set") or {}).items()) or CONTROL
+
+
 def table(paths: list[Path]) -> str:
     """The probes' results side by side (markdown): what each changed, its figures, its gap between test and
-    training text, and the best Kneser-Ney order on the same test half. Controls (--ckpt) come first."""
+    training text, and the best Kneser-Ney order on the same test half; controls first, then each probe's seeds.
+    Under it, each probe's median over its seeds, and its paired differences against the control of the same seed
+    (on the seeds that have one)."""
     rows = []
     for path in paths:
         try:
@@ -214,27 +225,62 @@ def table(paths: list[Path]) -> str:
         if "trusted_test_loss" not in r:
             raise ProbeError(f"{path}: not a probe's JSON (no trusted_test_loss)")
         rows.append((Path(path), r))
-    rows.sort(key=lambda pr: ("ckpt" not in pr[1], pr[1].get("seed") or 0, str(pr[0])))
+    rows.sort(
+        key=lambda pr: (
+            what(pr[1]) != CONTROL,
+            pr[1].get("params") or 0,
+            what(pr[1]),
+            pr[1].get("seed") or 0,
+            str(pr[0]),
+        )
+    )
     lines = [
         "| probe | seed | params | trusted test loss | candidate half | train slice | test - train slice "
         "| best Kneser-Ney (n) | vs Kneser-Ney |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for path, r in rows:
-        what = (
-            "control: the fixed block (a finished run's checkpoint)"
-            if "ckpt" in r
-            else ", ".join(f"{k}={v}" for k, v in r["set"].items()) or "control: the fixed block"
-        )
-        kn = r.get("kneser_ney_heldout_test") or {}
-        n, best = min(kn.items(), key=lambda kv: kv[1]) if kn else ("-", float("nan"))
+        label = what(r) + (" (a finished run's checkpoint)" if "ckpt" in r else "")
+        n, best = best_kneser_ney(r)
         test, train = r["trusted_test_loss"], r.get("train_slice_loss", float("nan"))
         lines.append(
-            f"| {what} (`{path.name}`) | {r.get('seed', '-')} | {r.get('params', '-'):,} | {test:.3f} "
+            f"| {label} (`{path.name}`) | {r.get('seed', '-')} | {r.get('params', '-'):,} | {test:.3f} "
             f"| {r['candidate_val_loss']:.3f} | {train:.3f} | {test - train:.3f} | {best:.3f} ({n}) "
             f"| {test - best:+.3f} |"
         )
+    controls = {r.get("seed"): r for _, r in rows if what(r) == CONTROL}
+    lines += [
+        "",
+        "| probe | seeds | trusted test loss, median | train slice, median | vs control, paired (seeds with one) "
+        "| vs best Kneser-Ney, median |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys(what(r) for _, r in rows):
+        mine = [r for _, r in rows if what(r) == name]
+        test = statistics.median(r["trusted_test_loss"] for r in mine)
+        train = statistics.median(r.get("train_slice_loss", float("nan")) for r in mine)
+        paired = {
+            r["seed"]: r["trusted_test_loss"] - controls[r["seed"]]["trusted_test_loss"]
+            for r in mine
+            if name != CONTROL and r.get("seed") in controls
+        }
+        vs_control = (
+            f"{statistics.median(paired.values()):+.3f} ("
+            + ", ".join(f"s{k} {v:+.3f}" for k, v in sorted(paired.items()))
+            + ")"
+            if paired
+            else "-"
+        )
+        gap = statistics.median(r["trusted_test_loss"] - best_kneser_ney(r)[1] for r in mine)
+        seeds = ", ".join(str(r.get("seed")) for r in mine)
+        lines.append(f"| {name} | {seeds} | {test:.3f} | {train:.3f} | {vs_control} | {gap:+.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def best_kneser_ney(r: dict) -> tuple[str, float]:
+    """(order, loss) of the best Kneser-Ney row on the probe's test half; ('-', nan) if it has none."""
+    kn = r.get("kneser_ney_heldout_test") or {}
+    return min(kn.items(), key=lambda kv: kv[1]) if kn else ("-", float("nan"))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -65,6 +65,15 @@ def test_probe_trains_the_changed_model_and_scores_it_on_the_held_out_half(tmp_p
     (row,) = [line for line in md.read_text().splitlines() if "wide.json" in line]
     best = min(r["kneser_ney_heldout_test"].values())
     assert "n_embd=48, max_iters=4" in row and f"| {r['trusted_test_loss'] - best:+.3f} |" in row
+    # beside a control of the same seed (here its record with the set removed and the loss moved): the probe's
+    # median and its paired difference against that control
+    control = {**r, "set": {}, "trusted_test_loss": r["trusted_test_loss"] + 0.25}
+    (tmp_path / "control.json").write_text(json.dumps(control))
+    assert probe.main(["--table", str(out), str(tmp_path / "control.json"), "--out", str(md)]) == 0
+    text = md.read_text().splitlines()
+    assert "control.json" in text[2] and "wide.json" in text[3]  # controls first
+    (summary,) = [line for line in text if line.startswith("| n_embd=48, max_iters=4 | 1 |")]
+    assert f"| {r['trusted_test_loss']:.3f} |" in summary and "| -0.250 (s1 -0.250) |" in summary
     (tmp_path / "bad.json").write_text("{}")
     assert probe.main(["--table", str(tmp_path / "bad.json")]) == 2
     # an existing result is kept unless --force
