@@ -534,12 +534,14 @@ def rewrite_meta(meta, old: dict, new: dict):
     return meta
 
 
-def heldout_split(data_dir: Path) -> dict:
+def heldout_split(data_dir: Path, val_bytes: bytes | None = None) -> dict:
     """Where data_dir's validation split is cut into the candidate's half and the held-out test half, and the test
-    half's fingerprint: the record heldout_halves reads the two halves back from. Writes nothing."""
+    half's fingerprint: the record heldout_halves reads the two halves back from. Writes nothing. val_bytes: val.bin
+    as the caller already read it, so that the cut and what the caller writes come from one read."""
     import numpy as np
 
-    val = np.fromfile(data_dir / "val.bin", dtype=np.uint16)
+    raw = (data_dir / "val.bin").read_bytes() if val_bytes is None else val_bytes
+    val = np.frombuffer(raw[: len(raw) // 2 * 2], dtype=np.uint16)  # whole tokens, as np.fromfile reads them
     cut = split_validation(len(val))
     test = val[cut:]
     return {
@@ -556,8 +558,8 @@ def make_candidate_data(data_dir: Path, dest: Path) -> dict:
     """The runner-made data folder the candidate trains on: train.bin as it is, val.bin the candidate's half of the
     validation split (heldout_split), meta.json (if the source has one) rewritten to match. Returns where the
     held-out test split is, for the subprocess and the record."""
-    heldout = heldout_split(data_dir)
     val_bytes = (data_dir / "val.bin").read_bytes()
+    heldout = heldout_split(data_dir, val_bytes)
     mine = val_bytes[: 2 * heldout["test_start"]]  # uint16 tokens
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(data_dir / "train.bin", dest / "train.bin")
