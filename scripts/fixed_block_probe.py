@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 import benchmark  # noqa: E402
+import kneser_ney  # noqa: E402
 
 # The fixed-block names a probe may change (train() reads them at call time), and the values they must keep
 # relative to each other. eval_interval, device and ctx stay: they change how a run is measured, not the model.
@@ -277,10 +278,9 @@ def table(paths: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def best_kneser_ney(r: dict) -> tuple[str, float]:
+def best_kneser_ney(r: dict) -> tuple[int | str, float]:
     """(order, loss) of the best Kneser-Ney row on the probe's test half; ('-', nan) if it has none."""
-    kn = r.get("kneser_ney_heldout_test") or {}
-    return min(kn.items(), key=lambda kv: kv[1]) if kn else ("-", float("nan"))
+    return kneser_ney.best_order(r.get("kneser_ney_heldout_test")) or ("-", float("nan"))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

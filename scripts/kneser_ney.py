@@ -272,6 +272,12 @@ def whole_split_loss(
 # inputs and outputs
 
 
+def best_order(losses: dict | None) -> tuple[int, float] | None:
+    """(order, loss) of the lowest loss in an {order: loss} record (orders as ints or JSON's strings); None if empty.
+    Issue #16's target is TARGET_MARGIN below that loss."""
+    return min(((int(n), v) for n, v in losses.items()), key=lambda t: t[1]) if losses else None
+
+
 def load_tokens(path: Path, vocab_size: int) -> np.ndarray:
     """A prepared split (flat uint16 ids); anything else is a KneserNeyError naming `make data`."""
     path = Path(path)

@@ -57,8 +57,7 @@ def step_ratios(bench_paths: list[Path]) -> dict[str, float]:
 
 
 def best_kneser_ney(report: dict) -> tuple[int, float] | None:
-    test = ((report.get("references") or {}).get("kneser_ney") or {}).get("heldout_test") or {}
-    return min(((int(n), v) for n, v in test.items()), key=lambda t: t[1]) if test else None
+    return kneser_ney.best_order(((report.get("references") or {}).get("kneser_ney") or {}).get("heldout_test"))
 
 
 def tradeoff_points(report: dict, ratios: dict[str, float]) -> tuple[list[dict], list[str]]:
@@ -98,7 +97,7 @@ def probe_points(paths: list[Path]) -> list[dict]:
                 "seed": r["seed"],
                 "test": r["trusted_test_loss"],
                 "train": r["train_slice_loss"],
-                "kneser_ney": min((r.get("kneser_ney_heldout_test") or {}).values(), default=None),
+                "kneser_ney": (kneser_ney.best_order(r.get("kneser_ney_heldout_test")) or (None, None))[1],
             }
         )
     return out
@@ -109,53 +108,52 @@ def label(report: dict, path: Path) -> str:
     return f"data/{Path(data).name}" if data else str(path)
 
 
-def draw(reports: list[tuple[Path, dict]], ratios: dict[str, float], probes: list[dict]):
+def panel(path: Path, report: dict, ratios: dict[str, float]) -> dict:
+    """One loss-against-time panel: its title, points, configurations left out, best Kneser-Ney order."""
+    points, missing = tradeoff_points(report, ratios)
+    return {"label": label(report, path), "points": points, "missing": missing, "kneser_ney": best_kneser_ney(report)}
+
+
+def draw(panels: list[dict], probes: list[dict]):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = len(reports) + bool(probes)
+    n = len(panels) + bool(probes)
     fig, axes = plt.subplots(1, n, figsize=(6.2 * n, 6.4), squeeze=False)
-    names = list(dict.fromkeys(pt["name"] for _, r in reports for pt in tradeoff_points(r, ratios)[0]))
+    names = list(dict.fromkeys(pt["name"] for p in panels for pt in p["points"]))
     colours = {name: f"C{i % 10}" for i, name in enumerate(names)}  # one colour per configuration in every panel
-    for ax, (path, report) in zip(axes[0], reports):
-        points, _ = tradeoff_points(report, ratios)
-        for pt in points:
-            colour = colours[pt["name"]]
+    for ax, p in zip(axes[0], panels):
+        for pt in p["points"]:
             ax.errorbar(
                 pt["ratio"],
                 pt["median"],
                 yerr=[[pt["median"] - pt["lo"]], [pt["hi"] - pt["median"]]],
                 fmt="o",
-                color=colour,
+                color=colours[pt["name"]],
                 capsize=3,
                 label=pt["name"],
             )
-        reference_lines(ax, best_kneser_ney(report))
+        reference_lines(ax, p["kneser_ney"])
         ax.axvline(1.0, color="grey", lw=1, ls=":", label="the baseline's step (budget)")
-        ax.set_xlim(0, max([1.1] + [pt["ratio"] * 1.1 for pt in points]))
+        ax.set_xlim(0, max([1.1] + [pt["ratio"] * 1.1 for pt in p["points"]]))
         ax.set_xlabel("step time / the baseline's (side by side)")
         ax.set_ylabel("trusted test loss (nats), median and range over seeds")
-        ax.set_title(f"{label(report, path)}: loss against time")
+        ax.set_title(f"{p['label']}: loss against time")
         below(ax)
         ax.grid(alpha=0.3)
     if probes:
         ax = axes[0][-1]
         plain = [p for p in probes if not p["other"]]
         widths = sorted({p["n_embd"] for p in plain})
-        for key, style, name in (("test", "-o", "held-out test half"), ("train", "--s", "train slice")):
-            ax.plot(
-                [p["n_embd"] for p in plain],
-                [p[key] for p in plain],
-                style[-1],
-                color="C0" if key == "test" else "C2",
-                alpha=0.45,
-            )
+        for key, line, marker, colour, name in (
+            ("test", "-", "o", "C0", "held-out test half"),
+            ("train", "--", "s", "C2", "train slice"),
+        ):
+            ax.plot([p["n_embd"] for p in plain], [p[key] for p in plain], marker, color=colour, alpha=0.45)  # seeds
             medians = [statistics.median(p[key] for p in plain if p["n_embd"] == w) for w in widths]
-            ax.plot(
-                widths, medians, style, color="C0" if key == "test" else "C2", lw=2, label=f"{name}, median over seeds"
-            )
+            ax.plot(widths, medians, line + marker, color=colour, lw=2, label=f"{name}, median over seeds")
         for i, other in enumerate(sorted({p["other"] for p in probes if p["other"]})):
             mine = [p for p in probes if p["other"] == other]
             ax.plot(
@@ -221,17 +219,17 @@ def main(argv: list[str] | None = None) -> int:
     except PlotError as e:
         print(f"plot_tradeoff: {e}", file=sys.stderr)
         return 2
-    for path, report in reports:
-        points, missing = tradeoff_points(report, ratios)
-        kn = best_kneser_ney(report)
-        print(f"{label(report, path)}: best Kneser-Ney {kn[1]:.4f} (n = {kn[0]})" if kn else f"{label(report, path)}:")
-        for pt in points:
+    panels = [panel(path, report, ratios) for path, report in reports]
+    for p in panels:
+        kn = p["kneser_ney"]
+        print(f"{p['label']}: best Kneser-Ney {kn[1]:.4f} (n = {kn[0]})" if kn else f"{p['label']}:")
+        for pt in p["points"]:
             print(
                 f"  {pt['name']}: step x{pt['ratio']:.2f}, trusted test {pt['median']:.4f} ({pt['lo']:.4f}..{pt['hi']:.4f})"
             )
-        for name in missing:
+        for name in p["missing"]:
             print(f"  {name}: no step time in --bench, left out (run scripts/bench_integrators.py with it)")
-    fig = draw(reports, ratios, probes)
+    fig = draw(panels, probes)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     benchmark.atomic_write_bytes(a.out, buf.getvalue())
