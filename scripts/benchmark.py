@@ -467,7 +467,8 @@ def reference_losses(data_dir: Path) -> dict | None:
         print(f"[benchmark] no train.bin/val.bin in {data_dir}: no Kneser-Ney reference row", flush=True)
         return None
     train = np.fromfile(data_dir / "train.bin", dtype=np.uint16)
-    val = np.fromfile(data_dir / "val.bin", dtype=np.uint16)
+    raw = (data_dir / "val.bin").read_bytes()
+    val = np.frombuffer(raw[: len(raw) // 2 * 2], dtype=np.uint16)  # whole tokens, as np.fromfile reads them
     full = kneser_ney.fit(train, max(REFERENCE_ORDERS), kneser_ney.VOCAB_SIZE)
     losses = {n: kneser_ney.whole_split_loss(full.with_order(n), val) for n in REFERENCE_ORDERS}
     print(
@@ -475,12 +476,12 @@ def reference_losses(data_dir: Path) -> dict | None:
         flush=True,
     )
     kn = {"whole_split_val": {str(n): v for n, v in losses.items()}, "script": "scripts/kneser_ney.py"}
-    try:  # the held-out test split the trusted test loss is computed on: the same windows
-        test = val[split_validation(len(val)) :]
+    try:  # the held-out test split the trusted test loss is computed on, and the candidate's part (where its
+        # returned best_vloss is measured): the runner's own cut, from the bytes read above
+        test, mine = heldout_halves(heldout_split(data_dir, raw), val)
     except BenchmarkError:
         test = None
     if test is not None:
-        mine = val[: split_validation(len(val))]  # the candidate's part: what its returned best_vloss is measured on
         kn["heldout_test"] = {str(n): kneser_ney.whole_split_loss(full.with_order(n), test) for n in REFERENCE_ORDERS}
         kn["candidate_val"] = {str(n): kneser_ney.whole_split_loss(full.with_order(n), mine) for n in REFERENCE_ORDERS}
     return {"kneser_ney": kn}
@@ -572,11 +573,14 @@ def make_candidate_data(data_dir: Path, dest: Path) -> dict:
     return {**heldout, "candidate_data_dir": str(dest)}
 
 
-def heldout_halves(heldout: dict):
-    """(held-out test, the candidate's val) as int64 tokens, from the source val.bin heldout_split cut."""
+def heldout_halves(heldout: dict, val=None):
+    """(held-out test, the candidate's val) as int64 tokens, from the source val.bin heldout_split cut. val: the
+    split's tokens as the caller already read them (else read from heldout["source_val"])."""
     import numpy as np
 
-    val = np.fromfile(heldout["source_val"], dtype=np.uint16).astype(np.int64)
+    if val is None:
+        val = np.fromfile(heldout["source_val"], dtype=np.uint16)
+    val = np.asarray(val).astype(np.int64)
     return val[heldout["test_start"] :], val[: heldout["test_start"]]
 
 
