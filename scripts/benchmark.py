@@ -1086,6 +1086,24 @@ def run_dir(out: Path, label: str, seed: int) -> Path:
     return out / "runs" / slug(label) / f"seed{seed}"
 
 
+def kept_source_drift(records: dict, configs: list, sources: dict) -> list[str]:
+    """What --resume must say of the finished runs it keeps: one line per run whose recorded sources_sha256 differs
+    from the files its configuration trains with now (the saved copy gone and the origin changed, or re-made)."""
+    out = []
+    for c in configs:
+        now = {f: hashlib.sha256(d).hexdigest() for f, d in sources[c.snapshot].items()}
+        for (label, seed), record in sorted(records.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+            was = record.get("sources_sha256")
+            if label != c.label or not was or was == now:
+                continue
+            files = ", ".join(f"{f} {was.get(f, '?')[:12]} -> {now[f][:12]}" for f in now if was.get(f) != now[f])
+            out.append(
+                f"`{label}` seed {seed} was kept from an earlier run whose sources differ from the ones this "
+                f"benchmark now trains it with ({files}): its figures come from those files"
+            )
+    return out
+
+
 def run_identity(config: Config, seed: int, max_iters, data_dir: Path) -> dict:
     """What a finished run must match for --resume to keep it."""
     return {
@@ -1483,6 +1501,9 @@ def render_markdown(report: dict) -> str:
     warnings = [(r["config"], r["seed"], w) for r in report["runs"] for w in r.get("warnings", [])]
     if warnings:
         lines += ["", "Warnings:", ""] + [f"- `{md_cell(c)}` seed {sd}: {w}" for c, sd, w in warnings]
+    if report.get("resume_warnings"):
+        lines += ["", "Kept by --resume from other sources:", ""]
+        lines += [f"- WARNING: {md_cell(w)}" for w in report["resume_warnings"]]
     if report.get("merged_from"):
         lines += ["", "Merged from (runs made in separate benchmarks):", ""]
         for m in report["merged_from"]:
@@ -1882,6 +1903,9 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
                 )
         sources[c.snapshot] = texts
 
+    resume_warnings = kept_source_drift(records, configs, sources)
+    for w in resume_warnings:
+        print(f"[benchmark] WARNING: {w}", flush=True)
     for name, texts in sources.items():
         for f, data in texts.items():
             atomic_write_bytes(out / "sources" / name / f, data)
@@ -1929,6 +1953,7 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
         "runs": [],
         "summary": {},
         "references": reference_losses(data_dir),
+        "resume_warnings": resume_warnings,
         "complete": False,
     }
     slack = report["settings"]["trusted"]["vloss_slack"] = vloss_slack(report["references"])

@@ -222,6 +222,14 @@ def render(result: dict, generation: Path, report: dict, origins: dict) -> str:
         lines += ["", f"**SHORTENED RUNS ({s['max_iters']} iterations): a smoke test, not a ranking.**"]
     if not result["complete"]:
         lines += ["", "**Incomplete: some runs are missing or have violations; `--resume` finishes it.**"]
+    drift = report.get("resume_warnings") or []
+    if drift:
+        lines += [
+            "",
+            f"**{len(drift)} run(s) kept by `--resume` trained with other copies of the files than the rest** "
+            "(listed in `benchmark/benchmark.md`; a lost starting file re-made, say): compare their figures "
+            "knowing that.",
+        ]
     lines += [
         "",
         "| candidate | files changed | recorded vloss | recorded rank | trusted test loss (median) | per seed | "

@@ -5,6 +5,7 @@ data: ~10 s a run on a loaded 2-core machine) and once more in the resume test; 
 """
 
 import json
+import re
 import shutil
 import statistics
 import sys
@@ -148,6 +149,28 @@ def test_resume_skips_finished_runs(finished, tmp_path, capsys):
     report = load(out)
     assert report["complete"] and len(report["runs"]) == 4
     assert [(r["config"], r["seed"]) for r in report["runs"]] == [(c, s) for s in SEEDS for c in CONFIGS]
+    assert report["resume_warnings"] == []  # the kept runs trained with the files the benchmark trains with now
+
+
+def test_resume_says_when_a_kept_run_trained_with_other_files(finished, tmp_path, capsys):
+    """A kept run whose recorded sources differ from what its configuration trains with now (here its saved copy
+    edited; elsewhere the copy lost and the origin re-made) is named in the log, benchmark.json and benchmark.md."""
+    src, data = finished
+    out = tmp_path / "out"
+    shutil.copytree(src, out)
+    (snapshot,) = [d for d in (out / "sources").iterdir() if (d / "model.py").is_file()]  # both configs' copy
+    with (snapshot / "model.py").open("a") as f:
+        f.write("\n# edited after the runs\n")
+    assert benchmark.main(bench_argv(data, out, "--resume")) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.count("skipped, finished earlier") == 4
+    warnings = load(out)["resume_warnings"]
+    named = [re.match(r"`(\w+)` seed (\d+) was kept from an earlier run", w).groups() for w in warnings]
+    assert sorted(named) == sorted((c, str(sd)) for c in CONFIGS for sd in SEEDS)
+    assert all("model.py" in w and "train_mps.py" not in w for w in warnings)  # names the file that changed
+    assert stdout.count("[benchmark] WARNING: `") == 4
+    md = (out / "benchmark.md").read_text()
+    assert "Kept by --resume from other sources" in md and md.count("was kept from an earlier run") == 4
 
 
 def test_baseline_recipe_is_the_seeds_starting_point():

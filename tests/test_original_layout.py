@@ -315,6 +315,14 @@ def test_rerank_end_to_end(tmp_path, data):
     assert rerank_generation.main(["--generation", str(gen), "--top", "2", "--out", str(out), "--render-only"]) == 0
     assert (out / "rerank.md").read_text() == md
     assert json.loads((out / "rerank.json").read_text()) == result
+    assert "kept by `--resume` trained with other copies" not in md
+    # runs a --resume kept from other copies of the files (a lost starting file re-made) are flagged in rerank.md
+    bench_json = out / "benchmark" / "benchmark.json"
+    kept = json.loads(bench_json.read_text())
+    bench_json.write_text(json.dumps({**kept, "resume_warnings": ["`baseline` seed 1 was kept from an earlier run"]}))
+    assert rerank_generation.main(["--generation", str(gen), "--top", "2", "--out", str(out), "--render-only"]) == 0
+    assert "**1 run(s) kept by `--resume` trained with other copies" in (out / "rerank.md").read_text()
+    bench_json.write_text(json.dumps(kept))
     empty = ["--generation", str(gen), "--top", "2", "--out", str(tmp_path / "none"), "--render-only"]
     assert rerank_generation.main(empty) == 2
     # a second call on the same folder with --resume keeps the runs; another generation there is refused
