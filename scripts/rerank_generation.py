@@ -152,11 +152,12 @@ def rerank(rows: list[dict], names: list[str], labels: dict[str, str], report: d
                 "paired_median": paired.get("median"),
                 "seeds_lower": paired.get("n_lower"),
                 "own_best_vloss": [figures[labels[name]][k][1] for k in sorted(figures[labels[name]])],
-                # the same training as the baseline's: every seed's figures equal to the last bit (runs are seeded)
+                # the same training as the baseline's: every seed's figures equal to the last bit (runs are seeded),
+                # on each of the candidate's seeds the baseline has finished too
                 "same_as_baseline": (
                     None
-                    if name == BASELINE or not base or figures[labels[name]].keys() != base.keys()
-                    else figures[labels[name]] == base
+                    if name == BASELINE or not base or not figures[labels[name]].keys() <= base.keys()
+                    else all(v == base[k] for k, v in figures[labels[name]].items())
                 ),
             }
         )

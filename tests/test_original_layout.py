@@ -268,6 +268,11 @@ def test_an_unfinished_rerank_ranks_on_the_seeds_every_candidate_has():
     assert {r["name"]: r["rank_figure"] for r in result["rows"]} == {"baseline": 5.4, "a": 5.3, "b": 5.25}
     assert rerank_generation.ranked_on(result) == " (on seed 0: those every candidate has finished)"
     assert rerank_generation.ranked_on({"complete": True}) == ""
+    assert {r["name"]: r["same_as_baseline"] for r in result["rows"]}["b"] is False  # judged on b's seed 0
+    same = report["summary"]["configs"]["b"]
+    same.update(trusted_test_loss={"values": [5.4], "median": 5.4}, best_vloss={"values": [4.9], "median": 4.9})
+    rows_now = rerank_generation.rerank(rows, names, {n: n for n in names}, report)["rows"]
+    assert {r["name"]: r["same_as_baseline"] for r in rows_now}["b"] is True  # equal to the baseline's seed 0
 
 
 def test_rerank_end_to_end(tmp_path, data):
