@@ -468,7 +468,7 @@ def reference_losses(data_dir: Path) -> dict | None:
         return None
     train = np.fromfile(data_dir / "train.bin", dtype=np.uint16)
     raw = (data_dir / "val.bin").read_bytes()
-    val = np.frombuffer(raw[: len(raw) // 2 * 2], dtype=np.uint16)  # whole tokens, as np.fromfile reads them
+    val = val_tokens(raw)
     full = kneser_ney.fit(train, max(REFERENCE_ORDERS), kneser_ney.VOCAB_SIZE)
     losses = {n: kneser_ney.whole_split_loss(full.with_order(n), val) for n in REFERENCE_ORDERS}
     print(
@@ -535,14 +535,20 @@ def rewrite_meta(meta, old: dict, new: dict):
     return meta
 
 
+def val_tokens(raw: bytes):
+    """val.bin's bytes as uint16 tokens: whole tokens only, as np.fromfile reads them."""
+    import numpy as np
+
+    return np.frombuffer(raw[: len(raw) // 2 * 2], dtype=np.uint16)
+
+
 def heldout_split(data_dir: Path, val_bytes: bytes | None = None) -> dict:
     """Where data_dir's validation split is cut into the candidate's half and the held-out test half, and the test
     half's fingerprint: the record heldout_halves reads the two halves back from. Writes nothing. val_bytes: val.bin
     as the caller already read it, so that the cut and what the caller writes come from one read."""
-    import numpy as np
 
     raw = (data_dir / "val.bin").read_bytes() if val_bytes is None else val_bytes
-    val = np.frombuffer(raw[: len(raw) // 2 * 2], dtype=np.uint16)  # whole tokens, as np.fromfile reads them
+    val = val_tokens(raw)
     cut = split_validation(len(val))
     test = val[cut:]
     return {
@@ -1086,21 +1092,26 @@ def run_dir(out: Path, label: str, seed: int) -> Path:
     return out / "runs" / slug(label) / f"seed{seed}"
 
 
+def sources_sha256(texts: dict[str, bytes]) -> dict[str, str]:
+    """A configuration's files (name -> bytes) as the sha256 each run records."""
+    return {f: hashlib.sha256(d).hexdigest() for f, d in texts.items()}
+
+
 def kept_source_drift(records: dict, configs: list, sources: dict) -> list[str]:
     """What --resume must say of the finished runs it keeps: one line per run whose recorded sources_sha256 differs
     from the files its configuration trains with now (the saved copy gone and the origin changed, or re-made)."""
+    now = {c.label: sources_sha256(sources[c.snapshot]) for c in configs}
+    order = {label: i for i, label in enumerate(now)}
     out = []
-    for c in configs:
-        now = {f: hashlib.sha256(d).hexdigest() for f, d in sources[c.snapshot].items()}
-        for (label, seed), record in sorted(records.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-            was = record.get("sources_sha256")
-            if label != c.label or not was or was == now:
-                continue
-            files = ", ".join(f"{f} {was.get(f, '?')[:12]} -> {now[f][:12]}" for f in now if was.get(f) != now[f])
-            out.append(
-                f"`{label}` seed {seed} was kept from an earlier run whose sources differ from the ones this "
-                f"benchmark now trains it with ({files}): its figures come from those files"
-            )
+    for label, seed in sorted(records, key=lambda k: (order[k[0]], k[1])):
+        was = records[(label, seed)].get("sources_sha256")
+        if not was or was == now[label]:
+            continue
+        files = ", ".join(f"{f} {was.get(f, '?')[:12]} -> {h[:12]}" for f, h in now[label].items() if was.get(f) != h)
+        out.append(
+            f"`{label}` seed {seed} was kept from an earlier run whose sources differ from the ones this "
+            f"benchmark now trains it with ({files}): its figures come from those files"
+        )
     return out
 
 
@@ -1928,7 +1939,7 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
             "config_details": [
                 {
                     **dataclasses.asdict(c),
-                    "sources_sha256": {f: hashlib.sha256(d).hexdigest() for f, d in sources[c.snapshot].items()},
+                    "sources_sha256": sources_sha256(sources[c.snapshot]),
                 }
                 for c in configs
             ],
