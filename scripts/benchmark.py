@@ -1259,7 +1259,9 @@ def execute_run(
         if not str(returned.get("module_file") or "").startswith(str(folder)):
             record["warnings"].append(f"train_mps was imported from {returned.get('module_file')}, not {folder}")
         if metrics is None:
-            record["warnings"].append("no metrics.json in TRAIN_MPS_OUT_DIR: no whole-split val, no curve")
+            record["warnings"].append(
+                "no metrics.json in TRAIN_MPS_OUT_DIR: no whole-split val; the curve is what train.log prints"
+            )
         elif metrics.get("seed") != seed:
             record["warnings"].append(f"metrics.json says seed {metrics.get('seed')}, not {seed}")
         if record.get("scored_module", "").startswith("trained ("):
@@ -1545,10 +1547,48 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_png(report: dict) -> bytes | None:
+# an evaluation line as a candidate without metrics.json prints it: DreamTeam's "500: train 6.430  val 6.472",
+# nanoGPT's "step 500: train loss 6.4300, val loss 6.4720", with anything after the val loss ("(lr=3.0e-04)")
+PRINTED_EVAL = re.compile(
+    r"^\s*(?:step\s+)?(\d+): train (?:loss )?[-+0-9.eE]+,?\s+val (?:loss )?([-+0-9.eEnaif]+)(?:[\s,(].*)?$"
+)
+
+
+def printed_curve(log_text: str) -> list[tuple[int, float]]:
+    """(iteration, val loss) as the candidate printed its evaluations: the curve of a run without metrics.json."""
+    points = []
+    for line in log_text.splitlines():
+        m = PRINTED_EVAL.match(line)
+        if m:
+            try:
+                points.append((int(m[1]), float(m[2])))
+            except ValueError:
+                continue
+    return points
+
+
+def run_curve(run: dict, out: Path | None) -> tuple[list[tuple[int, float]], str]:
+    """A run's val-loss curve and where it came from: its metrics.json history ('metrics'), else the evaluations
+    its train.log prints ('printed', the candidate's own numbers), else none ('')."""
+    history = (run.get("metrics") or {}).get("history") or []
+    pts = [(h["iter"], h["val_loss"]) for h in history if "iter" in h and "val_loss" in h]
+    if pts:
+        return pts, "metrics"
+    if out is not None and run.get("log"):
+        try:
+            pts = printed_curve((out / run["log"]).read_text(errors="replace"))
+        except OSError:
+            pts = []
+        if pts:
+            return pts, "printed"
+    return [], ""
+
+
+def render_png(report: dict, out: Path | None = None) -> bytes | None:
     """Val loss vs iteration; thin lines per run, the per-iteration median over seeds bold.
 
-    Left: the whole run; right: its second half, zoomed, where the configurations differ."""
+    Left: the whole run; right: its second half, zoomed, where the configurations differ. A run without
+    metrics.json (a candidate in DreamTeam's layout) is drawn from the evaluations its train.log in `out` prints."""
     try:
         import matplotlib
 
@@ -1559,13 +1599,14 @@ def render_png(report: dict) -> bytes | None:
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     colors = plt.get_cmap("tab10")
     curves = []  # (label, color, runs' points, median points)
+    sources = set()
     for i, label in enumerate(report["settings"]["configs"]):
         runs, by_iter = [], {}
         for r in report["runs"]:
             if r["config"] != label or r.get("status") != "ok":
                 continue
-            history = (r.get("metrics") or {}).get("history") or []
-            pts = [(h["iter"], h["val_loss"]) for h in history if "iter" in h and "val_loss" in h]
+            pts, source = run_curve(r, out)
+            sources.add(source)
             if pts:
                 runs.append(pts)
             for x, y in pts:
@@ -1591,7 +1632,13 @@ def render_png(report: dict) -> bytes | None:
         if start and ys_shown:
             ax.set_ylim(min(ys_shown) - 0.02, max(ys_shown) + 0.02)
     axes[0].set_ylabel("val loss (one batch per evaluation)")
-    axes[0].set_title("val loss; thin: runs, bold: median over seeds", fontsize=10)
+    title = "val loss; thin: runs, bold: median over seeds"
+    if "printed" in sources:
+        title += "\n(runs without metrics.json: the evaluations their train.log prints)"
+    axes[0].set_title(title, fontsize=10)
+    if not any(median for *_, median in curves):
+        for ax in axes:
+            ax.text(0.5, 0.5, "no run recorded a val-loss curve", ha="center", va="center", transform=ax.transAxes)
     axes[1].set_title(f"second half (iteration >= {last // 2}), zoomed", fontsize=10)
     if axes[0].get_legend_handles_labels()[0]:
         axes[0].legend(fontsize=8)
@@ -1609,7 +1656,7 @@ def render_png(report: dict) -> bytes | None:
 def write_reports(report: dict, out: Path, png: bool = True) -> None:
     atomic_write_bytes(out / "benchmark.md", render_markdown(report).encode())
     if png:
-        data = render_png(report)
+        data = render_png(report, out)
         if data is None:
             print("[benchmark] matplotlib is not installed: no benchmark.png (pip install matplotlib)", flush=True)
         else:

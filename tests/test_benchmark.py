@@ -128,6 +128,26 @@ def test_plot_only_redraws_from_the_json(finished):
     assert (out / "benchmark.json").read_bytes() == before
 
 
+def test_a_run_without_metrics_json_is_drawn_from_what_its_log_prints(finished, tmp_path):
+    """DreamTeam's layout writes no metrics.json: its curve is the evaluations its train.log prints, in DreamTeam's
+    format (with or without a trailing learning rate) and nanoGPT's; other lines, and runs with neither, draw nothing."""
+    log = tmp_path / "runs" / "a" / "seed0" / "train.log"
+    log.parent.mkdir(parents=True)
+    log.write_text(
+        "number of parameters: 1.66M\n0: train 10.827  val 10.813\n100: train 9.495  val 9.452 (lr=6.0e-05)\n"
+        "step 200: train loss 8.1950, val loss 8.2880\niter 250: loss 8.0000, time 12.00ms\n300: train 7.2  val nan\n"
+    )
+    run = {"log": "runs/a/seed0/train.log", "metrics": None}
+    pts, source = benchmark.run_curve(run, tmp_path)
+    assert source == "printed" and pts[:3] == [(0, 10.813), (100, 9.452), (200, 8.288)]
+    assert pts[3][0] == 300 and pts[3][1] != pts[3][1]  # a NaN evaluation is kept as NaN, not dropped or misread
+    assert benchmark.run_curve({**run, "log": "runs/missing.log"}, tmp_path) == ([], "")
+    out, _ = finished  # a run with metrics.json keeps its own history
+    r = next(r for r in load(out)["runs"] if r.get("status") == "ok")
+    pts, source = benchmark.run_curve(r, out)
+    assert source == "metrics" and pts == [(h["iter"], h["val_loss"]) for h in r["metrics"]["history"]]
+
+
 def test_resume_skips_finished_runs(finished, tmp_path, capsys):
     src, data = finished
     out = tmp_path / "out"
