@@ -1567,14 +1567,14 @@ def printed_curve(log_text: str) -> list[tuple[int, float]]:
     return points
 
 
-def run_curve(run: dict, out: Path | None) -> tuple[list[tuple[int, float]], str]:
+def run_curve(run: dict, out: Path) -> tuple[list[tuple[int, float]], str]:
     """A run's val-loss curve and where it came from: its metrics.json history ('metrics'), else the evaluations
     its train.log prints ('printed', the candidate's own numbers), else none ('')."""
     history = (run.get("metrics") or {}).get("history") or []
     pts = [(h["iter"], h["val_loss"]) for h in history if "iter" in h and "val_loss" in h]
     if pts:
         return pts, "metrics"
-    if out is not None and run.get("log"):
+    if run.get("log"):
         try:
             pts = printed_curve((out / run["log"]).read_text(errors="replace"))
         except OSError:
@@ -1584,7 +1584,7 @@ def run_curve(run: dict, out: Path | None) -> tuple[list[tuple[int, float]], str
     return [], ""
 
 
-def render_png(report: dict, out: Path | None = None) -> bytes | None:
+def render_png(report: dict, out: Path) -> bytes | None:
     """Val loss vs iteration; thin lines per run, the per-iteration median over seeds bold.
 
     Left: the whole run; right: its second half, zoomed, where the configurations differ. A run without
