@@ -124,7 +124,6 @@ import json
 import math
 import os
 import platform
-import random
 import re
 import shlex
 import shutil
@@ -141,6 +140,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
+if str(ROOT) not in sys.path:  # the evaluation package beside scripts/
+    sys.path.insert(0, str(ROOT))
+from odegpt_eval import sandbox as sandboxes  # noqa: E402
+from odegpt_eval import scoring, signing, training  # noqa: E402
+from odegpt_eval.children.train_child import TrainingMonitor, returned_value  # noqa: E402,F401  (the child's hooks)
+
 DEFAULT_DATA_DIR = ROOT / "data" / "shakespeare"
 DEFAULT_OUT_ROOT = ROOT / "results" / "benchmark"
 SOURCE_FILES = ("model.py", "train_mps.py")
@@ -221,16 +226,6 @@ VLOSS_SLACK = 1.0
 # is a violation: the returned clock must cover the training it did (10% and 6 s for jitter and the clock's start).
 ELAPSED_SLACK_REL, ELAPSED_SLACK_MIN = 0.9, 0.1
 FULL_TIMEOUT_MIN = 240.0  # a full run takes 10 to 40 min on a 2-core CPU
-
-# Runs in the fresh subprocess: imports this file (scripts/ then leaves sys.path), then child_main does the
-# harness's import of the candidate under the runner's hooks and clock, calls train() and scores the model.
-RUNNER = r"""
-import sys
-sys.path.insert(0, sys.argv[1])
-import benchmark
-sys.path.remove(sys.argv[1])
-sys.exit(benchmark.child_main(sys.argv[2:]))
-"""
 
 
 class BenchmarkError(RuntimeError):
@@ -682,138 +677,6 @@ def prepare_candidate(source: Path, rdir: Path, data_dir: Path, max_iters) -> tu
     return folder, heldout, layout, notes
 
 
-def is_token_batch(x) -> bool:
-    """A (B, T) tensor of token ids: what a language model's top-level call receives."""
-    import torch
-
-    return isinstance(x, torch.Tensor) and x.dim() == 2 and x.dtype in (torch.int64, torch.int32, torch.int16)
-
-
-class TrainingMonitor:
-    """Global torch hooks, installed before the candidate is imported, that watch what train() does.
-
-    Model calls: the outermost module call that receives a (B, T) integer tensor as its first positional argument
-    (the model, not its embedding inside it). A call in training mode with gradients on is a training forward
-    (its batch shape recorded), any other an evaluation forward. Optimizer steps: every `step()` of every
-    torch.optim.Optimizer (subclasses included), per optimizer. Strong references keep the modules and optimizers
-    alive after train() returns. `paused` stops recording (the runner's own scoring)."""
-
-    def __init__(self, clock):
-        self.clock = clock
-        self.paused = False
-        self.stack: list[bool] = []  # one entry per module call in progress: was it a recorded model call?
-        self.inside = 0  # recorded model calls in progress
-        self.modules: dict[int, dict] = {}
-        self.optimizers: dict[int, dict] = {}
-        self.last_eval = None  # id of the module of the latest evaluation forward
-        self.handles = []
-
-    def install(self) -> None:
-        import torch.nn.modules.module as mm
-        import torch.optim.optimizer as om
-
-        self.handles = [
-            mm.register_module_forward_pre_hook(self.pre),
-            mm.register_module_forward_hook(self.post, always_call=True),
-            om.register_optimizer_step_post_hook(self.step),
-        ]
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles = []
-
-    def pre(self, module, args):
-        recorded = not self.inside and not self.paused and bool(args) and is_token_batch(args[0])
-        self.stack.append(recorded)
-        if recorded:
-            import torch
-
-            self.inside += 1
-            entry = self.modules.get(id(module))
-            if entry is None:
-                entry = self.modules[id(module)] = {
-                    "module": module,
-                    "train": 0,
-                    "eval": 0,
-                    "shapes": {},
-                    "eval_shapes": {},
-                }
-            shape = "x".join(map(str, args[0].shape))
-            kind = "train" if module.training and torch.is_grad_enabled() else "eval"
-            entry[kind] += 1
-            shapes = entry["shapes" if kind == "train" else "eval_shapes"]
-            shapes[shape] = shapes.get(shape, 0) + 1
-            if kind == "eval":
-                self.last_eval = id(module)
-
-    def post(self, module, args, output):
-        if self.stack and self.stack.pop():
-            self.inside -= 1
-
-    def step(self, optimizer, args, kwargs):
-        if self.paused:
-            return
-        entry = self.optimizers.get(id(optimizer))
-        if entry is None:
-            entry = self.optimizers[id(optimizer)] = {"optimizer": optimizer, "steps": 0}
-        entry["steps"] += 1
-        entry["last_step"] = self.clock()
-
-    def findings(self) -> dict:
-        """The trained model, the model to score (the last evaluated one if it is a copy of the trained one, as
-        an EMA; else the trained one), the optimizer steps of the trained model's main optimizer, the shapes."""
-        trained = max(self.modules.values(), key=lambda e: e["train"], default=None)
-        if trained is None or trained["train"] == 0:
-            return {"model_found": False, "modules": self.describe_modules()}
-        scored, scored_as = trained, "trained"
-        last = self.modules.get(self.last_eval)
-        if last is not None and last is not trained:
-            if same_architecture(last["module"], trained["module"]):
-                scored, scored_as = last, "evaluated copy"
-            else:
-                scored_as = "trained (the last evaluated module is another architecture)"
-        owned = {id(p): p.numel() for p in trained["module"].parameters()}
-        steps, main, last_step = 0, None, None
-        for i, o in enumerate(self.optimizers.values()):
-            share = sum(owned.get(id(p), 0) for g in o["optimizer"].param_groups for p in g["params"])
-            if share and (main is None or share > main[0]):
-                main, steps, last_step = (share, i), o["steps"], o.get("last_step")
-        return {
-            "model_found": True,
-            "model": scored["module"],
-            "scored_module": scored_as,
-            "model_class": type(scored["module"]).__qualname__,
-            "optimizer_steps": steps,
-            "main_optimizer": None if main is None else main[1],
-            "last_step_clock": last_step,
-            "training_forwards": trained["train"],
-            "training_batch_shapes": dict(trained["shapes"]),
-            "modules_trained": sum(e["train"] > 0 for e in self.modules.values()),
-            "modules": self.describe_modules(),
-            "optimizers": [
-                {"class": type(o["optimizer"]).__qualname__, "steps": o["steps"]} for o in self.optimizers.values()
-            ],
-        }
-
-    def describe_modules(self) -> list:
-        return [
-            {
-                "class": type(e["module"]).__qualname__,
-                "train": e["train"],
-                "eval": e["eval"],
-                "train_shapes": e["shapes"],
-                "eval_shapes": e["eval_shapes"],
-            }
-            for e in self.modules.values()
-        ]
-
-
-def same_architecture(a, b) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape for k in sa)
-
-
 def trusted_token_losses(model, tokens, block_size: int = FIXED["block_size"], windows_per_batch: int = 64):
     """Cross-entropy (nats, float64 array of shape (n_windows, block_size)) of `model` at every target of every
     non-overlapping block_size window of `tokens` (the windows of train_mps.full_split_loss), computed by the
@@ -888,76 +751,6 @@ def batch_floor(
     return float(windows.mean(-1).min())
 
 
-def returned_value(v) -> dict:
-    """One returned value as the record keeps it: its exact type and, for floats (subclasses too), the plain value
-    (non-finite values as strings, so the JSON stays strict)."""
-    value = float.__float__(v) if isinstance(v, float) else None
-    torch = sys.modules.get("torch")
-    if torch is not None and type(v) is torch.Tensor and v.numel() == 1 and v.is_floating_point():
-        value = float(v.detach().cpu().item())  # the original's best_vloss (judged by layout, judge_run)
-    if value is not None and not math.isfinite(value):
-        value = str(value)
-    return {"type": f"{type(v).__module__}.{type(v).__qualname__}", "value": value}
-
-
-def child_main(argv: list[str]) -> int:
-    """The subprocess: `folder overrides_json result_path heldout_json`. Clock and hooks first, then the harness's
-    import and train(), then the runner's scoring of the model it found; the facts go to result_path (judged by
-    the parent, judge_run)."""
-    clock = time.perf_counter  # bound before the candidate exists: patching time.* later cannot reach it
-    folder, overrides, result_path, heldout = argv[0], json.loads(argv[1]), argv[2], json.loads(argv[3])
-    import numpy as np
-    import torch  # noqa: F401  (imported before the clock starts: every candidate imports it)
-
-    test, mine = heldout_halves(heldout)  # read before the candidate runs
-    seed = int(os.environ.get("TRAIN_MPS_SEED", "0"))  # for candidates that set no seed (odegpt's train() re-seeds)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    monitor = TrainingMonitor(clock)
-    monitor.install()
-    sys.path.insert(0, folder)
-    t_import = clock()
-    import train_mps
-
-    t_call = clock()
-    result = train_mps.train() if overrides is None else train_mps.train(train_mps.Recipe(**overrides))
-    t_return = clock()
-    monitor.paused = True
-    found = monitor.findings()
-    trusted = {
-        "elapsed_min": (t_return - t_import) / 60.0,
-        "import_s": t_call - t_import,
-        "train_min": None if found.get("last_step_clock") is None else (found["last_step_clock"] - t_call) / 60.0,
-    }
-    model = found.pop("model", None)
-    found.pop("last_step_clock", None)
-    if model is not None:
-        t = clock()
-        try:
-            trusted["test_loss"] = trusted_test_loss(model, test)
-            own_half = trusted_token_losses(model, mine)
-            trusted["candidate_val_loss"] = float(own_half.mean())
-            if heldout.get("evaluations"):
-                trusted["batch_floor"] = batch_floor(own_half, heldout["evaluations"])
-        except Exception as e:  # a model that breaks nanoGPT's inference call is a finding, not a crash
-            trusted["test_loss"], trusted["scoring_error"] = None, f"{type(e).__name__}: {e}"
-        trusted["scoring_s"] = clock() - t
-        if trusted["test_loss"] is not None and not math.isfinite(trusted["test_loss"]):
-            trusted["test_loss"] = str(trusted["test_loss"])
-    pair = type(result) is tuple and len(result) == 2
-    payload = {
-        "returned": [returned_value(v) for v in result] if pair else None,
-        "returned_repr": repr(result)[:500],
-        "module_file": getattr(train_mps, "__file__", None),
-        "trusted": trusted,
-        "monitor": found,
-    }
-    with open(result_path, "w") as f:
-        json.dump(payload, f)
-    return 0
-
-
 def plain(value):
     """A recorded number back to a float ('nan', 'inf' strings included); None stays None."""
     return None if value is None else float(value)
@@ -1000,6 +793,11 @@ def judge_run(
         trusted_scoring_s=trusted.get("scoring_s"),
         trusted_candidate_val_loss=trusted.get("candidate_val_loss"),
         trusted_batch_floor=trusted.get("batch_floor"),
+        **{  # the sandboxed runner's (trusted-v2) clock: the sandbox's span, train()'s within it, scoring over budget
+            f"trusted_{k}": trusted[k]
+            for k in ("sandbox_min", "train_span_min", "outside_train_min", "scoring_charged_s")
+            if k in trusted
+        },
         optimizer_steps=monitor.get("optimizer_steps"),
         training_forwards=monitor.get("training_forwards"),
         training_batch_shapes=monitor.get("training_batch_shapes"),
@@ -1011,6 +809,10 @@ def judge_run(
         if record["trusted_test_loss"] is not None and record["trusted_elapsed_min"] is not None
         else None
     )
+    evidence = returned.get("evidence") or {}  # runs of the sandboxed runner (trusted-v2) only
+    violations += evidence.get("problems") or []
+    if evidence.get("export_error"):
+        violations.append(f"the model could not be exported for scoring: {evidence['export_error']}")
     if not monitor.get("model_found"):
         violations.append("no model found: no module was called in training mode on a (B, T) batch of token ids")
         return
@@ -1045,6 +847,28 @@ def judge_run(
                 f"returned best_vloss {own[0]:.4f} is more than {slack:.3f} nats below the trusted test loss "
                 f"{record['trusted_test_loss']:.4f}{reach}"
             )
+    audit = trusted.get("audit")
+    if audit and not audit.get("max_abs_diff", math.inf) <= audit.get("tolerance", 0.0):
+        violations.append(
+            f"the scoring depends on more than each row's own prefix: the same prefixes asked again "
+            f"({audit.get('call')}) gave log-probabilities {audit.get('max_abs_diff'):.3g} nats apart (tolerance "
+            f"{audit.get('tolerance'):g}): the model keeps state between scoring calls or reads other rows"
+        )
+    updates = (monitor.get("updates") or {}).get("worst")
+    if updates:
+        abs_slack, rel_slack = monitor["updates"].get("slack") or (0, 0.0)
+        if updates["outside"] > abs_slack + rel_slack * updates["counted_steps"]:
+            violations.append(
+                f"parameter {updates['param']} was updated in place {updates['updates']} times, "
+                f"{updates['outside']} of them outside the {updates['counted_steps']} optimizer steps the hooks "
+                f"counted: at least {updates['steps_lower_bound']} optimizer steps (work the hooks did not see)"
+            )
+    other = monitor.get("other_trained") or {}
+    if other.get("parameters"):
+        violations.append(
+            f"{other['parameters']} parameter(s) outside the trained and the scored model were updated in place up "
+            f"to {other['max_updates']} times: another model was trained (out of the hooks' sight)"
+        )
     train_min = record["trusted_train_min"]
     if own[1] is not None and train_min is not None and own[1] < ELAPSED_SLACK_REL * train_min - ELAPSED_SLACK_MIN:
         violations.append(
@@ -1160,6 +984,113 @@ def threads_per_run(jobs: int) -> dict[str, str]:
     return {k: n for k in THREAD_VARS}
 
 
+PASS_ENV = (*THREAD_VARS, "CUDA_VISIBLE_DEVICES")  # the only variables of the runner's that reach a sandbox
+
+
+@functools.cache
+def default_sandbox() -> sandboxes.Sandbox:
+    """The sandbox runs get when none is named (execute_run called directly, as the tests do): `auto`, said loudly
+    where it is none."""
+    box, why = sandboxes.choose("auto")
+    if why:
+        print(f"!!! [benchmark] NO SANDBOX: {why}; the runs' figures are marked untrusted !!!", flush=True)
+    return box
+
+
+def run_env(seed: int, rdir: Path, data: str, threads: dict[str, str] | None, max_iters) -> dict[str, str]:
+    """The training child's whole environment: the sandbox's base, the thread and device variables, the harness's."""
+    env = {**sandboxes.base_env(), **{k: os.environ[k] for k in PASS_ENV if k in os.environ}, **(threads or {})}
+    env.update(TRAIN_MPS_SEED=str(seed), TRAIN_MPS_OUT_DIR=str(rdir / "out"), TRAIN_MPS_DATA_DIR=data)
+    if max_iters is not None:
+        env["TRAIN_MPS_MAX_ITERS"] = str(max_iters)
+    return env
+
+
+def score_threads(env: dict[str, str]) -> int:
+    """The scoring child's threads: the run's OMP_NUM_THREADS where it has one, else every core (as torch does)."""
+    try:
+        return max(1, int(env.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return os.cpu_count() or 1
+
+
+def trusted_scoring(box: sandboxes.Sandbox, ev: dict, folder: Path, rdir: Path, heldout: dict, threads: int) -> dict:
+    """The runner's figures of the exported model (scoring.score in the sandbox): the held-out test loss, the
+    candidate's-half loss and batch floor, the audit, and the scoring's time and budget."""
+    import numpy as np
+
+    info = ev["return"].get("model") or {}
+    weights = rdir / "model.pt"
+    atomic_write_bytes(weights, ev["payload"])
+    test, mine = heldout_halves(heldout)
+    out: dict = {}
+    try:
+        scored = scoring.score(
+            box,
+            folder / "model.py",
+            weights,
+            str(info.get("module") or "model"),
+            str(info.get("device") or "cpu"),
+            threads,
+            {"test": test, "candidate_val": mine},
+            FIXED["block_size"],
+            rdir / "score.log",
+        )
+    except scoring.ScoringError as e:
+        return {"test_loss": None, "scoring_error": str(e)}
+    losses = scored["losses"]
+    out["test_loss"] = float(losses["test"].mean())
+    out["candidate_val_loss"] = float(losses["candidate_val"].mean())
+    if heldout.get("evaluations") and np.isfinite(losses["candidate_val"]).all():
+        out["batch_floor"] = batch_floor(losses["candidate_val"], heldout["evaluations"])
+    if not math.isfinite(out["test_loss"]):
+        out["test_loss"] = str(out["test_loss"])
+    out.update(
+        scoring_s=scored["scoring_s"],
+        scoring_budget_s=scored["budget_s"],
+        scoring_calls=scored["calls"],
+        scoring_forked=scored["forked"],
+        audit=scored["audit"],
+    )
+    return out
+
+
+def findings(run: training.TrainingRun, ev: dict, scored: dict, box: sandboxes.Sandbox) -> dict:
+    """What the runner saves beside a run (returned.json) and judges it by: the candidate's return and the hooks'
+    findings as evidence, the runner's own figures (`trusted`), the channel's problems and the sandbox."""
+    ret = ev.get("return") or {}
+    at = ev["at_s"]
+    charged = max(0.0, scored.get("scoring_s", 0.0) - scored.get("scoring_budget_s", math.inf))
+    trusted = {
+        "elapsed_min": (run.sandbox_s + charged) / 60.0,
+        "sandbox_min": run.sandbox_s / 60.0,
+        "scoring_charged_s": charged,
+        "import_s": at["call"] - at["import"] if "call" in at and "import" in at else None,
+        "train_span_min": (at["return"] - at["call"]) / 60.0 if "return" in at and "call" in at else None,
+        "train_min": ev.get("child_train_min"),
+        **scored,
+    }
+    if trusted["train_span_min"] is not None:
+        trusted["outside_train_min"] = run.sandbox_s / 60.0 - trusted["train_span_min"]
+    monitor = dict(ret.get("monitor") or {})
+    monitor.pop("last_step_clock", None)
+    return {
+        "returned": ret.get("returned"),
+        "returned_repr": ret.get("returned_repr"),
+        "module_file": ret.get("module_file"),
+        "trusted": trusted,
+        "monitor": monitor,
+        "evidence": {
+            "frames": ev["frames"],
+            "at_s": at,
+            "problems": ev["problems"],
+            "model": ret.get("model"),
+            "export_error": ret.get("export_error"),
+        },
+        "sandbox": box.describe(),
+    }
+
+
 def execute_run(
     config: Config,
     seed: int,
@@ -1171,88 +1102,105 @@ def execute_run(
     timeout_min: float | None = None,
     slack: float = VLOSS_SLACK,
     stopping: threading.Event | None = None,
+    sandbox: sandboxes.Sandbox | None = None,
+    expected_sources: dict[str, str] | None = None,
 ) -> dict:
-    """One training run in a fresh subprocess (its own process group) under the trusted runner; returns its
-    record (also saved as run.json). `threads`: thread variables for the subprocess (threads_per_run);
-    `timeout_min`: default default_timeout_min(max_iters); on a timeout the whole process group is killed.
-    `stopping`: the calling benchmark's interrupt flag: once set, the run does not start, or a run whose process
-    group was killed is recorded as interrupted (one flag per benchmark() call, so an interrupted benchmark
-    leaves no state behind for the next one in the same process)."""
+    """One training run under the trusted runner: the training child in a sandbox (its own process group and PID
+    namespace), then the exported model scored in another (scoring.score); returns its record (also saved, signed,
+    as run.json). `threads`: thread variables for the sandbox (threads_per_run); `timeout_min`: default
+    default_timeout_min(max_iters); on a timeout the whole sandbox is killed. `stopping`: the calling benchmark's
+    interrupt flag: once set, the run does not start, or a run whose sandbox was killed is recorded as interrupted
+    (one flag per benchmark() call, so an interrupted benchmark leaves no state behind for the next one in the same
+    process). `sandbox`: default default_sandbox(). `expected_sources`: the sha256 of the configuration's saved
+    copy when the benchmark started; a copy that differs now is not run (the run fails, saying so)."""
     stopping = threading.Event() if stopping is None else stopping
+    box = default_sandbox() if sandbox is None else sandbox
     rdir = run_dir(out, config.label, seed)
     if rdir.exists():  # leftovers of a failed or interrupted attempt
         shutil.rmtree(rdir)
     rdir.mkdir(parents=True)
     source = out / "sources" / config.snapshot
+    snapshot_sha = {f: sha256(source / f) for f in SOURCE_FILES}
+    changed = {f: h for f, h in (expected_sources or {}).items() if snapshot_sha.get(f) != h}
     with PREPARE_LOCK:
         folder, heldout, layout, adaptations = prepare_candidate(source, rdir, data_dir, max_iters)
+    (rdir / "out").mkdir()
     timeout_min = default_timeout_min(max_iters) if timeout_min is None else timeout_min
     expected_iters = FIXED["max_iters"] if max_iters is None else max_iters
     heldout["evaluations"] = evaluations(expected_iters)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAIN_MPS_") and k != "PYTHONPATH"}
-    env.update(TRAIN_MPS_SEED=str(seed), TRAIN_MPS_OUT_DIR=str(rdir), TRAIN_MPS_DATA_DIR=heldout["candidate_data_dir"])
-    env.update(threads or {})
-    if max_iters is not None:
-        env["TRAIN_MPS_MAX_ITERS"] = str(max_iters)
-    result_path = rdir / "returned.json"
+    env = run_env(seed, rdir, heldout["candidate_data_dir"], threads, max_iters)
     log_path = rdir / "train.log"
-    args = [str(folder), json.dumps(config.overrides), str(result_path), json.dumps(heldout)]
-    cmd = [sys.executable, "-c", RUNNER, str(SCRIPTS), *args]
+    argv = [sys.executable, "-E", "-s", "-B", str(sandboxes.CHILDREN / "train_child.py"), str(folder)]
+    argv += [json.dumps(config.overrides), "{fd}"]
+    confinement = sandboxes.Confinement(
+        read_only=(str(folder), str(rdir / "data"), str(sandboxes.CHILDREN), *sandboxes.python_paths()),
+        writable=(str(rdir / "out"),),
+        cwd=str(rdir),
+        env=tuple(env.items()),
+    )
     started = datetime.now().isoformat(timespec="milliseconds")
-    status, returncode, pgid = None, None, None
+
+    def running(pgid: int) -> None:
+        with LIVE_LOCK:
+            LIVE_GROUPS.add(pgid)  # start_new_session: the sandbox leads its own group, pgid = pid
+        atomic_write_json(rdir / "running.json", {"pid": pgid, "pgid": pgid, "started_at": started})
+
+    def done(pgid: int) -> None:
+        with LIVE_LOCK:
+            LIVE_GROUPS.discard(pgid)
+
+    run, ev, status = None, {}, None
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
-        if stopping.is_set():
+        if changed:
+            log.write(f"[benchmark] the saved copy {source} changed since the benchmark started: {changed}\n")
+        elif stopping.is_set():
             status = "interrupted"
         else:
-            proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=rdir, start_new_session=True
-            )
-            pgid = proc.pid
-            with LIVE_LOCK:
-                LIVE_GROUPS.add(pgid)  # start_new_session: the child leads its own group, pgid = pid
-            atomic_write_json(rdir / "running.json", {"pid": proc.pid, "pgid": proc.pid, "started_at": started})
-            try:
-                returncode = proc.wait(timeout=60.0 * timeout_min)
-            except subprocess.TimeoutExpired:
-                status = "timeout"
-            finally:  # a timeout, an interrupt, or any error here: no training process outlives the run
-                kill_group(proc.pid)
-                returncode = proc.wait()
-                with LIVE_LOCK:
-                    LIVE_GROUPS.discard(proc.pid)
-            if stopping.is_set() and status is None and returncode != 0:
+            run = training.run_training(box, argv, confinement, log, 60.0 * timeout_min, running, done)
+            status = run.status
+            if stopping.is_set() and status is None and run.returncode != 0:
                 status = "interrupted"
+            ev = training.evidence(run)
+    returned = None
+    if run is not None and status is None and run.returncode == 0 and "return" in ev:
+        scored = {}
+        if ev.get("payload"):
+            scored = trusted_scoring(box, ev, folder, rdir, heldout, score_threads(env))
+        returned = findings(run, ev, scored, box)
+        atomic_write_json(rdir / "returned.json", returned)
     wall_s = time.perf_counter() - t0
     record = {
         **run_identity(config, seed, max_iters, data_dir),
         "order_index": index,
         "status": status or "failed",
-        "returncode": returncode,
+        "returncode": None if run is None else run.returncode,
         "started_at": started,
         "finished_at": datetime.now().isoformat(timespec="milliseconds"),
         "wall_s": wall_s,
         "wall_min": wall_s / 60.0,
         "timeout_min": timeout_min,
         "source_dir": str(source),
-        "sources_sha256": {f: sha256(source / f) for f in SOURCE_FILES},
+        "sources_sha256": snapshot_sha,
         "log": str(log_path.relative_to(out)),
         "thread_env": {k: env[k] for k in THREAD_VARS if k in env},
-        "pgid": pgid,
+        "pgid": None if run is None else run.pgid,
         "heldout": heldout,
         "layout": layout,
         "adaptations": adaptations,
         "expected_iters": expected_iters,
+        "sandbox": box.describe(),
         "violations": [],
         "warnings": [],
     }
-    returned = load_record(result_path)
-    metrics = load_record(rdir / "metrics.json")
+    metrics = load_record(rdir / "out" / "metrics.json")
     record["metrics"] = metrics
-    if status == "timeout":
-        record["violations"].append(f"timeout: still running after {timeout_min:g} min; its process group was killed")
+    if changed:
+        record["error"] = f"the saved copy {source} changed since the benchmark started ({', '.join(changed)}): not run"
+    elif status == "timeout":
+        record["violations"].append(f"timeout: still running after {timeout_min:g} min; its sandbox was killed")
         record["error"] = tail(log_path)
-    elif returncode == 0 and returned and "trusted" in returned:
+    elif returned is not None:
         record["status"] = "ok"
         judge_run(record, returned, expected_iters, layout, slack)
         record["val_loss_full"] = (metrics or {}).get("val_loss_full")  # the candidate's own, from its metrics.json
@@ -1266,10 +1214,14 @@ def execute_run(
             record["warnings"].append(f"metrics.json says seed {metrics.get('seed')}, not {seed}")
         if record.get("scored_module", "").startswith("trained ("):
             record["warnings"].append(f"scored the trained model: {record['scored_module']}")
+        if not box.trusted:
+            record["warnings"].append(
+                f"no sandbox ({box.name}): the candidate could read and write what the runner can"
+            )
     else:
         record["error"] = tail(log_path)
     (rdir / "running.json").unlink(missing_ok=True)
-    atomic_write_json(rdir / "run.json", record)
+    atomic_write_json(rdir / "run.json", signing.sign(record, signing.key(out)))
     return record
 
 
@@ -1295,8 +1247,10 @@ def ranked(r: dict) -> bool:
 
 def summarize(runs: list[dict], labels: list[str], baseline: str) -> dict:
     """Per configuration: each metric over seeds; per seed differences against the baseline. Runs with
-    violations are left out (listed under `excluded`)."""
-    ok = {(r["config"], r["seed"]): r for r in runs if ranked(r)}
+    violations are left out (listed under `excluded`), and so are the runs of a configuration whose seed made no
+    difference (seed_insensitive)."""
+    seedless = seed_insensitive(runs)
+    ok = {(r["config"], r["seed"]): r for r in runs if ranked(r) and r["config"] not in seedless}
     configs = {}
     for label in labels:
         mine = sorted((r for (c, _), r in ok.items() if c == label), key=lambda r: r["seed"])
@@ -1330,9 +1284,36 @@ def summarize(runs: list[dict], labels: list[str], baseline: str) -> dict:
             {"config": r["config"], "seed": r["seed"], "violations": r["violations"]}
             for r in runs
             if r.get("violations")
+        ]
+        + [
+            {"config": r["config"], "seed": r["seed"], "violations": [seedless[r["config"]]]}
+            for r in runs
+            if r["config"] in seedless and ranked(r)
         ],
+        **({"unsandboxed_runs": unsandboxed} if (unsandboxed := unsandboxed_runs(ok.values())) else {}),
         "configs": configs,
     }
+
+
+def seed_insensitive(runs: list[dict]) -> dict[str, str]:
+    """Configurations whose clean runs at two or more seeds have the same trusted test loss to the last bit: a
+    candidate that ignores the runner's seed (its seeds are one run counted several times). {label: the reason}."""
+    by_label: dict[str, list] = {}
+    for r in runs:
+        if ranked(r) and r.get("trusted_test_loss") is not None:
+            by_label.setdefault(r["config"], []).append(r)
+    return {
+        label: f"the seed made no difference: trusted test loss {rs[0]['trusted_test_loss']!r} at seeds "
+        f"{', '.join(str(r['seed']) for r in sorted(rs, key=lambda r: r['seed']))} (the candidate ignores the seed)"
+        for label, rs in by_label.items()
+        if len({r["seed"] for r in rs}) >= 2 and len({r["trusted_test_loss"] for r in rs}) == 1
+    }
+
+
+def unsandboxed_runs(runs) -> list[str]:
+    """Runs recorded as made without a sandbox (`sandbox.trusted` false): their figures are not to be trusted.
+    Runs made before the sandbox (no `sandbox` record) are not listed here."""
+    return [f"{r['config']} seed {r['seed']}" for r in runs if (r.get("sandbox") or {}).get("trusted") is False]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1410,6 +1391,14 @@ def render_markdown(report: dict) -> str:
         f"figures are the candidate's (its return value, fitness = {summary['fitness']}, and its metrics.json, on "
         "the part of the validation split it was given), kept for continuity. Runs with violations are not ranked.",
     ]
+    unsandboxed = summary.get("unsandboxed_runs", [])
+    if unsandboxed:
+        lines += [
+            "",
+            f"> **UNTRUSTED: {len(unsandboxed)} run(s) ran without a sandbox ({md_cell(', '.join(unsandboxed))}): "
+            "their candidate code could read the held-out split and the runner's records and write anywhere the "
+            "user can, so none of their figures is to be trusted.**",
+        ]
     untrusted = summary.get("untrusted_runs", [])
     if untrusted:
         lines += [
@@ -1689,6 +1678,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="minutes a run may take before its process group is killed and it is recorded as a timeout "
         f"(default {FULL_TIMEOUT_MIN:g} for full runs; 5 + its share of that for --max-iters runs)",
     )
+    p.add_argument(
+        "--sandbox",
+        choices=sandboxes.SANDBOXES,
+        default="auto",
+        help="where candidate code runs (default auto: bubblewrap where it works, else none, said loudly and every "
+        "run marked untrusted); bubblewrap: refuse to run without it",
+    )
     p.add_argument("--plot-only", action="store_true", help="redraw benchmark.md and .png from benchmark.json")
     p.add_argument(
         "--merge",
@@ -1907,6 +1903,10 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
     if a.timeout_min is not None and not a.timeout_min > 0:
         raise BenchmarkError(f"--timeout-min must be > 0, got {a.timeout_min}")
     timeout_min = a.timeout_min if a.timeout_min is not None else default_timeout_min(a.max_iters)
+    try:
+        box, unconfined = sandboxes.choose(a.sandbox)
+    except sandboxes.SandboxError as e:
+        raise BenchmarkError(f"--sandbox {a.sandbox}: {e}") from None
     data_dir = (a.data_dir or DEFAULT_DATA_DIR).resolve()
     out = (a.out or DEFAULT_OUT_ROOT / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
 
@@ -1925,12 +1925,17 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
     # Everything is checked before anything is written or run.
     plan = [(i, c, seed) for i, (seed, c) in enumerate((seed, c) for seed in seeds for c in configs)]
     records: dict[tuple[str, int], dict] = {}
+    unsigned = []  # finished runs whose record the runner cannot verify: run again, never kept
+    key = signing.key(out, create=False)
     for _, c, seed in plan:
         record = load_record(run_dir(out, c.label, seed) / "run.json")
         if not finished(record):
             continue
         if not a.resume:
             raise BenchmarkError(f"{out} already holds finished runs; pass --resume to keep them, or another --out")
+        if not signing.verified(record, key):
+            unsigned.append(f"{c.label} seed {seed}")
+            continue
         identity = run_identity(c, seed, a.max_iters, data_dir)
         differs = {k: (record.get(k), v) for k, v in identity.items() if record.get(k) != v}
         if differs:
@@ -1962,11 +1967,24 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
         sources[c.snapshot] = texts
 
     resume_warnings = kept_source_drift(records, configs, sources)
+    if unsigned:
+        resume_warnings.append(
+            f"{len(unsigned)} finished run(s) are run again: their run.json does not carry this runner's signature "
+            f"under {out / signing.KEY_FILE} (planted, edited, or made before runs were signed): {', '.join(unsigned)}"
+        )
     for w in resume_warnings:
         print(f"[benchmark] WARNING: {w}", flush=True)
+    if unconfined:
+        print(
+            f"!!! [benchmark] NO SANDBOX: {unconfined}. Candidate code can read the held-out split and the "
+            "runner's records; every run is marked UNTRUSTED in the report !!!",
+            flush=True,
+        )
+    signing.key(out)
     for name, texts in sources.items():
         for f, data in texts.items():
             atomic_write_bytes(out / "sources" / name / f, data)
+            os.chmod(out / "sources" / name / f, 0o444)  # read-only to everyone; no sandbox binds another's copy
     print(f"[benchmark] {len(configs)} configurations x {len(seeds)} seeds -> {out}", flush=True)
     for c in configs:
         print(f"  {c.label}: {c.kind} from {c.origin}, recipe overrides {c.overrides}", flush=True)
@@ -2000,7 +2018,15 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
             "jobs": a.jobs,
             "timeout_min": timeout_min,
             "trusted": {
-                "runner": "trusted-v1",
+                "runner": "trusted-v2-sandboxed",
+                "sandbox": box.describe(),
+                "scoring": {
+                    "protocol": "prefixes in, last-position logits out; cross-entropy by the runner",
+                    "rows_per_call": scoring.ROWS_PER_CALL,
+                    "audit_calls": scoring.AUDIT_CALLS,
+                    "audit_tolerance": scoring.AUDIT_TOLERANCE,
+                    "budget_s": [scoring.SCORING_BASE_S, scoring.SCORING_PER_CALL_S],
+                },
                 "test_fraction": TEST_FRACTION,
                 "vloss_slack": VLOSS_SLACK,
                 "elapsed_slack": [ELAPSED_SLACK_REL, ELAPSED_SLACK_MIN],
@@ -2040,9 +2066,14 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
         previous_sigterm = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=a.jobs) as pool:
-            shared = (out, data_dir, a.max_iters, threads, timeout_min, slack, stopping)
+            shared = (out, data_dir, a.max_iters, threads, timeout_min, slack, stopping, box)
             futures = {
-                pool.submit(announce_and_run, head, c, seed, i, *shared): (head, c, seed) for head, i, c, seed in todo
+                pool.submit(announce_and_run, head, c, seed, i, *shared, sources_sha256(sources[c.snapshot])): (
+                    head,
+                    c,
+                    seed,
+                )
+                for head, i, c, seed in todo
             }
             try:
                 for future in concurrent.futures.as_completed(futures):

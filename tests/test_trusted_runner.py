@@ -21,32 +21,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, write_bins
+from runner_helpers import MAX_ITERS, benchmark, edit, processes_with, run, source
 
-sys.path.insert(0, str(REPO / "scripts"))
-import benchmark  # noqa: E402
-
-MAX_ITERS = 3
 RETURN = "    return best_vloss, elapsed_min\n"
-
-
-def source(name: str) -> str:
-    return (REPO / name).read_text()
-
-
-def edit(text: str, anchor: str, replacement: str) -> str:
-    assert text.count(anchor) == 1, f"anchor not found once in today's file: {anchor!r}"
-    return text.replace(anchor, replacement)
-
-
-def run(root, name, train_mps=None, model=None, overrides=None, max_iters=MAX_ITERS, data=None, timeout_min=None):
-    """One run of a candidate folder (today's files, edited) under the trusted runner; its record."""
-    out = root / "out"
-    snapshot = out / "sources" / f"folder-{name}"
-    snapshot.mkdir(parents=True)
-    (snapshot / "train_mps.py").write_text(train_mps or source("train_mps.py"))
-    (snapshot / "model.py").write_text(model or source("model.py"))
-    config = benchmark.Config(name, "folder", str(snapshot), snapshot.name, overrides)
-    return benchmark.execute_run(config, 0, 0, out, data, max_iters, timeout_min=timeout_min)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +97,7 @@ def load_checkpoint_model(rdir):
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    ckpt = torch.load(rdir / "ckpt.pt", weights_only=False)
+    ckpt = torch.load(rdir / "out" / "ckpt.pt", weights_only=False)  # the candidate's writable folder
     model = module.GPT(module.GPTConfig(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])
     return model.eval()
@@ -287,37 +264,23 @@ def test_training_on_val_gains_nothing_on_the_held_out_split(tmp_path):
     assert (ranked is None and on_val["violations"]) or ranked > summary["honest"]["trusted_fitness"]["median"]
 
 
+HANG_MARKER = "613.25"  # the argument of the `sleep` the hanging candidate starts: how the tests find it
 HANG = (
     "    data_dir = find_data_dir()\n",
-    '    import subprocess\n\n    subprocess.Popen(["sleep", "600"])\n    time.sleep(600)\n'
+    f'    import subprocess\n\n    subprocess.Popen(["sleep", "{HANG_MARKER}"])\n    time.sleep(600)\n'
     "    data_dir = find_data_dir()\n",
 )
 
 
-def live_members(pgid: int) -> list[int]:
-    """Processes of a process group that are still running (zombies waiting for their parent do not count)."""
-    alive = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = open(f"/proc/{entry}/stat").read()
-        except OSError:
-            continue
-        state, _, pgrp = stat.rsplit(")", 1)[1].split()[:3]
-        if int(pgrp) == pgid and state != "Z":
-            alive.append(int(entry))
-    return alive
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
-def test_a_hanging_candidate_times_out_and_its_process_group_is_killed(tmp_path, data):
+def test_a_hanging_candidate_times_out_and_every_process_of_it_is_killed(tmp_path, data):
     text = edit(source("train_mps.py"), *HANG)
     t = time.perf_counter()
     r = run(tmp_path, "hang", train_mps=text, data=data, timeout_min=0.1)
     assert time.perf_counter() - t < 30
     assert r["status"] == "timeout" and any(v.startswith("timeout") for v in r["violations"])
-    assert r["pgid"] and live_members(r["pgid"]) == []  # the training process and its `sleep` child
+    folder = r["source_dir"]  # on the training child's command line
+    assert processes_with(folder) == [] and processes_with(f"sleep {HANG_MARKER}") == []
     assert not benchmark.ranked(r) and not benchmark.finished(r)  # never ranked; --resume retries it
 
 
@@ -331,7 +294,7 @@ sys.exit(benchmark.main(sys.argv[2:]))
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
-def test_sigterm_to_the_benchmark_kills_the_training_process_group(tmp_path, data):
+def test_sigterm_to_the_benchmark_kills_every_training_process(tmp_path, data):
     candidate = tmp_path / "hang"
     candidate.mkdir()
     (candidate / "train_mps.py").write_text(edit(source("train_mps.py"), *HANG))
@@ -349,15 +312,16 @@ def test_sigterm_to_the_benchmark_kills_the_training_process_group(tmp_path, dat
     while not running.exists() and time.monotonic() < deadline and parent.poll() is None:
         time.sleep(0.2)
     assert running.exists(), parent.communicate()[0]
-    pgid = json.loads(running.read_text())["pgid"]
-    while len(live_members(pgid)) < 2 and time.monotonic() < deadline:  # python and its `sleep`
+    while not processes_with(f"sleep {HANG_MARKER}") and time.monotonic() < deadline:  # the child's `sleep`
         time.sleep(0.2)
-    assert len(live_members(pgid)) == 2
+    assert len(processes_with(f"sleep {HANG_MARKER}")) == 1
+    snapshot = str(out / "sources")  # the training child's command line names its saved copy
+    assert processes_with(snapshot)
     parent.send_signal(signal.SIGTERM)
     output, _ = parent.communicate(timeout=30)
     assert parent.returncode == 130, output
     assert "killed 1 training process group" in output
-    assert live_members(pgid) == []
+    assert processes_with(snapshot) == [] and processes_with(f"sleep {HANG_MARKER}") == []
     record = json.loads((running.parent / "run.json").read_text())
     assert record["status"] == "interrupted"
 

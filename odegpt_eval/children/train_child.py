@@ -1,0 +1,303 @@
+"""The training child: runs inside the sandbox, imports the candidate's train_mps as the harness does and calls
+train(), under global torch hooks installed before the candidate exists. What it learns is evidence, not a figure:
+it goes to the runner as frames on an inherited pipe (wire.py), never through a file the candidate can reach, and
+the trained model goes with it, pickled, for the scoring child to load. The runner ranks nothing this process says
+about itself: the loss comes from scoring the weights in another sandbox, the time from the runner's own clock.
+
+    python -E -s -B train_child.py FOLDER OVERRIDES_JSON EVIDENCE_FD
+
+Frames, in order: start, import (before `import train_mps`), call (before train()), return (after it: the returned
+values, the hooks' findings and the model). Standard library, numpy and torch only: the runner's package is not
+in the sandbox.
+"""
+
+import gc
+import io
+import json
+import math
+import os
+import random
+import sys
+import time
+
+try:  # as odegpt_eval.children.train_child (the runner reads its helpers) or as a script in the sandbox
+    from . import wire
+except ImportError:  # beside this file: python puts the script's folder first on sys.path
+    import wire
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+OUTSIDE_SLACK = 2  # in-place updates of a parameter outside optimizer steps that an honest run makes (a final load)
+OUTSIDE_SLACK_REL = 0.01  # ... plus 1% of its steps: fewer hidden steps than that buy nothing measurable
+
+
+def is_token_batch(x) -> bool:
+    """A (B, T) tensor of token ids: what a language model's top-level call receives."""
+    import torch
+
+    return isinstance(x, torch.Tensor) and x.dim() == 2 and x.dtype in (torch.int64, torch.int32, torch.int16)
+
+
+def same_architecture(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape for k in sa)
+
+
+class TrainingMonitor:
+    """Global torch hooks, installed before the candidate is imported, that watch what train() does.
+
+    Model calls: the outermost module call that receives a (B, T) integer tensor as its first positional argument
+    (the model, not its embedding inside it). A call in training mode with gradients on is a training forward
+    (its batch shape recorded), any other an evaluation forward. Optimizer steps: every `step()` of every
+    torch.optim.Optimizer (subclasses included), per optimizer. In-place updates: each parameter's version counter
+    (Tensor._version, bumped by every in-place write) read before and after each counted step, so that updates
+    made outside the counted steps (a second optimizer, steps taken while the hooks were paused) show, whatever
+    the hooks saw. Strong references keep the modules and optimizers alive after train() returns. `paused` stops
+    recording."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.paused = False
+        self.stack: list[bool] = []  # one entry per module call in progress: was it a recorded model call?
+        self.inside = 0  # recorded model calls in progress
+        self.modules: dict[int, dict] = {}
+        self.optimizers: dict[int, dict] = {}
+        self.last_eval = None  # id of the module of the latest evaluation forward
+        self.handles = []
+        self.versions: dict[int, dict] = {}  # id(param) -> first version seen, updates inside counted steps, steps
+        self.before: dict[int, list] = {}  # id(optimizer) -> versions of its parameters before the step running
+
+    def install(self) -> None:
+        import torch.nn.modules.module as mm
+        import torch.optim.optimizer as om
+
+        self.handles = [
+            mm.register_module_forward_pre_hook(self.pre),
+            mm.register_module_forward_hook(self.post, always_call=True),
+            om.register_optimizer_step_pre_hook(self.step_pre),
+            om.register_optimizer_step_post_hook(self.step),
+        ]
+
+    def pre(self, module, args):
+        recorded = not self.inside and not self.paused and bool(args) and is_token_batch(args[0])
+        self.stack.append(recorded)
+        if recorded:
+            import torch
+
+            self.inside += 1
+            entry = self.modules.get(id(module))
+            if entry is None:
+                entry = self.modules[id(module)] = {
+                    "module": module,
+                    "train": 0,
+                    "eval": 0,
+                    "shapes": {},
+                    "eval_shapes": {},
+                }
+            shape = "x".join(map(str, args[0].shape))
+            kind = "train" if module.training and torch.is_grad_enabled() else "eval"
+            entry[kind] += 1
+            shapes = entry["shapes" if kind == "train" else "eval_shapes"]
+            shapes[shape] = shapes.get(shape, 0) + 1
+            if kind == "eval":
+                self.last_eval = id(module)
+
+    def post(self, module, args, output):
+        if self.stack and self.stack.pop():
+            self.inside -= 1
+
+    @staticmethod
+    def params_of(optimizer) -> list:
+        return [p for g in optimizer.param_groups for p in g["params"]]
+
+    def step_pre(self, optimizer, args, kwargs):
+        if self.paused:
+            return
+        params = self.params_of(optimizer)
+        self.before[id(optimizer)] = [p._version for p in params]
+        for p in params:
+            self.versions.setdefault(id(p), {"param": p, "first": p._version, "inside": 0, "steps": 0})
+
+    def step(self, optimizer, args, kwargs):
+        if self.paused:
+            return
+        entry = self.optimizers.get(id(optimizer))
+        if entry is None:
+            entry = self.optimizers[id(optimizer)] = {"optimizer": optimizer, "steps": 0}
+        entry["steps"] += 1
+        entry["last_step"] = self.clock()
+        before = self.before.pop(id(optimizer), None)
+        if before is not None:
+            for p, v in zip(self.params_of(optimizer), before):
+                record = self.versions.get(id(p))
+                if record is not None:
+                    record["inside"] += p._version - v
+                    record["steps"] += 1
+
+    def updates(self, model, steps: int) -> dict:
+        """What the version counters say of the trained model's parameters: per parameter, its in-place updates
+        since its first counted step, those inside counted steps, and the optimizer steps they bound from below
+        (all updates / updates per counted step); the worst parameter's figures are kept."""
+        worst = None
+        for name, p in model.named_parameters():
+            record = self.versions.get(id(p))
+            if record is None or record["steps"] == 0 or record["inside"] == 0:
+                continue  # never stepped (frozen), or its optimizer never changed it
+            total = p._version - record["first"]
+            per_step = record["inside"] / record["steps"]
+            entry = {
+                "param": name,
+                "updates": total,
+                "inside_steps": record["inside"],
+                "counted_steps": record["steps"],
+                "steps_lower_bound": int(total / per_step + 1e-9),
+                "outside": total - record["inside"],
+            }
+            if worst is None or entry["outside"] > worst["outside"]:
+                worst = entry
+        return {"worst": worst, "slack": [OUTSIDE_SLACK, OUTSIDE_SLACK_REL]}
+
+    def other_trained(self, keep) -> dict:
+        """Parameters updated many times in place that belong to neither the trained nor the scored model (a
+        shadow model trained out of the hooks' sight, then dropped into the scored one): found by the garbage
+        collector's list, so only those still alive when train() returns."""
+        import torch
+
+        mine = {id(p) for m in keep for p in m.parameters()}
+        found, top = 0, 0
+        for obj in gc.get_objects():
+            if isinstance(obj, torch.nn.Parameter) and id(obj) not in mine and obj._version > 10:
+                found += 1
+                top = max(top, obj._version)
+        return {"parameters": found, "max_updates": top}
+
+    def findings(self) -> dict:
+        """The trained model, the model to score (the last evaluated one if it is a copy of the trained one, as
+        an EMA; else the trained one), the optimizer steps of the trained model's main optimizer, the shapes, and
+        what the version counters say."""
+        trained = max(self.modules.values(), key=lambda e: e["train"], default=None)
+        if trained is None or trained["train"] == 0:
+            return {"model_found": False, "modules": self.describe_modules()}
+        scored, scored_as = trained, "trained"
+        last = self.modules.get(self.last_eval)
+        if last is not None and last is not trained:
+            if same_architecture(last["module"], trained["module"]):
+                scored, scored_as = last, "evaluated copy"
+            else:
+                scored_as = "trained (the last evaluated module is another architecture)"
+        owned = {id(p): p.numel() for p in trained["module"].parameters()}
+        steps, main, last_step = 0, None, None
+        for i, o in enumerate(self.optimizers.values()):
+            share = sum(owned.get(id(p), 0) for p in self.params_of(o["optimizer"]))
+            if share and (main is None or share > main[0]):
+                main, steps, last_step = (share, i), o["steps"], o.get("last_step")
+        return {
+            "model_found": True,
+            "model": scored["module"],
+            "scored_module": scored_as,
+            "model_class": type(scored["module"]).__qualname__,
+            "optimizer_steps": steps,
+            "main_optimizer": None if main is None else main[1],
+            "last_step_clock": last_step,
+            "training_forwards": trained["train"],
+            "training_batch_shapes": dict(trained["shapes"]),
+            "modules_trained": sum(e["train"] > 0 for e in self.modules.values()),
+            "modules": self.describe_modules(),
+            "optimizers": [
+                {"class": type(o["optimizer"]).__qualname__, "steps": o["steps"]} for o in self.optimizers.values()
+            ],
+            "updates": self.updates(trained["module"], steps),
+            "other_trained": self.other_trained([trained["module"], scored["module"]]),
+        }
+
+    def describe_modules(self) -> list:
+        return [
+            {
+                "class": type(e["module"]).__qualname__,
+                "train": e["train"],
+                "eval": e["eval"],
+                "train_shapes": e["shapes"],
+                "eval_shapes": e["eval_shapes"],
+            }
+            for e in self.modules.values()
+        ]
+
+
+def returned_value(v) -> dict:
+    """One returned value as the record keeps it: its exact type and, for floats (subclasses too), the plain value
+    (non-finite values as strings, so the JSON stays strict)."""
+    value = float.__float__(v) if isinstance(v, float) else None
+    torch = sys.modules.get("torch")
+    if torch is not None and type(v) is torch.Tensor and v.numel() == 1 and v.is_floating_point():
+        value = float(v.detach().cpu().item())  # the original's best_vloss (judged by layout, judge_run)
+    if value is not None and not math.isfinite(value):
+        value = str(value)
+    return {"type": f"{type(v).__module__}.{type(v).__qualname__}", "value": value}
+
+
+def export_model(model) -> tuple[dict, bytes]:
+    """The scored model as the scoring child loads it: the module object pickled by torch.save (its class found by
+    module name in the candidate's model.py), on the CPU unless it trained on CUDA."""
+    import inspect
+
+    import torch
+
+    cls = type(model)
+    try:
+        source = inspect.getsourcefile(cls)
+    except (TypeError, OSError):
+        source = None
+    param = next(iter(model.parameters()), None)
+    info = {"module": cls.__module__, "class": cls.__qualname__, "file": source}
+    info["device"] = "cuda" if param is not None and param.device.type == "cuda" else "cpu"
+    buf = io.BytesIO()
+    torch.save(model if info["device"] == "cuda" else model.cpu(), buf)
+    return info, buf.getvalue()
+
+
+def main(argv: list[str]) -> int:
+    clock = time.perf_counter  # bound before the candidate exists: patching time.* later cannot reach it
+    folder, overrides, fd = argv[0], json.loads(argv[1]), int(argv[2])
+    wire.write_frame(fd, {"kind": "start", "clock": clock()})
+    import numpy as np
+    import torch
+
+    seed = int(os.environ.get("TRAIN_MPS_SEED", "0"))  # for candidates that set no seed (odegpt's train() re-seeds)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    monitor = TrainingMonitor(clock)
+    monitor.install()
+    sys.path[:] = [folder] + [
+        p for p in sys.path if os.path.abspath(p or ".") != HERE
+    ]  # as the harness: the folder first
+    wire.write_frame(fd, {"kind": "import", "clock": clock()})
+    import train_mps
+
+    wire.write_frame(fd, {"kind": "call", "clock": clock()})
+    result = train_mps.train() if overrides is None else train_mps.train(train_mps.Recipe(**overrides))
+    t_return = clock()
+    monitor.paused = True
+    found = monitor.findings()
+    model = found.pop("model", None)
+    pair = type(result) is tuple and len(result) == 2
+    header = {
+        "kind": "return",
+        "clock": t_return,
+        "returned": [returned_value(v) for v in result] if pair else None,
+        "returned_repr": repr(result)[:500],
+        "module_file": getattr(train_mps, "__file__", None),
+        "monitor": found,
+    }
+    payload = b""
+    if model is not None:
+        try:
+            header["model"], payload = export_model(model)
+        except Exception as e:  # an unpicklable model is a finding, not a crash
+            header["export_error"] = f"{type(e).__name__}: {e}"
+    wire.write_frame(fd, header, payload)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
