@@ -8,7 +8,7 @@ EXTRAS ?= dev,data,plots,jax
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),_,$(EXTRAS))
 
-.PHONY: setup data data-tinyshakespeare data-pypi train test lint clean ablations lr-sweep candidates levers kneser-ney tinyshakespeare-table rerank-gen1 dreamteam-checkout flow teacher-table probes tradeoff
+.PHONY: setup sandbox data data-tinyshakespeare data-pypi train test lint clean ablations lr-sweep candidates levers kneser-ney tinyshakespeare-table rerank-gen1 dreamteam-checkout flow teacher-table probes tradeoff
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -78,7 +78,15 @@ rerank-gen1: dreamteam-checkout data-tinyshakespeare
 train: data
 	$(BIN)/python train_mps.py
 
-test: setup
+# The benchmark's sandbox (bubblewrap, README "Benchmark"), which the test suite exercises for real on Linux: installed
+# from Debian where it is missing and this is root (as in CI); elsewhere it says what to install. macOS has none.
+sandbox:
+	@if [ "$$(uname)" = Linux ] && ! command -v bwrap >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; \
+	  else echo "make test needs bubblewrap (the benchmark's sandbox): apt-get install bubblewrap, as root"; exit 2; fi; fi
+
+test: setup sandbox
 	$(BIN)/python -m pytest -m "not gpu"
 
 # The canonical before FLOW was adopted (issue #14): nanoGPT's residual block, one Euler step per layer, a fixed

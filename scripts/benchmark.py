@@ -857,11 +857,12 @@ def judge_run(
     updates = (monitor.get("updates") or {}).get("worst")
     if updates:
         abs_slack, rel_slack = monitor["updates"].get("slack") or (0, 0.0)
-        if updates["outside"] > abs_slack + rel_slack * updates["counted_steps"]:
+        if updates["steps_lower_bound"] > expected_iters * (1 + rel_slack) + abs_slack:
             violations.append(
-                f"parameter {updates['param']} was updated in place {updates['updates']} times, "
-                f"{updates['outside']} of them outside the {updates['counted_steps']} optimizer steps the hooks "
-                f"counted: at least {updates['steps_lower_bound']} optimizer steps (work the hooks did not see)"
+                f"parameter {updates['param']} was written in place {updates['writes']} times, "
+                f"{updates['writes_per_step']:g} per optimizer step the hooks counted ({updates['counted_steps']}): at "
+                f"least {updates['steps_lower_bound']} optimizer steps for {expected_iters} iterations (steps the "
+                "hooks did not see, or a second optimizer)"
             )
     other = monitor.get("other_trained") or {}
     if other.get("parameters"):

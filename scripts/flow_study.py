@@ -14,7 +14,7 @@ checkpoint, on every non-overlapping block_size window of the split (train_mps.f
 The model is a flow when |refined - own| and |tsit5 - own| are both within AGREEMENT (issue #14: 0.02 nats).
 
     python scripts/flow_study.py --ckpt out/ckpt.pt                 # one checkpoint
-    python scripts/flow_study.py --runs results/benchmark/flow       # every runs/<config>/seed<k>/ckpt.pt
+    python scripts/flow_study.py --runs results/benchmark/flow       # every runs/<config>/seed<k>/[out/]ckpt.pt
     python scripts/flow_study.py --runs DIR --resume                 # skip the checkpoints already in the JSON
     python scripts/flow_study.py --plot-only
 
@@ -90,11 +90,14 @@ def checkpoints(args) -> list:
         return [(str(p), None, p) for p in args.ckpt]
     found = []
     for d in args.runs:
-        paths = sorted(Path(d).glob("runs/*/seed*/ckpt.pt"))
+        # the sandboxed runner keeps a run's checkpoint in its out/ (the candidate's writable folder); runs made
+        # before it, beside run.json
+        paths = sorted([*Path(d).glob("runs/*/seed*/out/ckpt.pt"), *Path(d).glob("runs/*/seed*/ckpt.pt")])
         if not paths:
             raise StudyError(f"{d} holds no runs/<config>/seed<k>/ckpt.pt: is it a scripts/benchmark.py --out folder?")
         for path in paths:
-            found.append((path.parent.parent.name, int(path.parent.name.removeprefix("seed")), path))
+            seed_dir = path.parent if path.parent.name.startswith("seed") else path.parent.parent
+            found.append((seed_dir.parent.name, int(seed_dir.name.removeprefix("seed")), path))
     return found
 
 

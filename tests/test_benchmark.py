@@ -10,6 +10,7 @@ import shutil
 import statistics
 import sys
 from dataclasses import asdict, fields
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,6 +119,55 @@ def test_end_to_end_outputs_order_and_summary(finished):
     assert "| `canonical` |" in md and "Paired differences against `baseline`" in md
 
 
+def test_the_sandboxed_scoring_gives_the_runners_in_process_figures(finished):
+    """The baseline and the canonical, trained and scored in the sandbox (the prefix protocol, the cross-entropy in the
+    runner), get the trusted test loss the runner computed in its own process before the sandbox: the in-process
+    scoring (benchmark.trusted_test_loss) of the checkpoint each run wrote, to float tolerance."""
+    import numpy as np
+
+    out, data = finished
+    val = np.fromfile(data / "val.bin", dtype=np.uint16)
+    for r in load(out)["runs"]:
+        assert r["sandbox"]["name"] == "bubblewrap" and r["violations"] == []
+        ckpt = torch.load(out / Path(r["log"]).parent / "out" / "ckpt.pt", map_location="cpu", weights_only=False)
+        model = GPT(train_mps.GPTConfig(**ckpt["model_args"]))
+        model.load_state_dict(ckpt["model"])
+        test, mine = val[r["heldout"]["test_start"] :], val[: r["heldout"]["test_start"]]
+        assert r["trusted_test_loss"] == pytest.approx(benchmark.trusted_test_loss(model, test), rel=1e-6, abs=1e-6)
+        assert r["trusted_candidate_val_loss"] == pytest.approx(benchmark.trusted_test_loss(model, mine), rel=1e-6)
+
+
+def test_resume_keeps_only_records_the_runner_signed(finished, tmp_path, capsys):
+    """A finished run's record planted in the folder (here: a run lost and a run.json written in its place), or a kept
+    record edited after the runner wrote it, does not verify under the folder's key: --resume runs both again and
+    says so."""
+    src, data = finished
+    out = tmp_path / "out"
+    shutil.copytree(src, out)
+    planted = benchmark.run_dir(out, "canonical", 1) / "run.json"
+    record = json.loads(planted.read_text())
+    shutil.rmtree(planted.parent)
+    planted.parent.mkdir(parents=True)
+    planted.write_text(json.dumps({**record, "trusted_test_loss": 0.5, "signature": "0" * 64}))
+    edited = benchmark.run_dir(out, "baseline", 1) / "run.json"
+    edited.write_text(json.dumps({**json.loads(edited.read_text()), "trusted_test_loss": 0.5}))
+    assert benchmark.main(bench_argv(data, out, "--resume")) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.count("skipped, finished earlier") == 2 and "2 finished run(s) are run again" in stdout
+    report = load(out)
+    assert {r["trusted_test_loss"] for r in report["runs"]} & {0.5} == set()
+    assert any("does not carry this runner's signature" in w for w in report["resume_warnings"])
+    key = benchmark.signing.key(out, create=False)
+    assert all(
+        benchmark.signing.verified(load_json(out / r["log"].replace("train.log", "run.json")), key)
+        for r in report["runs"]
+    )
+
+
+def load_json(path):
+    return json.loads(Path(path).read_text())
+
+
 def test_plot_only_redraws_from_the_json(finished):
     out, _ = finished
     before = (out / "benchmark.json").read_bytes()
@@ -179,6 +229,7 @@ def test_resume_says_when_a_kept_run_trained_with_other_files(finished, tmp_path
     out = tmp_path / "out"
     shutil.copytree(src, out)
     (snapshot,) = [d for d in (out / "sources").iterdir() if (d / "model.py").is_file()]  # both configs' copy
+    (snapshot / "model.py").chmod(0o644)  # the runner leaves its saved copies read-only
     with (snapshot / "model.py").open("a") as f:
         f.write("\n# edited after the runs\n")
     assert benchmark.main(bench_argv(data, out, "--resume")) == 0
@@ -490,7 +541,7 @@ def test_the_fixed_block_probe_scores_a_run_as_the_runner_does(finished, tmp_pat
     assert probe["candidate_val_loss"] == pytest.approx(run["trusted_candidate_val_loss"], abs=1e-4)
     assert probe["best_vloss"] == pytest.approx(run["best_vloss"], abs=1e-4)
     # --ckpt scores the benchmark run's own checkpoint the same way: the control for probes of its recipe and seed
-    (ckpt,) = (out / "runs").glob("canonical*/seed0/ckpt.pt")
+    (ckpt,) = (out / "runs").glob("canonical*/seed0/out/ckpt.pt")  # the candidate's folder of the run
     control_out = tmp_path / "control.json"
     assert fixed_block_probe.main(["--data-dir", str(data), "--ckpt", str(ckpt), "--out", str(control_out)]) == 0
     control = json.loads(control_out.read_text())

@@ -27,8 +27,9 @@ except ImportError:  # beside this file: python puts the script's folder first o
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-OUTSIDE_SLACK = 2  # in-place updates of a parameter outside optimizer steps that an honest run makes (a final load)
-OUTSIDE_SLACK_REL = 0.01  # ... plus 1% of its steps: fewer hidden steps than that buy nothing measurable
+# The optimizer steps a parameter's version counter may imply beyond the run's iterations: a final load of the
+# selected weights and the like (2), plus 1% of the iterations (fewer hidden steps than that buy nothing measurable).
+STEPS_SLACK, STEPS_SLACK_REL = 2, 0.01
 
 
 def is_token_batch(x) -> bool:
@@ -64,7 +65,7 @@ class TrainingMonitor:
         self.optimizers: dict[int, dict] = {}
         self.last_eval = None  # id of the module of the latest evaluation forward
         self.handles = []
-        self.versions: dict[int, dict] = {}  # id(param) -> first version seen, updates inside counted steps, steps
+        self.versions: dict[int, dict] = {}  # id(param) -> first version seen, updates in counted steps, steps
         self.before: dict[int, list] = {}  # id(optimizer) -> versions of its parameters before the step running
 
     def install(self) -> None:
@@ -116,7 +117,7 @@ class TrainingMonitor:
         params = self.params_of(optimizer)
         self.before[id(optimizer)] = [p._version for p in params]
         for p in params:
-            self.versions.setdefault(id(p), {"param": p, "first": p._version, "inside": 0, "steps": 0})
+            self.versions.setdefault(id(p), {"param": p, "first": p._version, "inside": 0, "changed": 0})
 
     def step(self, optimizer, args, kwargs):
         if self.paused:
@@ -132,41 +133,40 @@ class TrainingMonitor:
                 record = self.versions.get(id(p))
                 if record is not None:
                     record["inside"] += p._version - v
-                    record["steps"] += 1
+                    record["changed"] += p._version > v
 
-    def updates(self, model, steps: int) -> dict:
-        """What the version counters say of the trained model's parameters: per parameter, its in-place updates
-        since its first counted step, those inside counted steps, and the optimizer steps they bound from below
-        (all updates / updates per counted step); the worst parameter's figures are kept."""
+    def updates(self, model) -> dict:
+        """What the version counters say of the trained model's parameters: per parameter, its in-place writes since
+        its first counted step, and the optimizer steps they imply (all writes / the writes of one counted step
+        that changed it), whatever the hooks saw of those steps. The parameter implying the most steps is kept."""
         worst = None
         for name, p in model.named_parameters():
             record = self.versions.get(id(p))
-            if record is None or record["steps"] == 0 or record["inside"] == 0:
-                continue  # never stepped (frozen), or its optimizer never changed it
+            if record is None or record["changed"] == 0:
+                continue  # no counted step ever changed it (frozen, or no gradient)
+            per_step = record["inside"] / record["changed"]
             total = p._version - record["first"]
-            per_step = record["inside"] / record["steps"]
             entry = {
                 "param": name,
-                "updates": total,
-                "inside_steps": record["inside"],
-                "counted_steps": record["steps"],
+                "writes": total,
+                "writes_per_step": per_step,
+                "counted_steps": record["changed"],
                 "steps_lower_bound": int(total / per_step + 1e-9),
-                "outside": total - record["inside"],
             }
-            if worst is None or entry["outside"] > worst["outside"]:
+            if worst is None or entry["steps_lower_bound"] > worst["steps_lower_bound"]:
                 worst = entry
-        return {"worst": worst, "slack": [OUTSIDE_SLACK, OUTSIDE_SLACK_REL]}
+        return {"worst": worst, "slack": [STEPS_SLACK, STEPS_SLACK_REL]}
 
-    def other_trained(self, keep) -> dict:
-        """Parameters updated many times in place that belong to neither the trained nor the scored model (a
-        shadow model trained out of the hooks' sight, then dropped into the scored one): found by the garbage
-        collector's list, so only those still alive when train() returns."""
+    def other_trained(self, keep, steps: int) -> dict:
+        """Parameters written in place more often than initialisation does (4) plus half the run's steps, that
+        belong to neither the trained nor the scored model (a shadow model trained out of the hooks' sight): found
+        in the garbage collector's list, so only those still alive when train() returns."""
         import torch
 
         mine = {id(p) for m in keep for p in m.parameters()}
         found, top = 0, 0
         for obj in gc.get_objects():
-            if isinstance(obj, torch.nn.Parameter) and id(obj) not in mine and obj._version > 10:
+            if isinstance(obj, torch.nn.Parameter) and id(obj) not in mine and obj._version > 4 + steps // 2:
                 found += 1
                 top = max(top, obj._version)
         return {"parameters": found, "max_updates": top}
@@ -206,8 +206,8 @@ class TrainingMonitor:
             "optimizers": [
                 {"class": type(o["optimizer"]).__qualname__, "steps": o["steps"]} for o in self.optimizers.values()
             ],
-            "updates": self.updates(trained["module"], steps),
-            "other_trained": self.other_trained([trained["module"], scored["module"]]),
+            "updates": self.updates(trained["module"]),
+            "other_trained": self.other_trained([trained["module"], scored["module"]], steps),
         }
 
     def describe_modules(self) -> list:
@@ -268,9 +268,8 @@ def main(argv: list[str]) -> int:
     torch.manual_seed(seed)
     monitor = TrainingMonitor(clock)
     monitor.install()
-    sys.path[:] = [folder] + [
-        p for p in sys.path if os.path.abspath(p or ".") != HERE
-    ]  # as the harness: the folder first
+    # as the harness: the candidate's folder first, and this file's folder gone
+    sys.path[:] = [folder] + [p for p in sys.path if os.path.abspath(p or ".") != HERE]
     wire.write_frame(fd, {"kind": "import", "clock": clock()})
     import train_mps
 
