@@ -1796,7 +1796,7 @@ def merge(a: argparse.Namespace, argv: list[str]) -> int:
     warnings = []
     recipe_cls = canonical_train_mps().Recipe
     for (label, seed), r in runs.items():
-        drift = recipe_drift(label, r.get("metrics", {}).get("recipe", {}), recipe_cls)
+        drift = recipe_drift(label, (r.get("metrics") or {}).get("recipe", {}), recipe_cls)  # none: original layout
         if drift:
             was = r.get("recorded_config", label)
             warnings.append(
