@@ -43,15 +43,21 @@ class SandboxError(RuntimeError):
 class Confinement:
     """What one sandboxed command may see. Paths keep their names inside (so records and logs read the same).
 
-    read_only / writable: host paths bound at the same place; fresh_tmp: a private /tmp (with home and cache)
+    read_only / writable: paths bound at the same place; fresh_tmp: a private /tmp (with home and cache)
     that exists for this command only, else the whole tree is read-only; cwd: the working directory;
-    env: the environment, complete (nothing is inherited)."""
+    env: the environment, complete (nothing is inherited); placed: (path inside, host path) for paths whose files
+    live elsewhere on this host (a Ray worker's copy of the driver's run folder, seen inside at the driver's path).
+    """
 
     read_only: tuple[str, ...]
     writable: tuple[str, ...] = ()
     cwd: str = "/"
     env: tuple[tuple[str, str], ...] = ()
     fresh_tmp: bool = True
+    placed: tuple[tuple[str, str], ...] = ()
+
+    def host(self, path: str) -> str:
+        return dict(self.placed).get(path, path)
 
 
 def python_paths() -> list[str]:
@@ -153,9 +159,9 @@ class Bubblewrap(Sandbox):
         if box.fresh_tmp:  # the home and cache folders live in it (INSIDE_HOME)
             cmd += ["--tmpfs", "/tmp", "--dir", INSIDE_HOME, "--dir", f"{INSIDE_HOME}/.cache"]
         for p in minimal(box.read_only):
-            cmd += ["--ro-bind", p, p]
+            cmd += ["--ro-bind", box.host(p), p]
         for p in box.writable:
-            cmd += ["--bind", p, p]
+            cmd += ["--bind", box.host(p), p]
         if box.cwd not in ("/", *box.read_only, *box.writable):
             cmd += ["--dir", box.cwd]
         if not box.fresh_tmp:
@@ -177,6 +183,8 @@ class NoSandbox(Sandbox):
     trusted = False
 
     def start(self, argv: list[str], box: Confinement, **popen) -> subprocess.Popen:
+        if box.placed:
+            raise SandboxError("without a sandbox a run's files must be at the paths it names (placed is not empty)")
         env = dict(box.env)
         scratch = tempfile.mkdtemp(prefix="odegpt-run-")
         for k in ("HOME", "TMPDIR", "XDG_CACHE_HOME"):

@@ -41,6 +41,7 @@ import numpy as np
 
 from .children import wire
 from .sandbox import CHILDREN, Confinement, Sandbox, base_env, cleanup, python_paths
+from .specs import FIXED
 
 ROWS_PER_CALL = 64
 AUDIT_CALLS = 4  # per half
@@ -297,3 +298,83 @@ def score(
         "forked": ready.get("forked"),
         "audit": {"calls": len(audited), "tolerance": AUDIT_TOLERANCE, **worst},
     }
+
+
+# The runner's own scoring of a model it built itself (a trusted model: fixed_block_probe, tests), in its process.
+
+
+FLOOR_REPEATS = 1000
+
+
+def trusted_token_losses(model, tokens, block_size: int = FIXED["block_size"], windows_per_batch: int = 64):
+    """Cross-entropy (nats, float64 array of shape (n_windows, block_size)) of `model` at every target of every
+    non-overlapping block_size window of `tokens` (the windows of train_mps.full_split_loss), computed by the
+    runner from nanoGPT's inference call alone: for j = 1..T, model(window[:, :j]) (no targets) returns the last
+    position's logits (b, 1, vocab), normalised here by log_softmax, and predicts token j. Causal by construction:
+    no position sees a token after its target."""
+    import numpy as np
+    import torch
+
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    data = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
+    n_windows = (len(data) - 1) // block_size
+    if n_windows < 1:
+        raise ValueError(f"{len(data)} tokens hold no window of {block_size + 1}")
+    offsets = torch.arange(n_windows)[:, None] * block_size + torch.arange(block_size + 1)[None, :]  # (n, T + 1)
+    windows = data[offsets].to(device)
+    was_training = model.training
+    model.eval()
+    losses = np.zeros((n_windows, block_size))
+    try:
+        with torch.no_grad():
+            for start in range(0, n_windows, windows_per_batch):
+                w = windows[start : start + windows_per_batch]  # (b, T + 1)
+                for j in range(1, block_size + 1):
+                    out = model(w[:, :j])
+                    logits = out[0] if isinstance(out, (tuple, list)) else out
+                    if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or logits.shape[0] != len(w):
+                        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+                        raise ValueError(f"model(idx) returned logits of shape {shape}, not (b, 1 or t, vocab)")
+                    last = logits[:, -1, :].float()  # (b, vocab)
+                    nll = torch.logsumexp(last, dim=-1) - last.gather(1, w[:, j : j + 1])[:, 0]  # -log_softmax[target]
+                    losses[start : start + len(w), j - 1] = nll.double().cpu().numpy()
+    finally:
+        model.train(was_training)
+    return losses
+
+
+def trusted_test_loss(model, tokens, block_size: int = FIXED["block_size"], windows_per_batch: int = 64) -> float:
+    """Mean cross-entropy (nats) of `model` over every non-overlapping block_size window of `tokens`: the mean of
+    trusted_token_losses."""
+    return float(trusted_token_losses(model, tokens, block_size, windows_per_batch).mean())
+
+
+def evaluations(iters: int) -> int:
+    """How many evaluations a run of `iters` iterations makes under the fixed block (at every iteration
+    divisible by eval_interval, from 0): 101 for 10001."""
+    return len(range(0, iters, FIXED["eval_interval"]))
+
+
+def batch_floor(
+    token_losses,
+    n_evals: int,
+    batch_size: int = FIXED["batch_size"],
+    block_size: int = FIXED["block_size"],
+    repeats: int = FLOOR_REPEATS,
+    seed: int = 0,
+) -> float:
+    """The lowest loss one evaluation batch could plausibly have: the minimum, over repeats * n_evals batches of
+    batch_size windows at random offsets (seeded, so the verdict reproduces), of the batch's mean of `token_losses`
+    (the per-target losses in text order, flattened). A run evaluating n_evals times returns the min over n_evals
+    such batches; this is the min over `repeats` times as many."""
+    import numpy as np
+
+    flat = np.asarray(token_losses, dtype=np.float64).ravel()
+    starts = len(flat) - block_size + 1
+    if starts < 1 or n_evals < 1:
+        raise ValueError(f"{len(flat)} losses and {n_evals} evaluations give no batch of {block_size}")
+    csum = np.concatenate([[0.0], np.cumsum(flat)])
+    at = np.random.default_rng(seed).integers(0, starts, size=(repeats, n_evals, batch_size))
+    windows = (csum[at + block_size] - csum[at]) / block_size  # (repeats, n_evals, batch_size) window means
+    return float(windows.mean(-1).min())

@@ -103,19 +103,23 @@ class VariantForward:
 def parse_config(text: str) -> dict:
     """'baseline', 'canonical', 'canonical:field=value,...' or 'solver/splitting/steps' (that integrator with a
     fixed step: random_steps 0) -> the Recipe fields it sets; names are validated by model.GPTConfig and
-    benchmark.parse_overrides."""
-    import benchmark  # the one definition of the seeds' starting point and of the override syntax
+    parse_overrides."""
+    from odegpt_eval.specs import (  # the one definition of the seeds' starting point and of the override syntax
+        BASELINE_RECIPE,
+        BenchmarkError,
+        parse_overrides,
+    )
 
     if text == "baseline":
-        return dict(benchmark.BASELINE_RECIPE)
+        return dict(BASELINE_RECIPE)
     if text == "canonical":
         return {}
     if text.startswith("canonical:"):
         import train_mps
 
         try:
-            return benchmark.parse_overrides(text.split(":", 1)[1], train_mps.Recipe)
-        except benchmark.BenchmarkError as e:
+            return parse_overrides(text.split(":", 1)[1], train_mps.Recipe)
+        except BenchmarkError as e:
             raise SystemExit(f"error: config {text!r}: {e}") from None
     parts = text.split("/")
     if len(parts) != 3 or not parts[2].isdigit():

@@ -10,8 +10,8 @@ Kneser-Ney reference, which tells a limit of the fixed block (width, depth, step
     python scripts/fixed_block_probe.py --data-dir data/pypi --ckpt RUN/ckpt.pt --out ...  # or a finished run's
 
 What it does, as scripts/benchmark.py does for a run: the run's data folder holds train.bin and the first half of
-val.bin (benchmark.heldout_split); the second half is the held-out test, scored with the runner's own prefix
-scoring (benchmark.trusted_test_loss) on the checkpoint train() wrote; the Kneser-Ney rows are fitted on the same
+val.bin (odegpt_eval.splits.heldout_split); the second half is the held-out test, scored with the runner's own prefix
+scoring (odegpt_eval.scoring.trusted_test_loss) on the checkpoint train() wrote; the Kneser-Ney rows are fitted on the same
 train.bin and scored on the same halves. The fixed-block names are set on a private copy of train_mps loaded for
 the probe, so nothing else sees them. The JSON (written atomically, once the run is scored) holds the settings,
 the figures and the reference rows; an existing one is kept unless --force. Beside the two halves of val it scores
@@ -36,8 +36,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
-import benchmark  # noqa: E402
-import kneser_ney  # noqa: E402
+from odegpt_eval import kneser_ney  # noqa: E402
+from odegpt_eval.files import atomic_write_bytes, atomic_write_json, load_module  # noqa: E402
+from odegpt_eval.references import reference_losses  # noqa: E402
+from odegpt_eval.scoring import trusted_test_loss  # noqa: E402
+from odegpt_eval.specs import BenchmarkError, parse_overrides  # noqa: E402
+from odegpt_eval.splits import heldout_halves, heldout_split, make_candidate_data  # noqa: E402
 
 # The fixed-block names a probe may change (train() reads them at call time), and the values they must keep
 # relative to each other. eval_interval, device and ctx stay: they change how a run is measured, not the model.
@@ -69,7 +73,7 @@ def parse_sets(items: list[str]) -> dict[str, int]:
 
 def load_probe_module(sets: dict[str, int]):
     """A private copy of train_mps with the fixed-block names set; the shapes must still fit together."""
-    tm = benchmark.load_module("train_mps_probe", ROOT / "train_mps.py")
+    tm = load_module("train_mps_probe", ROOT / "train_mps.py")
     for name, value in sets.items():
         setattr(tm, name, value)
     if tm.n_embd % tm.n_head:
@@ -89,7 +93,7 @@ def prepare(a: argparse.Namespace):
     sets = parse_sets(a.set)
     data_dir = checked_data_dir(a)
     tm = load_probe_module(sets)
-    overrides = benchmark.parse_overrides(a.recipe, tm.Recipe) if a.recipe else {}
+    overrides = parse_overrides(a.recipe, tm.Recipe) if a.recipe else {}
     try:
         recipe = tm.Recipe(**{**overrides, "seed": a.seed})
     except ValueError as e:
@@ -107,8 +111,8 @@ def probe(a: argparse.Namespace, tm, recipe, overrides: dict, sets: dict, data_d
     work = a.out.with_name(a.out.stem + ".work")
     if work.exists():
         shutil.rmtree(work)
-    heldout = benchmark.make_candidate_data(data_dir, work / "data")
-    refs = benchmark.reference_losses(data_dir)
+    heldout = make_candidate_data(data_dir, work / "data")
+    refs = reference_losses(data_dir)
     env = {"TRAIN_MPS_DATA_DIR": str(work / "data"), "TRAIN_MPS_OUT_DIR": str(work / "out")}
     saved = {k: os.environ.get(k) for k in (*env, "TRAIN_MPS_SEED", "TRAIN_MPS_MAX_ITERS")}
     os.environ.update(env)
@@ -144,7 +148,7 @@ def probe(a: argparse.Namespace, tm, recipe, overrides: dict, sets: dict, data_d
         "scoring_s": time.perf_counter() - t1,
         **scores,
     }
-    benchmark.atomic_write_json(a.out, result)
+    atomic_write_json(a.out, result)
     shutil.rmtree(work)
     report(result, a.out)
     return result
@@ -155,15 +159,15 @@ def scored(model, data_dir: Path, heldout: dict, refs: dict | None) -> dict:
     candidate's half, and on a slice of train.bin as long as the held-out half (the text the model was fitted on,
     so that test - train is its generalization gap: a model too small to fit shows a high train slice; one that
     memorises, a low one and a wide gap), beside the Kneser-Ney rows on the same halves."""
-    test, mine = benchmark.heldout_halves(heldout)
+    test, mine = heldout_halves(heldout)
     train = np.fromfile(data_dir / "train.bin", dtype=np.uint16)[: len(test)].astype(np.int64)
     kn = (refs or {}).get("kneser_ney", {})
     return {
         "data_dir": str(data_dir),
         "params": int(sum(p.numel() for p in model.parameters())),
-        "trusted_test_loss": benchmark.trusted_test_loss(model, test),
-        "candidate_val_loss": benchmark.trusted_test_loss(model, mine),
-        "train_slice_loss": benchmark.trusted_test_loss(model, train),
+        "trusted_test_loss": trusted_test_loss(model, test),
+        "candidate_val_loss": trusted_test_loss(model, mine),
+        "train_slice_loss": trusted_test_loss(model, train),
         "train_slice_tokens": len(train),
         "kneser_ney_heldout_test": kn.get("heldout_test"),
         "kneser_ney_candidate_val": kn.get("candidate_val"),
@@ -197,9 +201,9 @@ def score_checkpoint(a: argparse.Namespace, data_dir: Path) -> dict:
         "model_args": info["model_args"],
         "seed": info["seed"],
         "best_vloss": info["best_vloss"],
-        **scored(model, data_dir, benchmark.heldout_split(data_dir), benchmark.reference_losses(data_dir)),
+        **scored(model, data_dir, heldout_split(data_dir), reference_losses(data_dir)),
     }
-    benchmark.atomic_write_json(a.out, result)
+    atomic_write_json(a.out, result)
     report(result, a.out)
     return result
 
@@ -309,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[probe] error: {e}", file=sys.stderr, flush=True)
             return 2
         if a.out is not None:
-            benchmark.atomic_write_bytes(a.out, text.encode("utf-8"))
+            atomic_write_bytes(a.out, text.encode("utf-8"))
         print(text, end="", flush=True)
         return 0
     if a.out is None:
@@ -327,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             data_dir = checked_data_dir(a)
         else:
             setup = prepare(a)
-    except (ProbeError, benchmark.BenchmarkError) as e:
+    except (ProbeError, BenchmarkError) as e:
         print(f"[probe] error: {e}", file=sys.stderr, flush=True)
         return 2
     if a.ckpt is not None:

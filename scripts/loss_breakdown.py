@@ -68,7 +68,7 @@ def parse_args(argv=None):
 def kneser_ney_nll(train: np.ndarray, windows: torch.Tensor, order: int, vocab_size: int) -> np.ndarray:
     """Per target of `windows` (n, T + 1), in row order, -log p under the Kneser-Ney `order`-gram fitted on train,
     its history cut at the window's start: (n * T,) float64."""
-    import kneser_ney
+    from odegpt_eval import kneser_ney
 
     lm = kneser_ney.fit(train, order, vocab_size)
     keep, out = order - 1, []

@@ -9,9 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import benchmark  # noqa: E402
+from odegpt_eval import benchmark  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,10 +26,10 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import benchmark  # noqa: E402
-import kneser_ney  # noqa: E402
+from odegpt_eval import kneser_ney  # noqa: E402
+from odegpt_eval.files import atomic_write_bytes  # noqa: E402
 
 
 class PlotError(ValueError):
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     fig = draw(panels, probes)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    benchmark.atomic_write_bytes(a.out, buf.getvalue())
+    atomic_write_bytes(a.out, buf.getvalue())
     print(f"wrote {a.out}")
     return 0
 

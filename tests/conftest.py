@@ -42,12 +42,8 @@ def synthetic_data(tmp_path):
 
 
 def load_checker(name: str = "check_constraints"):
-    """scripts/check_constraints.py as a module (it is a script, not a package module)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / "check_constraints.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
-    spec.loader.exec_module(module)
-    return module
+    """The static checker (odegpt_eval/constraints.py, the module behind scripts/check_constraints.py)."""
+    return importlib.import_module("odegpt_eval.constraints")
 
 
 @pytest.fixture

@@ -1,14 +1,13 @@
 """Helpers of the trusted runner's tests (test_trusted_runner.py, test_sandbox_attacks.py): a candidate is today's
 train_mps.py and model.py with a textual edit (each anchor asserted, so a change of the files fails loudly), run
-through benchmark.execute_run on tiny data; and what is left running afterwards."""
+through execute_run on tiny data; and what is left running afterwards."""
 
 import os
-import sys
 
 from conftest import REPO
 
-sys.path.insert(0, str(REPO / "scripts"))
-import benchmark  # noqa: E402
+from odegpt_eval.runs import execute_run
+from odegpt_eval.specs import Config
 
 MAX_ITERS = 3
 
@@ -40,8 +39,8 @@ def run(
     snapshot.mkdir(parents=True, exist_ok=True)
     (snapshot / "train_mps.py").write_text(train_mps or source("train_mps.py"))
     (snapshot / "model.py").write_text(model or source("model.py"))
-    config = benchmark.Config(name, "folder", str(snapshot), snapshot.name, overrides)
-    return benchmark.execute_run(config, seed, 0, out, data, max_iters, timeout_min=timeout_min, sandbox=sandbox)
+    config = Config(name, "folder", str(snapshot), snapshot.name, overrides)
+    return execute_run(config, seed, 0, out, data, max_iters, timeout_min=timeout_min, sandbox=sandbox)
 
 
 def processes_with(marker: str) -> list[int]:

@@ -27,9 +27,9 @@ def test_interleaved_step_times_and_ratios(tmp_path):
 
 
 def test_baseline_is_the_benchmarks_starting_point(tmp_path):
-    import benchmark
+    from odegpt_eval.specs import BASELINE_RECIPE
 
-    assert bench_integrators.parse_config("baseline") == benchmark.BASELINE_RECIPE
+    assert bench_integrators.parse_config("baseline") == BASELINE_RECIPE
     assert bench_integrators.parse_config("rk4/strang/2") == dict(
         solver="rk4", splitting="strang", steps_per_layer=2, random_steps=0
     )

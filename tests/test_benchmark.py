@@ -5,6 +5,7 @@ data: ~10 s a run on a loaded 2-core machine) and once more in the resume test; 
 """
 
 import json
+import os
 import re
 import shutil
 import statistics
@@ -18,9 +19,14 @@ from conftest import REPO, makefile_text, write_bins
 
 import train_mps
 from model import GPT
-
-sys.path.insert(0, str(REPO / "scripts"))
-import benchmark  # noqa: E402
+from odegpt_eval import benchmark, signing
+from odegpt_eval.files import sha256
+from odegpt_eval.layout import prepare_candidate
+from odegpt_eval.report import run_curve
+from odegpt_eval.runs import THREAD_VARS, execute_run, run_dir
+from odegpt_eval.scoring import trusted_test_loss
+from odegpt_eval.specs import BASELINE_RECIPE, BenchmarkError, Config, parse_config, recipe_drift
+from odegpt_eval.summary import METRICS
 
 MAX_ITERS = 3
 SEEDS = (0, 1)
@@ -52,8 +58,9 @@ def load(out):
 
 def test_every_report_carries_the_kneser_ney_reference_row(finished):
     """Fitted on the benchmark's own train.bin and scored as the models are (scripts/kneser_ney.py)."""
-    import kneser_ney
     import numpy as np
+
+    from odegpt_eval import kneser_ney
 
     out, data = finished
     kn = load(out)["references"]["kneser_ney"]["whole_split_val"]
@@ -92,23 +99,23 @@ def test_end_to_end_outputs_order_and_summary(finished):
         assert r["wall_s"] > 60 * r["elapsed_min"] > 0  # the subprocess also imports and reports
         # trained from the saved copy of the canonical files, as the harness imports a folder
         snapshot = out / "sources" / "canonical" / "train_mps.py"
-        assert m["sources_sha256"]["train_mps.py"] == benchmark.sha256(snapshot)
+        assert m["sources_sha256"]["train_mps.py"] == sha256(snapshot)
         assert "SHORT run" in (out / r["log"]).read_text()
     # the recipe reached the subprocess
     for s in SEEDS:
-        assert by_key[("baseline", s)]["metrics"]["recipe"] == {**benchmark.BASELINE_RECIPE, "seed": s}
+        assert by_key[("baseline", s)]["metrics"]["recipe"] == {**BASELINE_RECIPE, "seed": s}
         assert by_key[("canonical", s)]["metrics"]["recipe"] == asdict(train_mps.Recipe(seed=s))
 
     summary = report["summary"]["configs"]
     assert "paired_vs_baseline" not in summary["baseline"]
     for label in CONFIGS:
-        for m in benchmark.METRICS:
+        for m in METRICS:
             values = [by_key[(label, s)][m] for s in SEEDS]
             assert summary[label][m]["values"] == values
             assert summary[label][m]["median"] == pytest.approx(statistics.median(values))
             assert summary[label][m]["mean"] == pytest.approx(statistics.fmean(values))
     paired = summary["canonical"]["paired_vs_baseline"]
-    for m in benchmark.METRICS:
+    for m in METRICS:
         diffs = [by_key[("canonical", s)][m] - by_key[("baseline", s)][m] for s in SEEDS]
         assert paired[m]["seeds"] == list(SEEDS)
         assert paired[m]["diffs"] == pytest.approx(diffs)
@@ -122,7 +129,7 @@ def test_end_to_end_outputs_order_and_summary(finished):
 def test_the_sandboxed_scoring_gives_the_runners_in_process_figures(finished):
     """The baseline and the canonical, trained and scored in the sandbox (the prefix protocol, the cross-entropy in the
     runner), get the trusted test loss the runner computed in its own process before the sandbox: the in-process
-    scoring (benchmark.trusted_test_loss) of the checkpoint each run wrote, to float tolerance."""
+    scoring (trusted_test_loss) of the checkpoint each run wrote, to float tolerance."""
     import numpy as np
 
     out, data = finished
@@ -133,8 +140,8 @@ def test_the_sandboxed_scoring_gives_the_runners_in_process_figures(finished):
         model = GPT(train_mps.GPTConfig(**ckpt["model_args"]))
         model.load_state_dict(ckpt["model"])
         test, mine = val[r["heldout"]["test_start"] :], val[: r["heldout"]["test_start"]]
-        assert r["trusted_test_loss"] == pytest.approx(benchmark.trusted_test_loss(model, test), rel=1e-6, abs=1e-6)
-        assert r["trusted_candidate_val_loss"] == pytest.approx(benchmark.trusted_test_loss(model, mine), rel=1e-6)
+        assert r["trusted_test_loss"] == pytest.approx(trusted_test_loss(model, test), rel=1e-6, abs=1e-6)
+        assert r["trusted_candidate_val_loss"] == pytest.approx(trusted_test_loss(model, mine), rel=1e-6)
 
 
 def test_resume_keeps_only_records_the_runner_signed(finished, tmp_path, capsys):
@@ -144,12 +151,12 @@ def test_resume_keeps_only_records_the_runner_signed(finished, tmp_path, capsys)
     src, data = finished
     out = tmp_path / "out"
     shutil.copytree(src, out)
-    planted = benchmark.run_dir(out, "canonical", 1) / "run.json"
+    planted = run_dir(out, "canonical", 1) / "run.json"
     record = json.loads(planted.read_text())
     shutil.rmtree(planted.parent)
     planted.parent.mkdir(parents=True)
     planted.write_text(json.dumps({**record, "trusted_test_loss": 0.5, "signature": "0" * 64}))
-    edited = benchmark.run_dir(out, "baseline", 1) / "run.json"
+    edited = run_dir(out, "baseline", 1) / "run.json"
     edited.write_text(json.dumps({**json.loads(edited.read_text()), "trusted_test_loss": 0.5}))
     assert benchmark.main(bench_argv(data, out, "--resume")) == 0
     stdout = capsys.readouterr().out
@@ -157,10 +164,9 @@ def test_resume_keeps_only_records_the_runner_signed(finished, tmp_path, capsys)
     report = load(out)
     assert {r["trusted_test_loss"] for r in report["runs"]} & {0.5} == set()
     assert any("does not carry this runner's signature" in w for w in report["resume_warnings"])
-    key = benchmark.signing.key(out, create=False)
+    key = signing.key(out, create=False)
     assert all(
-        benchmark.signing.verified(load_json(out / r["log"].replace("train.log", "run.json")), key)
-        for r in report["runs"]
+        signing.verified(load_json(out / r["log"].replace("train.log", "run.json")), key) for r in report["runs"]
     )
 
 
@@ -188,13 +194,13 @@ def test_a_run_without_metrics_json_is_drawn_from_what_its_log_prints(finished, 
         "step 200: train loss 8.1950, val loss 8.2880\niter 250: loss 8.0000, time 12.00ms\n300: train 7.2  val nan\n"
     )
     run = {"log": "runs/a/seed0/train.log", "metrics": None}
-    pts, source = benchmark.run_curve(run, tmp_path)
+    pts, source = run_curve(run, tmp_path)
     assert source == "printed" and pts[:3] == [(0, 10.813), (100, 9.452), (200, 8.288)]
     assert pts[3][0] == 300 and pts[3][1] != pts[3][1]  # a NaN evaluation is kept as NaN, not dropped or misread
-    assert benchmark.run_curve({**run, "log": "runs/missing.log"}, tmp_path) == ([], "")
+    assert run_curve({**run, "log": "runs/missing.log"}, tmp_path) == ([], "")
     out, _ = finished  # a run with metrics.json keeps its own history
     r = next(r for r in load(out)["runs"] if r.get("status") == "ok")
-    pts, source = benchmark.run_curve(r, out)
+    pts, source = run_curve(r, out)
     assert source == "metrics" and pts == [(h["iter"], h["val_loss"]) for h in r["metrics"]["history"]]
 
 
@@ -207,9 +213,9 @@ def test_resume_skips_finished_runs(finished, tmp_path, capsys):
     assert benchmark.main(bench_argv(data, out, "--resume", "--max-iters", "4")) == 2  # other settings
     assert "other settings" in capsys.readouterr().err
 
-    lost = benchmark.run_dir(out, "canonical", 1)
+    lost = run_dir(out, "canonical", 1)
     shutil.rmtree(lost)  # as if the benchmark died during its last run
-    kept = {k: benchmark.run_dir(out, *k) / "run.json" for k in [("baseline", 0), ("canonical", 0), ("baseline", 1)]}
+    kept = {k: run_dir(out, *k) / "run.json" for k in [("baseline", 0), ("canonical", 0), ("baseline", 1)]}
     mtimes = {k: p.stat().st_mtime_ns for k, p in kept.items()}
     assert benchmark.main(bench_argv(data, out, "--resume")) == 0
     stdout = capsys.readouterr().out
@@ -246,9 +252,9 @@ def test_resume_says_when_a_kept_run_trained_with_other_files(finished, tmp_path
 
 def test_baseline_recipe_is_the_seeds_starting_point():
     pinned = {f.name for f in fields(train_mps.Recipe)} - {"seed"}
-    assert set(benchmark.BASELINE_RECIPE) == pinned, "pin every Recipe field in BASELINE_RECIPE"
-    assert benchmark.parse_config("baseline", train_mps.Recipe).overrides == benchmark.BASELINE_RECIPE
-    r = train_mps.Recipe(**benchmark.BASELINE_RECIPE)
+    assert set(BASELINE_RECIPE) == pinned, "pin every Recipe field in BASELINE_RECIPE"
+    assert parse_config("baseline", train_mps.Recipe).overrides == BASELINE_RECIPE
+    r = train_mps.Recipe(**BASELINE_RECIPE)
     assert (r.solver, r.splitting, r.steps_per_layer) == ("euler", "lie", 1)
     assert (r.vocab_size, r.bias, r.dropout, r.zero_init_proj) == (50304, False, 0.0, False)
     assert r.kinetic_energy == 0.0 and r.jacobian_frobenius == 0.0
@@ -286,10 +292,10 @@ def test_baseline_recipe_is_the_seeds_starting_point():
 
 
 def test_canonical_overrides_parse_by_field_type():
-    c = benchmark.parse_config("canonical:ema_decay=0.9", train_mps.Recipe)
+    c = parse_config("canonical:ema_decay=0.9", train_mps.Recipe)
     assert c.overrides == {"ema_decay": 0.9} and c.kind == "builtin"
-    assert benchmark.parse_config("canonical", train_mps.Recipe).overrides is None  # train() with no arguments
-    c = benchmark.parse_config("canonical:schedule=wsd,warmup_iters=10,bias=true,dropout=0", train_mps.Recipe)
+    assert parse_config("canonical", train_mps.Recipe).overrides is None  # train() with no arguments
+    c = parse_config("canonical:schedule=wsd,warmup_iters=10,bias=true,dropout=0", train_mps.Recipe)
     assert c.overrides == {"schedule": "wsd", "warmup_iters": 10, "bias": True, "dropout": 0.0}
     assert type(c.overrides["warmup_iters"]) is int and type(c.overrides["dropout"]) is float
 
@@ -306,8 +312,8 @@ def test_canonical_overrides_parse_by_field_type():
     ],
 )
 def test_bad_configurations_are_clear_errors(spec, message):
-    with pytest.raises(benchmark.BenchmarkError, match=message):
-        benchmark.parse_config(spec, train_mps.Recipe)
+    with pytest.raises(BenchmarkError, match=message):
+        parse_config(spec, train_mps.Recipe)
 
 
 def test_candidate_breaking_the_constraints_is_refused_before_anything_runs(synthetic_data, tmp_path, capsys):
@@ -317,7 +323,7 @@ def test_candidate_breaking_the_constraints_is_refused_before_anything_runs(synt
     source = (REPO / "train_mps.py").read_text()
     assert "max_iters = 10001" in source
     (candidate / "train_mps.py").write_text(source.replace("max_iters = 10001", "max_iters = 500"))
-    assert benchmark.parse_config(str(candidate), train_mps.Recipe).kind == "folder"
+    assert parse_config(str(candidate), train_mps.Recipe).kind == "folder"
     out = tmp_path / "out"
     argv = ["--configs", "canonical", str(candidate), "--data-dir", str(synthetic_data), "--out", str(out)]
     assert benchmark.main([*argv, "--max-iters", "3"]) == 2
@@ -372,7 +378,7 @@ def test_merge_combines_runs_of_separate_benchmarks(finished, tmp_path, capsys):
 
 def test_jobs_run_at_once_in_order_with_the_same_losses(finished, tmp_path, monkeypatch):
     src, data = finished
-    for k in benchmark.THREAD_VARS:
+    for k in THREAD_VARS:
         monkeypatch.delenv(k, raising=False)
     out = tmp_path / "jobs"
     assert benchmark.main(bench_argv(data, out, "--jobs", "2")) == 0
@@ -383,9 +389,9 @@ def test_jobs_run_at_once_in_order_with_the_same_losses(finished, tmp_path, monk
     # two at a time: each run after the first two started before an earlier one had finished
     overlapped = [r["started_at"] < max(q["finished_at"] for q in runs[:i]) for i, r in enumerate(runs) if i]
     assert all(overlapped)
-    want = str(max(1, (benchmark.os.cpu_count() or 1) // 2))
+    want = str(max(1, (os.cpu_count() or 1) // 2))
     for r in runs:
-        assert r["thread_env"] == {k: want for k in benchmark.THREAD_VARS}
+        assert r["thread_env"] == {k: want for k in THREAD_VARS}
         for m in ("best_vloss", "val_loss_full"):  # the same training as one at a time, up to thread-count rounding
             assert r[m] == pytest.approx(alone[(r["config"], r["seed"])][m], rel=1e-4)
     assert "2 at a time" in (out / "benchmark.md").read_text()
@@ -397,22 +403,22 @@ def test_a_benchmark_stopped_by_an_error_leaves_the_next_one_unharmed(finished, 
     process runs normally (the stop flag belongs to the benchmark that raised, not to the module: CI once recorded
     every later run of the suite as interrupted)."""
     _, data = finished
-    real = benchmark.prepare_candidate
+    real = prepare_candidate
 
     def broken(*args):
         raise SystemError("simulated failure while preparing a run")
 
-    monkeypatch.setattr(benchmark, "prepare_candidate", broken)
+    monkeypatch.setattr("odegpt_eval.runs.prepare_candidate", broken)
     with pytest.raises(SystemError):
         benchmark.main(bench_argv(data, tmp_path / "broken", "--jobs", "2"))
-    monkeypatch.setattr(benchmark, "prepare_candidate", real)
+    monkeypatch.setattr("odegpt_eval.runs.prepare_candidate", real)
     out = tmp_path / "after"
     snapshot = out / "sources" / "folder-today"
     snapshot.mkdir(parents=True)
     for name in ("train_mps.py", "model.py"):
         shutil.copy(REPO / name, snapshot / name)
-    config = benchmark.Config("today", "folder", str(snapshot), snapshot.name, None)
-    record = benchmark.execute_run(config, 0, 0, out, data, 1)
+    config = Config("today", "folder", str(snapshot), snapshot.name, None)
+    record = execute_run(config, 0, 0, out, data, 1)
     assert record["status"] == "ok", (record["status"], record.get("error"))
 
 
@@ -435,14 +441,14 @@ def test_make_targets_name_valid_configurations(variable, head, reference):
     tables were measured on the canonical of their time (EULER), which the targets name explicitly."""
     text = makefile_text()
     assert f"REFERENCE := {TABLES_REFERENCE}\n" in text and f"EULER := {EULER}\n" in text
-    assert benchmark.parse_config(EULER, train_mps.Recipe).overrides  # not today's canonical
+    assert parse_config(EULER, train_mps.Recipe).overrides  # not today's canonical
     specs = next(line for line in text.splitlines() if line.startswith(f"{variable} :=")).split(":=", 1)[1].split()
     assert specs[: len(head)] == head and len(set(specs)) == len(specs)
     rules = (" ".join(line.split()) for line in text.splitlines())  # whitespace runs as one space
     rule = next(line for line in rules if f"--configs {' '.join(specs)} " in line)
     assert reference in specs and f"--baseline {reference} " in rule
     for spec in (s for s in specs[len(head) :] if s != "baseline"):
-        config = benchmark.parse_config(spec, train_mps.Recipe)
+        config = parse_config(spec, train_mps.Recipe)
         assert config.overrides and all(getattr(train_mps.Recipe(), k) != v for k, v in config.overrides.items())
 
 
@@ -465,14 +471,12 @@ def test_readme_reports_label_each_run_by_the_recipe_it_ran(report):
     drift = {
         (r["config"], r["seed"]): d
         for r in runs
-        if (d := benchmark.recipe_drift(r["config"], r["metrics"]["recipe"], train_mps.Recipe))
+        if (d := recipe_drift(r["config"], r["metrics"]["recipe"], train_mps.Recipe))
     }
     assert drift == {}
     # and the check can fail: under the previous default the adopted canonical is another recipe
     canonical = next(r for r in runs if r["config"].startswith("canonical"))
-    assert benchmark.recipe_drift(
-        canonical["config"], {**canonical["metrics"]["recipe"], "schedule": "x"}, train_mps.Recipe
-    )
+    assert recipe_drift(canonical["config"], {**canonical["metrics"]["recipe"], "schedule": "x"}, train_mps.Recipe)
 
 
 def test_merge_relabels_runs_made_under_an_older_default(finished, tmp_path, capsys):
@@ -529,6 +533,7 @@ def test_merge_relabels_runs_made_under_an_older_default(finished, tmp_path, cap
 def test_the_fixed_block_probe_scores_a_run_as_the_runner_does(finished, tmp_path):
     """scripts/fixed_block_probe.py with the fixed block's values (max_iters shortened as the benchmark's was)
     reproduces the benchmark's trusted figures for the same seed: same data halves, same training, same scoring."""
+    sys.path.insert(0, str(REPO / "scripts"))  # a script beside the command lines, not a package module
     import fixed_block_probe
 
     out, data = finished

@@ -49,9 +49,9 @@ def test_draws_cover_steps_per_layer_to_random_steps_and_nothing_else():
 
 
 def test_the_baseline_pins_the_switch_off():
-    import benchmark
+    from odegpt_eval.specs import BASELINE_RECIPE
 
-    assert benchmark.BASELINE_RECIPE["random_steps"] == 0
+    assert BASELINE_RECIPE["random_steps"] == 0
 
 
 def read_ckpt(out):
@@ -229,8 +229,9 @@ def test_flow_study_names_the_fix_for_a_folder_without_runs(tmp_path):
 def test_make_flow_names_the_flow_recipe_as_one_benchmark_spec():
     """Issue #14: the flow recipe became the canonical, so the Makefile's FLOW is `canonical`, whose Recipe
     defaults draw the step count (a flow), beside the canonical before it (EULER, each field a real change)."""
-    import benchmark
     from conftest import makefile_text
+
+    from odegpt_eval.specs import parse_config
 
     raw = (ROOT / "Makefile").read_text()
     assert "\nFLOW := canonical\n" in raw and "\nFLOW_KE := canonical:kinetic_energy=" in raw
@@ -238,7 +239,7 @@ def test_make_flow_names_the_flow_recipe_as_one_benchmark_spec():
     assert r.random_steps > r.steps_per_layer > 1 and r.splitting == "parallel"
     text = makefile_text()
     euler = next(line for line in text.splitlines() if line.startswith("EULER :=")).split(":=", 1)[1].strip()
-    config = benchmark.parse_config(euler, tm.Recipe)
+    config = parse_config(euler, tm.Recipe)
     assert config.overrides == {"solver": "euler", "splitting": "lie", "steps_per_layer": 1, "random_steps": 0}
     flow_rule = " ".join(text.split("\nflow:", 1)[1].split("\n\n", 1)[0].split())  # whitespace runs as one space
     assert f"--configs canonical canonical:kinetic_energy=0.01 {euler} " in flow_rule

@@ -13,8 +13,7 @@ import pytest
 from conftest import REPO
 from dreamteam_harness import FILES, harness_files
 
-sys.path.insert(0, str(REPO / "scripts"))
-import intake_reply  # noqa: E402
+from odegpt_eval import intake as intake_reply
 
 FENCE = "`" * 3
 REAL_TRAIN = (REPO / "train_mps.py").read_text(encoding="utf-8")

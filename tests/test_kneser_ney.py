@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT)]
 
-import kneser_ney as kn  # noqa: E402
+from odegpt_eval import kneser_ney as kn  # noqa: E402
 
 # 60 tokens over ids 0..6, Zipf-like (np.random.default_rng(5).choice(7, 60, p ~ 1/rank)). The model's
 # vocabulary is 9, so ids 7 and 8 never occur. Its levels mix closed-form discounts, a fallback for a

@@ -66,7 +66,7 @@ def test_total_is_the_whole_split_loss_and_buckets_partition_it(inputs):
 
 def test_kneser_ney_buckets_partition_the_n_grams_whole_split_loss(inputs):
     """--kneser-ney N: the n-gram's per-bucket contributions sum to kneser_ney.whole_split_loss on the same val."""
-    import kneser_ney
+    from odegpt_eval import kneser_ney
 
     root, _, train, val = inputs
     res = run(inputs, "--kneser-ney", "3")

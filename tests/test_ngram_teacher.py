@@ -189,18 +189,14 @@ def test_a_short_training_with_the_teacher_runs(tmp_path, monkeypatch):
 def test_make_teacher_table_names_a_valid_teacher_recipe_on_both_corpora():
     """Issue #16: `make teacher-table` runs the teacher's spec (a real change of the recipe, leave-one-out on) beside
     the canonical on tinyshakespeare and on the offline corpus."""
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root / "scripts"))
-    import benchmark
     from conftest import makefile_text
+
+    from odegpt_eval.specs import parse_config
 
     text = makefile_text()
     spec = next(line for line in text.splitlines() if line.startswith("TEACHER :=")).split(":=", 1)[1].strip()
     euler = next(line for line in text.splitlines() if line.startswith("EULER :=")).split(":=", 1)[1].strip()
-    config = benchmark.parse_config(spec, tm.Recipe)
+    config = parse_config(spec, tm.Recipe)
     assert config.overrides["ngram_loo"] is True and 0 < config.overrides["ngram_distill"] < 1
     assert all(getattr(tm.Recipe(), k) != v for k, v in config.overrides.items())
     assert spec.startswith(euler + ",")  # measured on the canonical of its time

@@ -1,5 +1,5 @@
 """The DreamTeam original layout under the trusted runner (scripts/benchmark.py) and the re-ranking of a recorded
-generation (scripts/rerank_generation.py).
+generation (scripts/rerank.py).
 
 The original (tests/dreamteam_harness.py: ORIGINAL_LAYOUT, ORIGINAL_LAYOUT_DATA_DIR) keeps the fixed values as
 locals of train(), reads its data from a literal path, uses device 'mps' and sets no seed. The runner adapts those
@@ -9,16 +9,20 @@ random data with today's model.py (its nanoGPT API is what the original calls).
 
 import json
 import math
-import sys
 
 import pytest
 import torch
 from conftest import REPO, write_bins
 from dreamteam_harness import ORIGINAL_LAYOUT, ORIGINAL_LAYOUT_DATA_DIR
 
-sys.path.insert(0, str(REPO / "scripts"))
-import benchmark  # noqa: E402
-import rerank_generation  # noqa: E402
+from odegpt_eval import rerank
+from odegpt_eval.children.train_child import returned_value
+from odegpt_eval.judge import VLOSS_MARGIN, VLOSS_SLACK, judge_run, vloss_slack
+from odegpt_eval.layout import adapt_original_layout, prepare_candidate, runner_device, train_layout
+from odegpt_eval.merge import rejudge
+from odegpt_eval.runs import execute_run
+from odegpt_eval.scoring import batch_floor, evaluations
+from odegpt_eval.specs import Config
 
 MAX_ITERS = 3
 MODEL = (REPO / "model.py").read_text()
@@ -38,20 +42,20 @@ def line_of(text: str, start: str) -> int:
 
 
 def test_adaptation_rewrites_exactly_the_three_values(tmp_path):
-    text, notes = benchmark.adapt_original_layout(ORIGINAL_LAYOUT_DATA_DIR, tmp_path / "data", "cpu", 7)
+    text, notes = adapt_original_layout(ORIGINAL_LAYOUT_DATA_DIR, tmp_path / "data", "cpu", 7)
     compile(text, "train_mps.py", "exec")
     expected = [line_of(ORIGINAL_LAYOUT_DATA_DIR, f"    {n} = ") for n in ("max_iters", "data_dir", "device")]
     assert changed_lines(ORIGINAL_LAYOUT_DATA_DIR, text) == sorted(expected)
     assert f"    data_dir = {str(tmp_path / 'data')!r}" in text.splitlines()
     assert "    device = 'cpu'" in text.splitlines() and "    max_iters = 7" in text.splitlines()
     assert len(notes) == 3 and all(n.startswith("train_mps.py line ") for n in notes)
-    assert benchmark.train_layout(text) == "train"  # still the original layout
+    assert train_layout(text) == "train"  # still the original layout
 
 
 def test_full_runs_on_mps_change_nothing_but_the_data_folder(tmp_path):
-    text, notes = benchmark.adapt_original_layout(ORIGINAL_LAYOUT_DATA_DIR, tmp_path, "mps", None)
+    text, notes = adapt_original_layout(ORIGINAL_LAYOUT_DATA_DIR, tmp_path, "mps", None)
     assert changed_lines(ORIGINAL_LAYOUT_DATA_DIR, text) == [line_of(ORIGINAL_LAYOUT_DATA_DIR, "    data_dir = ")]
-    text, notes = benchmark.adapt_original_layout(ORIGINAL_LAYOUT, tmp_path, "mps", None)
+    text, notes = adapt_original_layout(ORIGINAL_LAYOUT, tmp_path, "mps", None)
     assert text == ORIGINAL_LAYOUT and notes == []  # the relative path needs no change: the working directory
 
 
@@ -59,7 +63,7 @@ def test_non_ascii_around_a_value_is_cut_by_bytes(tmp_path):
     source = ORIGINAL_LAYOUT_DATA_DIR.replace(
         "    data_dir = '/Users/someone/DreamTeam/data'\n", "    data_dir = '/Users/jürgen/Daten'  # über\n"
     )
-    text, _ = benchmark.adapt_original_layout("# ünïcode\n" + source, tmp_path, "cpu", 5)
+    text, _ = adapt_original_layout("# ünïcode\n" + source, tmp_path, "cpu", 5)
     compile(text, "train_mps.py", "exec")
     assert f"    data_dir = {str(tmp_path)!r}  # über" in text.splitlines()
 
@@ -71,7 +75,7 @@ def test_odegpt_layout_runs_from_its_snapshot_unadapted(tmp_path):
     (snap / "model.py").write_text(MODEL)
     data = write_bins(tmp_path / "src")
     (tmp_path / "run").mkdir()
-    folder, heldout, layout, notes = benchmark.prepare_candidate(snap, tmp_path / "run", data, MAX_ITERS)
+    folder, heldout, layout, notes = prepare_candidate(snap, tmp_path / "run", data, MAX_ITERS)
     assert (folder, layout, notes) == (snap, "module", [])
     assert heldout["candidate_data_dir"] == str(tmp_path / "run" / "data")
 
@@ -93,15 +97,15 @@ def returned(best_type: str, value: float = 5.0) -> dict:
 @pytest.mark.parametrize(("layout", "ok"), [("train", True), ("module", False)])
 def test_a_tensor_best_vloss_is_accepted_in_the_original_layout_only(layout, ok):
     record = {"violations": []}
-    benchmark.judge_run(record, returned("torch.Tensor"), 3, layout)
+    judge_run(record, returned("torch.Tensor"), 3, layout)
     assert (record["violations"] == []) is ok, record["violations"]
     assert (record["best_vloss"] == 5.0) is ok
 
 
 def test_returned_value_reads_a_0d_tensor_only():
-    assert benchmark.returned_value(torch.tensor(4.5))["value"] == 4.5
-    assert benchmark.returned_value(torch.tensor([4.5, 1.0]))["value"] is None
-    assert benchmark.returned_value(torch.tensor(4))["value"] is None  # an integer tensor is no loss
+    assert returned_value(torch.tensor(4.5))["value"] == 4.5
+    assert returned_value(torch.tensor([4.5, 1.0]))["value"] is None
+    assert returned_value(torch.tensor(4))["value"] is None  # an integer tensor is no loss
 
 
 # --- runs under the trusted runner ---------------------------------------------------------------------------
@@ -118,10 +122,10 @@ def run(root, name, train_mps, data, seed=0):
     snapshot.mkdir(parents=True)
     (snapshot / "train_mps.py").write_text(train_mps)
     (snapshot / "model.py").write_text(MODEL)
-    config = benchmark.Config(name, "folder", str(snapshot), snapshot.name, None)
+    config = Config(name, "folder", str(snapshot), snapshot.name, None)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(benchmark, "ELAPSED_SLACK_MIN", 0.0)
-        return benchmark.execute_run(config, seed, 0, out, data, MAX_ITERS)
+        mp.setattr("odegpt_eval.judge.ELAPSED_SLACK_MIN", 0.0)
+        return execute_run(config, seed, 0, out, data, MAX_ITERS)
 
 
 @pytest.mark.parametrize("source", [ORIGINAL_LAYOUT, ORIGINAL_LAYOUT_DATA_DIR], ids=["relative-path", "data_dir"])
@@ -135,7 +139,7 @@ def test_the_original_layout_runs_clean_and_says_what_was_adapted(tmp_path, data
     assert f"max_iters 10001 -> {MAX_ITERS}" in notes and "seeded by the runner" in notes
     assert ("data_dir '/Users/someone/DreamTeam/data'" in notes) is (source is ORIGINAL_LAYOUT_DATA_DIR)
     if not torch.backends.mps.is_available():
-        assert f"device 'mps' -> {benchmark.runner_device()!r}" in notes
+        assert f"device 'mps' -> {runner_device()!r}" in notes
     assert (tmp_path / "out" / "sources" / "folder-orig" / "train_mps.py").read_text() == source  # snapshot intact
 
 
@@ -159,7 +163,7 @@ def test_an_original_layout_cheat_is_still_a_violation(tmp_path, data):
     ]
 
 
-# --- scripts/rerank_generation.py -------------------------------------------------------------------------------
+# --- scripts/rerank.py -------------------------------------------------------------------------------
 
 RESULTS = """\
 weaker_decay: vloss=4.3758, time=7.13 min
@@ -190,26 +194,26 @@ def generation(root):
 def test_results_parse_in_the_recorded_order(tmp_path):
     path = tmp_path / "results.txt"
     path.write_text("b: vloss=5.0, time=1 min\na: vloss=4.0, time=2.5 min\nc: vloss=inf, time=inf min\n")
-    rows = rerank_generation.parse_results(path)
+    rows = rerank.parse_results(path)
     assert [(r["name"], r["rank"]) for r in rows] == [("a", 1), ("b", 2), ("c", None)]
     path.write_text("a: loss 4.0\n")
-    with pytest.raises(rerank_generation.RerankError, match="results.txt:1: expected"):
-        rerank_generation.parse_results(path)
+    with pytest.raises(rerank.RerankError, match="results.txt:1: expected"):
+        rerank.parse_results(path)
 
 
 def test_a_generation_without_starting_files_names_the_fix(tmp_path):
     gen = generation(tmp_path)
     (tmp_path / "src" / "dreamteam" / "model.py").unlink()
-    with pytest.raises(rerank_generation.RerankError, match="--base"):
-        rerank_generation.base_folder(gen, None)
-    assert rerank_generation.main(["--generation", str(gen), "--out", str(tmp_path / "o")]) == 2
+    with pytest.raises(rerank.RerankError, match="--base"):
+        rerank.base_folder(gen, None)
+    assert rerank.main(["--generation", str(gen), "--out", str(tmp_path / "o")]) == 2
 
 
 def test_top_skips_the_baseline_and_failed_candidates(tmp_path):
-    rows = rerank_generation.parse_results(generation(tmp_path) / "results.txt")
-    assert rerank_generation.pick(rows, None, 5) == ["baseline", "weaker_decay", "unchanged"]
-    with pytest.raises(rerank_generation.RerankError, match="not in results.txt"):
-        rerank_generation.pick(rows, ["nobody"], 3)
+    rows = rerank.parse_results(generation(tmp_path) / "results.txt")
+    assert rerank.pick(rows, None, 5) == ["baseline", "weaker_decay", "unchanged"]
+    with pytest.raises(rerank.RerankError, match="not in results.txt"):
+        rerank.pick(rows, ["nobody"], 3)
 
 
 def synthetic_report(medians: dict[str, float], seeds=(0, 1, 2)) -> dict:
@@ -237,19 +241,19 @@ def test_rerank_ties_share_a_rank_and_do_not_uphold_the_recorded_order():
     ]
     labels = {n: n for n in ("baseline", "a", "b")}
     names = ["baseline", "a", "b"]
-    tied = rerank_generation.rerank(rows, names, labels, synthetic_report({"baseline": 5.3, "a": 5.2, "b": 5.3}))
+    tied = rerank.rerank(rows, names, labels, synthetic_report({"baseline": 5.3, "a": 5.2, "b": 5.3}))
     assert {r["name"]: r["trusted_rank"] for r in tied["rows"]} == {"a": 1, "baseline": 2, "b": 2}
     assert tied["order_survives"] is False and tied["trusted_ties"] in (
         [["baseline", "b"]],
         [["b", "baseline"]],
     )
-    assert rerank_generation.order_text(["a", "b", "baseline"], [["b", "baseline"]]) == "a > b = baseline"
+    assert rerank.order_text(["a", "b", "baseline"], [["b", "baseline"]]) == "a > b = baseline"
     assert {r["name"]: r["same_as_baseline"] for r in tied["rows"]} == {"baseline": None, "a": False, "b": True}
-    kept = rerank_generation.rerank(rows, names, labels, synthetic_report({"baseline": 5.3, "a": 5.1, "b": 5.2}))
+    kept = rerank.rerank(rows, names, labels, synthetic_report({"baseline": 5.3, "a": 5.1, "b": 5.2}))
     assert kept["order_survives"] is True and kept["trusted_ties"] == []
     short = synthetic_report({"baseline": 5.3, "a": 5.1, "b": 5.2})
     short["settings"]["seeds"] = [0, 1, 2, 3]  # a seed still to run: no verdict yet
-    assert rerank_generation.rerank(rows, names, labels, short)["order_survives"] is None
+    assert rerank.rerank(rows, names, labels, short)["order_survives"] is None
 
 
 def test_an_unfinished_rerank_ranks_on_the_seeds_every_candidate_has():
@@ -262,16 +266,16 @@ def test_an_unfinished_rerank_ranks_on_the_seeds_every_candidate_has():
         entry.update(seeds=list(range(len(values))), trusted_test_loss={"values": values, "median": values[-1]})
         entry["best_vloss"]["values"] = [v - 0.5 for v in values]
     names = ["baseline", "a", "b"]
-    result = rerank_generation.rerank(rows, names, {n: n for n in names}, report)
+    result = rerank.rerank(rows, names, {n: n for n in names}, report)
     assert result["ranked_on_seeds"] == [0] and not result["complete"] and result["order_survives"] is None
     assert result["trusted_order"] == ["b", "a", "baseline"]  # on seed 0: 5.25 < 5.3 < 5.4
     assert {r["name"]: r["rank_figure"] for r in result["rows"]} == {"baseline": 5.4, "a": 5.3, "b": 5.25}
-    assert rerank_generation.ranked_on(result) == " (on seed 0: those every candidate has finished)"
-    assert rerank_generation.ranked_on({"complete": True}) == ""
+    assert rerank.ranked_on(result) == " (on seed 0: those every candidate has finished)"
+    assert rerank.ranked_on({"complete": True}) == ""
     assert {r["name"]: r["same_as_baseline"] for r in result["rows"]}["b"] is False  # judged on b's seed 0
     same = report["summary"]["configs"]["b"]
     same.update(trusted_test_loss={"values": [5.4], "median": 5.4}, best_vloss={"values": [4.9], "median": 4.9})
-    rows_now = rerank_generation.rerank(rows, names, {n: n for n in names}, report)["rows"]
+    rows_now = rerank.rerank(rows, names, {n: n for n in names}, report)["rows"]
     assert {r["name"]: r["same_as_baseline"] for r in rows_now}["b"] is True  # equal to the baseline's seed 0
 
 
@@ -279,8 +283,8 @@ def test_rerank_end_to_end(tmp_path, data):
     gen = generation(tmp_path)
     out = tmp_path / "rr"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(benchmark, "ELAPSED_SLACK_MIN", 0.0)
-        status = rerank_generation.main(
+        mp.setattr("odegpt_eval.judge.ELAPSED_SLACK_MIN", 0.0)
+        status = rerank.main(
             [
                 "--generation",
                 str(gen),
@@ -317,7 +321,7 @@ def test_rerank_end_to_end(tmp_path, data):
     assert "Adapted to run here" in (out / "benchmark" / "benchmark.md").read_text()
     # --render-only runs nothing and writes the same result from the report; without a report it says what to run
     (out / "rerank.md").unlink()
-    assert rerank_generation.main(["--generation", str(gen), "--top", "2", "--out", str(out), "--render-only"]) == 0
+    assert rerank.main(["--generation", str(gen), "--top", "2", "--out", str(out), "--render-only"]) == 0
     assert (out / "rerank.md").read_text() == md
     assert json.loads((out / "rerank.json").read_text()) == result
     assert "kept by `--resume` trained with other copies" not in md
@@ -325,14 +329,14 @@ def test_rerank_end_to_end(tmp_path, data):
     bench_json = out / "benchmark" / "benchmark.json"
     kept = json.loads(bench_json.read_text())
     bench_json.write_text(json.dumps({**kept, "resume_warnings": ["`baseline` seed 1 was kept from an earlier run"]}))
-    assert rerank_generation.main(["--generation", str(gen), "--top", "2", "--out", str(out), "--render-only"]) == 0
+    assert rerank.main(["--generation", str(gen), "--top", "2", "--out", str(out), "--render-only"]) == 0
     assert "**1 run(s) kept by `--resume` trained with other copies" in (out / "rerank.md").read_text()
     bench_json.write_text(json.dumps(kept))
     empty = ["--generation", str(gen), "--top", "2", "--out", str(tmp_path / "none"), "--render-only"]
-    assert rerank_generation.main(empty) == 2
+    assert rerank.main(empty) == 2
     # a second call on the same folder with --resume keeps the runs; another generation there is refused
     (gen / "weaker_decay" / "train_mps.py").write_text(ORIGINAL_LAYOUT_DATA_DIR)
-    assert rerank_generation.main(["--generation", str(gen), "--top", "2", "--out", str(out), "--resume"]) == 2
+    assert rerank.main(["--generation", str(gen), "--top", "2", "--out", str(out), "--resume"]) == 2
 
 
 # --- the returned-figure check across the two halves of val, and re-judging at a merge ------------------------
@@ -345,16 +349,16 @@ def kn_refs(test: float, mine: float) -> dict:
 
 
 def test_vloss_slack_widens_by_how_much_harder_the_test_half_is():
-    assert benchmark.vloss_slack(kn_refs(5.05, 4.45)) == pytest.approx(benchmark.VLOSS_SLACK + 0.6)
-    assert benchmark.vloss_slack(kn_refs(4.40, 4.45)) == benchmark.VLOSS_SLACK  # an easier test half: no less
-    assert benchmark.vloss_slack(None) == benchmark.VLOSS_SLACK
+    assert vloss_slack(kn_refs(5.05, 4.45)) == pytest.approx(VLOSS_SLACK + 0.6)
+    assert vloss_slack(kn_refs(4.40, 4.45)) == VLOSS_SLACK  # an easier test half: no less
+    assert vloss_slack(None) == VLOSS_SLACK
 
 
 def test_the_slack_decides_the_violation():
     payload = returned("builtins.float", value=5.2 - 1.3)  # 1.3 nats below the trusted test loss of 5.2
     strict, wide = {"violations": []}, {"violations": []}
-    benchmark.judge_run(strict, payload, 3, "module", benchmark.VLOSS_SLACK)
-    benchmark.judge_run(wide, payload, 3, "module", benchmark.vloss_slack(kn_refs(5.05, 4.45)))
+    judge_run(strict, payload, 3, "module", VLOSS_SLACK)
+    judge_run(wide, payload, 3, "module", vloss_slack(kn_refs(5.05, 4.45)))
     assert any("nats below the trusted test loss" in v for v in strict["violations"]) and wide["violations"] == []
 
 
@@ -392,13 +396,13 @@ def test_the_batch_floor_bounds_an_honest_minimum_and_the_old_slack_did_not():
     distance to the whole split (VLOSS_SLACK alone, no harder test half) flags some of them. (What the floor
     catches, fakes larger than the batches' own spread, is tested on trained candidates in test_trusted_runner.)"""
     losses = easy_passage_losses()
-    floor = benchmark.batch_floor(losses, 101)
-    assert floor == benchmark.batch_floor(losses, 101)  # seeded: a verdict reproduces
-    assert benchmark.batch_floor(losses, 11) >= floor  # fewer evaluations: a floor no lower
+    floor = batch_floor(losses, 101)
+    assert floor == batch_floor(losses, 101)  # seeded: a verdict reproduces
+    assert batch_floor(losses, 11) >= floor  # fewer evaluations: a floor no lower
     minima = [harness_minimum(losses, seed) for seed in range(200)]
-    assert min(minima) >= floor - benchmark.VLOSS_MARGIN
+    assert min(minima) >= floor - VLOSS_MARGIN
     assert sum(m < floor for m in minima) <= 3
-    assert sum(m < losses.mean() - benchmark.VLOSS_SLACK for m in minima) >= 1  # the slack alone flags honest runs
+    assert sum(m < losses.mean() - VLOSS_SLACK for m in minima) >= 1  # the slack alone flags honest runs
 
 
 def test_below_the_slack_a_best_vloss_the_models_batches_reach_is_no_violation():
@@ -407,11 +411,11 @@ def test_below_the_slack_a_best_vloss_the_models_batches_reach_is_no_violation()
     far below the floor (a model better earlier in its run than at its end) is no violation either."""
     floor = 3.7
     verdicts = []
-    for value, slack in ((floor - 0.1, benchmark.VLOSS_SLACK), (floor - 0.2, benchmark.VLOSS_SLACK), (3.0, 2.5)):
+    for value, slack in ((floor - 0.1, VLOSS_SLACK), (floor - 0.2, VLOSS_SLACK), (3.0, 2.5)):
         payload = returned("builtins.float", value=value)
         payload["trusted"]["batch_floor"] = floor
         record = {"violations": [], "heldout": {"evaluations": 1}}
-        benchmark.judge_run(record, payload, 3, "module", slack)
+        judge_run(record, payload, 3, "module", slack)
         assert record["trusted_batch_floor"] == floor
         verdicts.append(record["violations"])
     assert verdicts[0] == [] and verdicts[2] == []
@@ -419,7 +423,7 @@ def test_below_the_slack_a_best_vloss_the_models_batches_reach_is_no_violation()
 
 
 def test_evaluations_follow_the_fixed_interval():
-    assert [benchmark.evaluations(n) for n in (10001, 10000, 2000, 3, 0)] == [101, 100, 20, 1, 0]
+    assert [evaluations(n) for n in (10001, 10000, 2000, 3, 0)] == [101, 100, 20, 1, 0]
 
 
 def test_rejudge_applies_todays_rules_from_the_saved_findings(tmp_path):
@@ -432,10 +436,10 @@ def test_rejudge_applies_todays_rules_from_the_saved_findings(tmp_path):
         "layout": "module",
         "log": "runs/x/seed0/train.log",
     }
-    wide = benchmark.rejudge(record, tmp_path, 1.6)
+    wide = rejudge(record, tmp_path, 1.6)
     assert wide["violations"] == [] and wide["rejudged_from"] == ["an old verdict"]
-    strict = benchmark.rejudge(record, tmp_path, 1.0)
+    strict = rejudge(record, tmp_path, 1.0)
     assert len(strict["violations"]) == 1 and "nats below" in strict["violations"][0]
-    assert benchmark.rejudge({"best_vloss": 4.0}, tmp_path, 1.0) == {"best_vloss": 4.0}  # an untrusted old record
+    assert rejudge({"best_vloss": 4.0}, tmp_path, 1.0) == {"best_vloss": 4.0}  # an untrusted old record
     (rdir / "returned.json").unlink()
-    assert benchmark.rejudge(record, tmp_path, 1.6) is record  # findings gone: kept as recorded
+    assert rejudge(record, tmp_path, 1.6) is record  # findings gone: kept as recorded

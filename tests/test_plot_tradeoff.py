@@ -8,8 +8,9 @@ import sys
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
-import kneser_ney  # noqa: E402
 import plot_tradeoff  # noqa: E402
+
+from odegpt_eval import kneser_ney  # noqa: E402
 
 
 def report(configs: dict[str, list[float]], kn: dict[str, float], data_dir: str = "/x/data/pypi") -> dict:

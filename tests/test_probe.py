@@ -86,7 +86,7 @@ def test_make_probes_probes_the_deciding_tables_recipe():
     with twice the steps, beside a control with the fixed block's values, all at one seed (make's own expansion)."""
     import subprocess
 
-    import benchmark
+    from odegpt_eval.specs import parse_config, parse_overrides
 
     def make(*args):
         return subprocess.run(["make", "--no-print-directory", *args], cwd=REPO, capture_output=True, text=True)
@@ -95,8 +95,8 @@ def test_make_probes_probes_the_deciding_tables_recipe():
     lines = [line for line in make("-n", "probes", "PROBE_OUT=/nowhere").stdout.splitlines() if "--recipe" in line]
     assert len(lines) == 4
     (recipe,) = {line.split("--recipe ")[1].split()[0] for line in lines}
-    expected = benchmark.parse_config(teacher, train_mps.Recipe).overrides
-    assert expected and benchmark.parse_overrides(recipe, train_mps.Recipe) == expected
+    expected = parse_config(teacher, train_mps.Recipe).overrides
+    assert expected and parse_overrides(recipe, train_mps.Recipe) == expected
     assert sorted(line.split("--set ")[1].split()[0] for line in lines if "--set" in line) == [
         "max_iters=20002",
         "n_embd=128",

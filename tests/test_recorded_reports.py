@@ -7,14 +7,13 @@ re-rendered and are left out of the first check; every report is merged.
 """
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import REPO
 
-sys.path.insert(0, str(REPO / "scripts"))
-import benchmark  # noqa: E402
+from odegpt_eval import benchmark
+from odegpt_eval.report import render_markdown
 
 REPORTS = sorted(p.parent for p in (REPO / "results").rglob("benchmark.json") if (p.parent / "benchmark.md").is_file())
 RENDERED = [d for d in REPORTS if "references" in json.loads((d / "benchmark.json").read_text())]
@@ -31,7 +30,7 @@ def test_the_committed_reports_are_found():
 @pytest.mark.parametrize("folder", RENDERED, ids=name)
 def test_a_committed_report_re_renders_byte_for_byte(folder):
     report = json.loads((folder / "benchmark.json").read_text())
-    assert benchmark.render_markdown(report) == (folder / "benchmark.md").read_text()
+    assert render_markdown(report) == (folder / "benchmark.md").read_text()
 
 
 @pytest.mark.parametrize("folder", REPORTS, ids=name)
@@ -40,8 +39,8 @@ def test_a_committed_report_merges_into_the_same_summary(folder, tmp_path, monke
     the recorded row stands in for the Kneser-Ney fit (whose data folder is not on every machine), and the figure,
     which costs a second a report, is not drawn."""
     report = json.loads((folder / "benchmark.json").read_text())
-    monkeypatch.setattr(benchmark, "reference_losses", lambda data_dir: report.get("references"))
-    monkeypatch.setattr(benchmark, "render_png", lambda report, out: None)
+    monkeypatch.setattr("odegpt_eval.merge.reference_losses", lambda data_dir: report.get("references"))
+    monkeypatch.setattr("odegpt_eval.report.render_png", lambda report, out: None)
     monkeypatch.chdir(REPO)  # merged reports name their sources relative to the repository
     finished = {r["config"] for r in report["runs"] if r.get("status") == "ok"}
     labels = [c for c in report["settings"]["configs"] if c in finished]

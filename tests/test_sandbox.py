@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
 
 from odegpt_eval import sandbox as sb
 
@@ -42,8 +41,7 @@ def test_without_bwrap_auto_says_why_and_a_named_sandbox_is_refused(monkeypatch)
 def test_the_benchmark_refuses_to_run_without_the_sandbox_it_was_asked_for(
     monkeypatch, synthetic_data, tmp_path, capsys
 ):
-    sys.path.insert(0, str(REPO / "scripts"))
-    import benchmark
+    from odegpt_eval import benchmark
 
     monkeypatch.setattr(sb.shutil, "which", lambda name: None)
     monkeypatch.setattr(sb.sys, "platform", "linux")

@@ -1,6 +1,6 @@
 """Issue #33's attacks on the trusted runner, one test per class, each written as the attack is: a cheating candidate
 (today's train_mps.py or model.py with a textual edit, runner_helpers.edit asserting each anchor) run through
-benchmark.execute_run on tiny data. Each must be caught: the run is flagged with a violation naming the cause, or it
+execute_run on tiny data. Each must be caught: the run is flagged with a violation naming the cause, or it
 fails saying why, or the attack gains nothing. They run under the real sandbox (bubblewrap; test_sandbox.py fails
 where it is missing, so CI cannot skip them).
 
@@ -18,7 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import write_bins
-from runner_helpers import MAX_ITERS, benchmark, edit, processes_with, run, source
+from runner_helpers import MAX_ITERS, edit, processes_with, run, source
+
+from odegpt_eval import sandbox as sandboxes
+from odegpt_eval import scoring
+from odegpt_eval.files import sha256
+from odegpt_eval.report import render_markdown
+from odegpt_eval.runs import execute_run, finished, run_dir
+from odegpt_eval.specs import SOURCE_FILES, Config
+from odegpt_eval.summary import ranked, seed_insensitive, summarize
 
 FIRST_LINE = "    t0 = time.time()  # first line, as in the original train_mps.py: loading the data counts\n"
 RETURN = "    return best_vloss, elapsed_min\n"
@@ -86,19 +94,19 @@ def test_the_held_out_split_and_the_users_data_are_out_of_reach(tmp_path, data, 
     """Under bubblewrap the candidate finds neither the source val.bin, nor the user's data folder, nor the runner's
     files in its run folder, nor their paths on its command line or in its environment. Without a sandbox it reads
     the held-out split, and the report marks the run untrusted: the test can fail."""
-    rdir = benchmark.run_dir(tmp_path / "out", "snoop", 0)
+    rdir = run_dir(tmp_path / "out", "snoop", 0)
     paths = [str(data / "val.bin"), str(data), str(rdir)]
-    box = benchmark.sandboxes.choose(sandbox)[0]
+    box = sandboxes.choose(sandbox)[0]
     r = run(tmp_path, "snoop", train_mps=at_start_of_train(SNOOP.replace("PATHS", repr(paths))), data=data, sandbox=box)
     assert r["status"] == "ok", r.get("error")
     found = json.loads((rdir / "out" / "found.json").read_text())
     if sandbox == "none":
         assert found[str(data / "val.bin")] == (data / "val.bin").stat().st_size  # the held-out split, read
-        summary = benchmark.summarize([r], ["snoop"], "snoop")
+        summary = summarize([r], ["snoop"], "snoop")
         assert summary["unsandboxed_runs"] == ["snoop seed 0"] and r["sandbox"]["trusted"] is False
         report = {"settings": {"configs": ["snoop"], "seeds": [0]}, "summary": summary, "runs": [r], "environment": {}}
         report["order"] = [{"index": 0, "config": "snoop", "seed": 0}]
-        assert "ran without a sandbox" in benchmark.render_markdown(report)
+        assert "ran without a sandbox" in render_markdown(report)
         return
     assert found[str(data / "val.bin")] == "FileNotFoundError" and found[str(data)] == "FileNotFoundError"
     assert found[str(rdir)] == ["data", "out"]  # no run.json, returned.json, train.log, model.pt: the runner's
@@ -126,13 +134,16 @@ def _cheat(model, logits, idx):
                     break
         frame = frame.f_back
     runner = sorted(n for n in sys.modules if n.split(".")[0] in ("benchmark", "odegpt_eval", "scoring"))
-    try:
-        import benchmark  # the runner's module, to scale its loss function
+    import importlib
 
-        benchmark.nll_of_logits = lambda logits, targets: 0.9 * benchmark.nll_of_logits(logits, targets)
-        runner.append("imported benchmark")
-    except ImportError:
-        pass
+    for name in ("benchmark", "odegpt_eval.scoring"):  # the runner's modules, to scale its loss function
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        real = module.nll_of_logits
+        module.nll_of_logits = lambda logits, targets: 0.9 * real(logits, targets)
+        runner.append(f"patched {name}")
     print("PEEK", answer is not None, runner, flush=True)
     if answer is not None:
         logits = logits.clone()
@@ -196,18 +207,18 @@ def test_state_carried_between_scoring_calls_is_caught_by_the_audit(tmp_path):
     r = run(tmp_path, "cache", model=cheat_at_inference(CACHE), data=d)
     assert r["status"] == "ok"
     assert any("keeps state between scoring calls or reads other rows" in v for v in r["violations"]), r["violations"]
-    assert not benchmark.ranked(r)
+    assert not ranked(r)
 
 
 def test_a_scoring_plan_never_shows_a_target_to_the_fork_that_predicts_it():
     for n in (1, 2, 7, 64, 65, 281):
-        calls = benchmark.scoring.plan_calls("test", n, 64)
-        assert benchmark.scoring.revealed(calls, 64) == []
+        calls = scoring.plan_calls("test", n, 64)
+        assert scoring.revealed(calls, 64) == []
         assert sorted((w, c.length) for c in calls for w in c.windows) == [
             (w, j) for w in range(n) for j in range(1, 65)
         ]
-    adjacent = [benchmark.scoring.Call("test", 0, 0, (0, 1), 64)]  # and the check can fail
-    assert benchmark.scoring.revealed(adjacent, 64) == [(0, 0)]
+    adjacent = [scoring.Call("test", 0, 0, (0, 1), 64)]  # and the check can fail
+    assert scoring.revealed(adjacent, 64) == [(0, 0)]
 
 
 # --- 4. work outside the clock ------------------------------------------------------------------------------------
@@ -236,8 +247,8 @@ def test_work_after_train_returns_is_on_the_clock(tmp_path, data, canonical):
 
 
 def test_scoring_beyond_its_budget_is_charged_to_the_run(tmp_path, data, monkeypatch):
-    monkeypatch.setattr(benchmark.scoring, "SCORING_BASE_S", 2.0)
-    monkeypatch.setattr(benchmark.scoring, "SCORING_PER_CALL_S", 0.0)
+    monkeypatch.setattr(scoring, "SCORING_BASE_S", 2.0)
+    monkeypatch.setattr(scoring, "SCORING_PER_CALL_S", 0.0)
     r = run(tmp_path, "slow", model=cheat_at_inference(SLOW_SCORING), data=data)
     calls = json.loads((rdir_of(r) / "returned.json").read_text())["trusted"]["scoring_calls"]
     assert r["trusted_scoring_s"] > 0.05 * calls > 5.0
@@ -337,12 +348,12 @@ def test_a_saved_copy_changed_after_the_start_is_not_run(tmp_path, data):
     snapshot.mkdir(parents=True)
     for name in ("train_mps.py", "model.py"):
         (snapshot / name).write_text(source(name))
-    expected = {f: benchmark.sha256(snapshot / f) for f in benchmark.SOURCE_FILES}
+    expected = {f: sha256(snapshot / f) for f in SOURCE_FILES}
     (snapshot / "train_mps.py").write_text(source("train_mps.py") + "\n# rewritten by another run\n")
-    config = benchmark.Config("x", "folder", str(snapshot), snapshot.name, None)
-    r = benchmark.execute_run(config, 0, 0, tmp_path / "out", data, MAX_ITERS, expected_sources=expected)
+    config = Config("x", "folder", str(snapshot), snapshot.name, None)
+    r = execute_run(config, 0, 0, tmp_path / "out", data, MAX_ITERS, expected_sources=expected)
     assert r["status"] == "failed" and "changed since the benchmark started" in r["error"]
-    assert "train_mps.py" in r["error"] and not benchmark.finished(r)
+    assert "train_mps.py" in r["error"] and not finished(r)
 
 
 # --- 7. work the hooks do not see ---------------------------------------------------------------------------------
@@ -408,12 +419,10 @@ def test_a_candidate_that_ignores_the_seed_is_not_ranked(tmp_path, data):
     runs = [run(tmp_path / f"s{seed}", "fixed", train_mps=text, data=data, seed=seed) for seed in (0, 1)]
     assert all(r["status"] == "ok" and r["violations"] == [] for r in runs)
     assert runs[0]["trusted_test_loss"] == runs[1]["trusted_test_loss"]
-    summary = benchmark.summarize(runs, ["fixed"], "fixed")
+    summary = summarize(runs, ["fixed"], "fixed")
     assert summary["configs"]["fixed"]["n"] == 0
     assert [e["seed"] for e in summary["excluded"]] == [0, 1]
     assert all("the seed made no difference" in e["violations"][0] for e in summary["excluded"])
     # an honest configuration's seeds differ, and it is ranked
-    assert (
-        benchmark.seed_insensitive([{**r, "trusted_test_loss": r["trusted_test_loss"] + r["seed"]} for r in runs]) == {}
-    )
+    assert seed_insensitive([{**r, "trusted_test_loss": r["trusted_test_loss"] + r["seed"]} for r in runs]) == {}
     assert math.isfinite(runs[0]["trusted_test_loss"]) and os.path.isdir(runs[0]["source_dir"])

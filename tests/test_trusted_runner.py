@@ -1,7 +1,7 @@
 """The benchmark's trusted runner (scripts/benchmark.py): it, not the candidate, produces the figures it ranks.
 
 Each attack is a small textual edit of today's train_mps.py or model.py (copied at test time; each anchor asserted),
-run through benchmark.execute_run for MAX_ITERS iterations on tiny data (a few seconds a run, one thread), the
+run through execute_run for MAX_ITERS iterations on tiny data (a few seconds a run, one thread), the
 way the issue's 30 cheating variants were written. execute_run is called directly: scripts/check_constraints.py
 refuses some of the edits before they run, and the runner must catch them anyway.
 """
@@ -21,7 +21,16 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, write_bins
-from runner_helpers import MAX_ITERS, benchmark, edit, processes_with, run, source
+from runner_helpers import MAX_ITERS, edit, processes_with, run, source
+
+from odegpt_eval import benchmark, judge
+from odegpt_eval.judge import judge_run
+from odegpt_eval.report import render_markdown
+from odegpt_eval.runs import default_timeout_min, finished, run_dir
+from odegpt_eval.scoring import trusted_test_loss
+from odegpt_eval.specs import FIXED
+from odegpt_eval.splits import make_candidate_data, split_validation
+from odegpt_eval.summary import ranked, summarize
 
 RETURN = "    return best_vloss, elapsed_min\n"
 
@@ -35,14 +44,14 @@ def data(tmp_path_factory):
 def strict_clock():
     """The elapsed check's 0.1 min floor is for full runs; these runs train for seconds, so it is off."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(benchmark, "ELAPSED_SLACK_MIN", 0.0)
+        mp.setattr(judge, "ELAPSED_SLACK_MIN", 0.0)
         yield
 
 
 @pytest.fixture(scope="module")
 def canonical(tmp_path_factory, data):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(benchmark, "ELAPSED_SLACK_MIN", 0.0)  # clean even under the strict clock
+        mp.setattr(judge, "ELAPSED_SLACK_MIN", 0.0)  # clean even under the strict clock
         return run(tmp_path_factory.mktemp("canonical"), "canonical", data=data)
 
 
@@ -83,7 +92,7 @@ def test_meta_json_of_the_runner_made_folder_describes_its_files(tmp_path, data)
         "text_sha256": "kept",
     }
     (src / "meta.json").write_text(json.dumps(meta))
-    h = benchmark.make_candidate_data(src, tmp_path / "made")
+    h = make_candidate_data(src, tmp_path / "made")
     mine = (tmp_path / "made" / "val.bin").read_bytes()
     got = json.loads((tmp_path / "made" / "meta.json").read_text())
     assert got["val_tokens"] == len(mine) // 2 == h["candidate_val_tokens"] and got["train_tokens"] == 4000
@@ -114,7 +123,7 @@ def test_trusted_loss_equals_an_independent_full_window_computation(canonical, d
     with torch.no_grad():
         _, loss = model(x, y)
     assert canonical["trusted_test_loss"] == pytest.approx(loss.item(), rel=1e-5)
-    assert benchmark.trusted_test_loss(model, test.numpy()) == pytest.approx(loss.item(), rel=1e-5)
+    assert trusted_test_loss(model, test.numpy()) == pytest.approx(loss.item(), rel=1e-5)
     # on the candidate's half the runner's scoring agrees with train_mps.full_split_loss (the candidate's own
     # whole-split val), and the batch floor it draws from those losses lies below their mean
     assert canonical["trusted_candidate_val_loss"] == pytest.approx(canonical["val_loss_full"], rel=1e-5)
@@ -184,7 +193,7 @@ def test_faked_results_judged_from_the_runners_findings(canonical, returned, rea
     as execute_run does, without training again."""
     payload = json.loads((Path(canonical["heldout"]["candidate_data_dir"]).parent / "returned.json").read_text())
     record = {"violations": []}
-    benchmark.judge_run(record, {**payload, "returned": returned, "returned_repr": "x"}, MAX_ITERS)
+    judge_run(record, {**payload, "returned": returned, "returned_repr": "x"}, MAX_ITERS)
     assert any(reason in v for v in record["violations"]), record["violations"]
     assert record["trusted_test_loss"] == canonical["trusted_test_loss"]
 
@@ -239,7 +248,7 @@ def test_training_on_val_gains_nothing_on_the_held_out_split(tmp_path):
     d = tmp_path / "data"
     d.mkdir()
     rng.integers(0, 1000, 4000).astype(np.uint16).tofile(d / "train.bin")
-    cut = benchmark.split_validation(1000)
+    cut = split_validation(1000)
     pattern = np.resize(np.arange(64, dtype=np.uint16), cut)
     np.concatenate([pattern, rng.integers(0, 1000, 1000 - cut).astype(np.uint16)]).tofile(d / "val.bin")
     fast = {"warmup_iters": 1, "ema_decay": 0.0, "learning_rate": 1e-2}
@@ -259,7 +268,7 @@ def test_training_on_val_gains_nothing_on_the_held_out_split(tmp_path):
     assert np.array_equal(made, pattern)  # all the candidate had to train on
     # either it broke a bound (here: its own best_vloss claims far better than the trusted test loss) and is not
     # ranked, or it is ranked behind the honest run
-    summary = benchmark.summarize([honest, on_val], ["honest", "on_val"], "honest")["configs"]
+    summary = summarize([honest, on_val], ["honest", "on_val"], "honest")["configs"]
     ranked = summary["on_val"]["trusted_fitness"]["median"]
     assert (ranked is None and on_val["violations"]) or ranked > summary["honest"]["trusted_fitness"]["median"]
 
@@ -281,13 +290,13 @@ def test_a_hanging_candidate_times_out_and_every_process_of_it_is_killed(tmp_pat
     assert r["status"] == "timeout" and any(v.startswith("timeout") for v in r["violations"])
     folder = r["source_dir"]  # on the training child's command line
     assert processes_with(folder) == [] and processes_with(f"sleep {HANG_MARKER}") == []
-    assert not benchmark.ranked(r) and not benchmark.finished(r)  # never ranked; --resume retries it
+    assert not ranked(r) and not finished(r)  # never ranked; --resume retries it
 
 
 DRIVER = r"""
 import sys
 sys.path.insert(0, sys.argv[1])
-import benchmark
+from odegpt_eval import benchmark
 benchmark.check_train_mps = lambda source, filename: []  # the hang would pass or not: not what is tested here
 sys.exit(benchmark.main(sys.argv[2:]))
 """
@@ -302,12 +311,12 @@ def test_sigterm_to_the_benchmark_kills_every_training_process(tmp_path, data):
     out = tmp_path / "out"
     argv = ["--configs", str(candidate), "--seeds", "0", "--max-iters", "3", "--data-dir", str(data), "--out", str(out)]
     parent = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, str(REPO / "scripts"), *argv],
+        [sys.executable, "-c", DRIVER, str(REPO), *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    running = benchmark.run_dir(out, str(candidate), 0) / "running.json"
+    running = run_dir(out, str(candidate), 0) / "running.json"
     deadline = time.monotonic() + 60
     while not running.exists() and time.monotonic() < deadline and parent.poll() is None:
         time.sleep(0.2)
@@ -329,7 +338,7 @@ def test_sigterm_to_the_benchmark_kills_every_training_process(tmp_path, data):
 def test_runs_with_violations_are_never_ranked(canonical):
     clean = {**canonical, "config": "a", "seed": 0}
     cheat = {**canonical, "config": "b", "seed": 0, "trusted_test_loss": -math.inf, "violations": ["returned x"]}
-    summary = benchmark.summarize([clean, cheat], ["a", "b"], "a")
+    summary = summarize([clean, cheat], ["a", "b"], "a")
     assert summary["configs"]["b"]["n"] == 0
     assert summary["configs"]["b"]["paired_vs_baseline"]["trusted_fitness"]["diffs"] == []
     assert summary["excluded"] == [{"config": "b", "seed": 0, "violations": ["returned x"]}]
@@ -341,7 +350,7 @@ def test_runs_with_violations_are_never_ranked(canonical):
         "environment": {},
         "complete": True,
     }
-    md = benchmark.render_markdown(report)
+    md = render_markdown(report)
     assert "## Runs with violations (not ranked)" in md and "| `b` | 0 | returned x |" in md
     assert "Ranked by **trusted_fitness**" in md
 
@@ -359,6 +368,6 @@ def test_fixed_values_match_the_harness_contract():
     import train_mps
 
     names = ("batch_size", "block_size", "max_iters", "eval_interval")
-    assert benchmark.FIXED == {k: getattr(train_mps, k) for k in names}
-    assert benchmark.default_timeout_min(None) == 240
-    assert 5 < benchmark.default_timeout_min(200) < 10
+    assert FIXED == {k: getattr(train_mps, k) for k in names}
+    assert default_timeout_min(None) == 240
+    assert 5 < default_timeout_min(200) < 10
