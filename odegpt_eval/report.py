@@ -58,6 +58,13 @@ def paired_table(summary: dict, labels: list[str], metrics: tuple, lower: str) -
     return lines
 
 
+def untrusted_note(runs: list[str], what: str, why: str) -> list[str]:
+    """The loud line above the table for runs whose figures are not to be trusted (none: no line)."""
+    if not runs:
+        return []
+    return ["", f"> **UNTRUSTED: {len(runs)} run(s) {what} ({md_cell(', '.join(runs))}): {why}**"]
+
+
 def render_markdown(report: dict) -> str:
     s, summary = report["settings"], report["summary"]
     labels, baseline = s["configs"], summary["baseline"]
@@ -85,22 +92,18 @@ def render_markdown(report: dict) -> str:
         f"figures are the candidate's (its return value, fitness = {summary['fitness']}, and its metrics.json, on "
         "the part of the validation split it was given), kept for continuity. Runs with violations are not ranked.",
     ]
-    unsandboxed = summary.get("unsandboxed_runs", [])
-    if unsandboxed:
-        lines += [
-            "",
-            f"> **UNTRUSTED: {len(unsandboxed)} run(s) ran without a sandbox ({md_cell(', '.join(unsandboxed))}): "
-            "their candidate code could read the held-out split and the runner's records and write anywhere the "
-            "user can, so none of their figures is to be trusted.**",
-        ]
-    untrusted = summary.get("untrusted_runs", [])
-    if untrusted:
-        lines += [
-            "",
-            f"> **UNTRUSTED: {len(untrusted)} run(s) predate the trusted runner ({md_cell(', '.join(untrusted))}): "
-            "they carry only the candidate's own figures (own best_vloss, whole-split val, elapsed_min), as "
-            "train() reported them, on the whole validation split; their trusted columns are n/a.**",
-        ]
+    lines += untrusted_note(
+        summary.get("unsandboxed_runs", []),
+        "ran without a sandbox",
+        "their candidate code could read the held-out split and the runner's records and write anywhere the user "
+        "can, so none of their figures is to be trusted.",
+    )
+    lines += untrusted_note(
+        summary.get("untrusted_runs", []),
+        "predate the trusted runner",
+        "they carry only the candidate's own figures (own best_vloss, whole-split val, elapsed_min), as train() "
+        "reported them, on the whole validation split; their trusted columns are n/a.",
+    )
     lines += [
         "",
         "| configuration | n | " + " | ".join(METRIC_TITLES[m] for m in METRICS) + " |",

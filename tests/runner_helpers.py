@@ -21,26 +21,17 @@ def edit(text: str, anchor: str, replacement: str) -> str:
     return text.replace(anchor, replacement)
 
 
-def run(
-    root,
-    name,
-    train_mps=None,
-    model=None,
-    overrides=None,
-    max_iters=MAX_ITERS,
-    data=None,
-    timeout_min=None,
-    seed=0,
-    sandbox=None,
-):
-    """One run of a candidate folder (today's files, edited) under the trusted runner; its record."""
+def run(root, name, train_mps=None, model=None, overrides=None, seed=0, data=None, **settings):
+    """One run of a candidate folder (today's files, edited) under the trusted runner; its record. `settings`:
+    execute_run's max_iters (default MAX_ITERS), timeout_min, sandbox."""
     out = root / "out"
     snapshot = out / "sources" / f"folder-{name}"
     snapshot.mkdir(parents=True, exist_ok=True)
     (snapshot / "train_mps.py").write_text(train_mps or source("train_mps.py"))
     (snapshot / "model.py").write_text(model or source("model.py"))
     config = Config(name, "folder", str(snapshot), snapshot.name, overrides)
-    return execute_run(config, seed, 0, out, data, max_iters, timeout_min=timeout_min, sandbox=sandbox)
+    max_iters = settings.pop("max_iters", MAX_ITERS)
+    return execute_run(config, seed, 0, out, data, max_iters, **settings)
 
 
 def processes_with(marker: str) -> list[int]:
