@@ -170,11 +170,7 @@ class ScoringProcess:
     def ask(self, prefixes: np.ndarray, call: int, deadline: float) -> np.ndarray:
         """The (rows, vocab) float32 logits the child returns for (rows, length) prefixes."""
         rows, length = prefixes.shape
-        wire.write_frame(
-            self.req_w,
-            {"kind": "prefixes", "call": call, "rows": rows, "length": length},
-            np.ascontiguousarray(prefixes, dtype=np.int64).tobytes(),
-        )
+        self.send({"kind": "prefixes", "call": call, "rows": rows, "length": length}, prefixes.astype(np.int64))
         header, payload = self.receive(deadline)
         shape = header.get("shape")
         if header.get("kind") != "logits" or header.get("call") != call or not isinstance(shape, list):
@@ -185,9 +181,15 @@ class ScoringProcess:
             )
         return np.frombuffer(payload, dtype=np.float32).reshape(rows, shape[1])
 
+    def send(self, header: dict, array=None) -> None:
+        try:
+            wire.write_frame(self.req_w, header, b"" if array is None else np.ascontiguousarray(array).tobytes())
+        except OSError as e:  # the child closed its end: it ended, or never read
+            raise ScoringError(f"the scoring child stopped reading its calls ({e})") from None
+
     def release(self) -> None:
         """Ends the fork serving the current group; the next call goes to a fresh one."""
-        wire.write_frame(self.req_w, {"kind": "release"})
+        self.send({"kind": "release"})
 
     def close(self, timeout: float = 30.0) -> None:
         try:

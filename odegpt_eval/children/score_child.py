@@ -108,6 +108,8 @@ def main(argv: list[str]) -> int:
     import torch
 
     torch.set_num_threads(1)  # no OpenMP pool in the process that forks (see above)
+    if device == "cuda" and not torch.cuda.is_available():  # trained on a CUDA worker, scored on a driver without
+        device = "cpu"
     try:
         model = load(model_py, weights, module_name, device)
     except BaseException as e:
