@@ -34,9 +34,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
-from benchmark import atomic_write_bytes  # noqa: E402
-
 import train_mps as tm  # noqa: E402
+from odegpt_eval.files import atomic_write_bytes  # noqa: E402
 
 
 def teacher_cross_entropy(teacher: tm.NgramTeacher, data: torch.Tensor, batches: int, seed: int) -> dict:
