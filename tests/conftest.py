@@ -36,6 +36,39 @@ def makefile_text() -> str:
     return text
 
 
+@pytest.fixture(scope="session")
+def smoke_benchmark(tmp_path_factory):
+    """(out dir, data dir) of one finished smoke benchmark: baseline and canonical, seeds 0 and 1, 3 iterations, one
+    thread a run, on write_bins' data. test_benchmark reads it, and test_executors compares Ray's runs with it."""
+    from odegpt_eval import benchmark
+
+    root = tmp_path_factory.mktemp("benchmark")
+    data = write_bins(root / "data")
+    out = root / "out"
+    argv = ["--configs", "baseline", "canonical", "--seeds", "0", "1", "--max-iters", "3", "--threads", "1"]
+    assert benchmark.main([*argv, "--data-dir", str(data), "--out", str(out)]) == 0
+    return out, data
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """write_bins' data, shared by the runner's test modules."""
+    return write_bins(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def canonical_run(tmp_path_factory, tiny_data):
+    """The honest run of today's files on tiny_data (MAX_ITERS iterations) that attacks and checks compare with;
+    clean even under the strict clock (judge.ELAPSED_SLACK_MIN 0). test_trusted_runner and test_sandbox_attacks."""
+    from runner_helpers import run
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("odegpt_eval.judge.ELAPSED_SLACK_MIN", 0.0)
+        r = run(tmp_path_factory.mktemp("canonical"), "canonical", data=tiny_data)
+    assert r["status"] == "ok" and r["violations"] == [], (r["violations"], r.get("error"))
+    return r
+
+
 @pytest.fixture
 def synthetic_data(tmp_path):
     return write_bins(tmp_path / "data")

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_bins
 from runner_helpers import processes_with, source
 
 if os.environ.get("ODEGPT_REQUIRE_RAY"):
@@ -77,8 +76,8 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_bins(tmp_path_factory.mktemp("data"))
+def data(smoke_benchmark):
+    return smoke_benchmark[1]
 
 
 def argv(data, out, *extra):
@@ -96,12 +95,13 @@ def load(out) -> dict:
 
 
 @pytest.fixture(scope="module")
-def both(cluster, data, tmp_path_factory):
-    """The same shortened benchmark (2 configurations x 2 seeds, one thread a run) under each executor."""
-    root = tmp_path_factory.mktemp("executors")
-    assert benchmark.main(argv(data, root / "local", "--jobs", "2")) == 0
-    assert benchmark.main(argv(data, root / "ray", "--executor", "ray", "--ray-address", cluster)) == 0
-    return root / "local", root / "ray"
+def both(cluster, smoke_benchmark, tmp_path_factory):
+    """The same shortened benchmark (2 configurations x 2 seeds, one thread a run) under each executor: conftest's
+    smoke benchmark ran under `local`."""
+    local, data = smoke_benchmark
+    ray_out = tmp_path_factory.mktemp("executors") / "ray"
+    assert benchmark.main(argv(data, ray_out, "--executor", "ray", "--ray-address", cluster)) == 0
+    return local, ray_out
 
 
 FIGURES = ("trusted_test_loss", "trusted_candidate_val_loss", "trusted_batch_floor", "best_vloss", "val_loss_full")

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_bins
 from runner_helpers import MAX_ITERS, edit, processes_with, run, source
 
 from odegpt_eval import sandbox as sandboxes
@@ -56,16 +55,14 @@ def rdir_of(r: dict) -> Path:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_bins(tmp_path_factory.mktemp("data"))
+def data(tiny_data):
+    return tiny_data
 
 
 @pytest.fixture(scope="module")
-def canonical(tmp_path_factory, data):
-    """The honest run every attack on the same data is compared with."""
-    r = run(tmp_path_factory.mktemp("canonical"), "canonical", data=data)
-    assert r["status"] == "ok" and r["violations"] == [], (r["violations"], r.get("error"))
-    return r
+def canonical(canonical_run):
+    """The honest run every attack on the same data is compared with (runner_helpers)."""
+    return canonical_run
 
 
 def test_attacks_run_under_the_sandbox(canonical):
@@ -225,33 +222,33 @@ def test_a_scoring_plan_never_shows_a_target_to_the_fork_that_predicts_it():
 
 AFTER_RETURN = """\
     import atexit as _atexit, threading as _threading
-    _threading.Thread(target=time.sleep, args=(4.0,)).start()  # training on after train() returned
-    _atexit.register(time.sleep, 3.0)  # and in an exit handler
+    _threading.Thread(target=time.sleep, args=(2.0,)).start()  # training on after train() returned
+    _atexit.register(time.sleep, 1.5)  # and in an exit handler
 """
 
 SLOW_SCORING = """\
 def _cheat(model, logits, idx):
     import time
 
-    time.sleep(0.05)  # work done while scored
+    time.sleep(0.02)  # work done while scored
     return logits
 """
 
 
-def test_work_after_train_returns_is_on_the_clock(tmp_path, data, canonical):
+def test_work_after_train_returns_is_on_the_clock(tmp_path, data):
     r = run(tmp_path, "after", train_mps=before_return(AFTER_RETURN), data=data)
     assert r["status"] == "ok" and r["violations"] == []
-    assert r["trusted_outside_train_min"] * 60 > 7.0 > canonical["trusted_outside_train_min"] * 60
-    assert r["trusted_elapsed_min"] >= r["trusted_train_span_min"] + 7.0 / 60
-    assert r["trusted_elapsed_min"] - canonical["trusted_elapsed_min"] > 5.0 / 60  # ranked behind the canonical
+    assert r["trusted_outside_train_min"] * 60 >= 3.5  # the thread's 2 s and the exit handler's 1.5 s, on the clock
+    assert r["trusted_elapsed_min"] * 60 >= r["trusted_train_span_min"] * 60 + 3.5
 
 
 def test_scoring_beyond_its_budget_is_charged_to_the_run(tmp_path, data, monkeypatch):
     monkeypatch.setattr(scoring, "SCORING_BASE_S", 2.0)
     monkeypatch.setattr(scoring, "SCORING_PER_CALL_S", 0.0)
+    monkeypatch.setattr(scoring, "SCORING_TIMEOUT_FACTOR", 1000.0)  # charged, not killed
     r = run(tmp_path, "slow", model=cheat_at_inference(SLOW_SCORING), data=data)
     calls = json.loads((rdir_of(r) / "returned.json").read_text())["trusted"]["scoring_calls"]
-    assert r["trusted_scoring_s"] > 0.05 * calls > 5.0
+    assert r["trusted_scoring_s"] > 0.02 * calls > 2.0
     assert r["trusted_scoring_charged_s"] == pytest.approx(r["trusted_scoring_s"] - 2.0)
     assert r["trusted_elapsed_min"] == pytest.approx(r["trusted_sandbox_min"] + r["trusted_scoring_charged_s"] / 60)
 
@@ -400,7 +397,7 @@ HIDDEN = {
 @pytest.mark.parametrize("attack", list(HIDDEN))
 def test_training_work_out_of_the_hooks_sight_is_flagged(attack, tmp_path, data):
     anchor, replacement, reason = HIDDEN[attack]
-    r = run(tmp_path, attack, train_mps=edit(source("train_mps.py"), anchor, replacement), data=data, max_iters=6)
+    r = run(tmp_path, attack, train_mps=edit(source("train_mps.py"), anchor, replacement), data=data)
     assert r["status"] == "ok", r.get("error")
     assert any(reason in v for v in r["violations"]), r["violations"]
 

@@ -36,8 +36,8 @@ RETURN = "    return best_vloss, elapsed_min\n"
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_bins(tmp_path_factory.mktemp("data"))
+def data(tiny_data):
+    return tiny_data
 
 
 @pytest.fixture
@@ -49,10 +49,8 @@ def strict_clock():
 
 
 @pytest.fixture(scope="module")
-def canonical(tmp_path_factory, data):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(judge, "ELAPSED_SLACK_MIN", 0.0)  # clean even under the strict clock
-        return run(tmp_path_factory.mktemp("canonical"), "canonical", data=data)
+def canonical(canonical_run):
+    return canonical_run
 
 
 def test_the_canonical_files_get_no_violations(canonical):
