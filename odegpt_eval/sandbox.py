@@ -30,6 +30,12 @@ from pathlib import Path
 CHILDREN = Path(__file__).resolve().parent / "children"  # the files that run inside (stdlib + torch only)
 SANDBOXES = ("auto", "bubblewrap", "none")
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; `make test` does it as root)"
+USERNS_HINT = (  # what bwrap needs from the kernel, and what turns it off
+    "bwrap needs user namespaces: on the host, sysctl kernel.unprivileged_userns_clone=1 (Debian) or "
+    "kernel.apparmor_restrict_unprivileged_userns=0 (Ubuntu 23.10+), user.max_user_namespaces > 0; in a Docker "
+    "container, run it with --security-opt seccomp=unconfined --security-opt apparmor=unconfined (and "
+    "systempaths=unconfined where /proc cannot be mounted; or --privileged)"
+)
 # System folders a Python process needs (libc, the dynamic loader, certificates are not needed); /etc only in part.
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64")
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf", "passwd", "group", "hosts")
@@ -129,7 +135,7 @@ class Bubblewrap(Sandbox):
         except (OSError, subprocess.SubprocessError) as e:
             return f"bwrap could not start: {e}"
         if proc.returncode != 0:
-            return f"bwrap failed here ({proc.stderr.strip()[:300]}): user namespaces may be off (sysctl kernel.unprivileged_userns_clone=1)"
+            return f"bwrap failed here ({proc.stderr.strip()[:300]}): {USERNS_HINT}"
         return None
 
     def describe(self) -> dict:

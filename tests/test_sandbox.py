@@ -38,6 +38,21 @@ def test_without_bwrap_auto_says_why_and_a_named_sandbox_is_refused(monkeypatch)
     assert sb.choose("none")[0].name == "none"
 
 
+def test_a_bwrap_that_cannot_start_is_refused_naming_the_fix(monkeypatch, tmp_path):
+    """bwrap installed where user namespaces are off (a container's seccomp profile, Ubuntu's AppArmor rule): `auto`
+    runs nothing as trusted, and a named sandbox is an error saying what to change."""
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sb.shutil, "which", lambda name: str(fake))
+    monkeypatch.setattr(sb.sys, "platform", "linux")
+    box, why = sb.choose("auto")
+    assert box.name == "none" and not box.trusted
+    assert "No permissions to create new namespace" in why and "seccomp=unconfined" in why
+    with pytest.raises(sb.SandboxError, match="user namespaces"):
+        sb.choose("bubblewrap")
+
+
 def test_the_benchmark_refuses_to_run_without_the_sandbox_it_was_asked_for(
     monkeypatch, synthetic_data, tmp_path, capsys
 ):
