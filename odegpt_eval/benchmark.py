@@ -5,10 +5,11 @@ candidate: a fresh Python process puts the folder first on sys.path, imports `tr
 (with a `Recipe` override for the built-in recipes). Runs are interleaved per seed (seed 0: A, B, C; seed 1:
 A, B, C; ...) on the same data and machine, so drifts in machine load hit every configuration alike.
 `--jobs N` runs N at a time in that order (the cores shared out evenly): the losses are those of a run
-alone; the times are contended, alike for every configuration, so compare them as ratios only.
+alone; the times are contended, alike for every configuration, so compare them as ratios only. `--executor ray`
+runs the training phases on a Ray cluster instead (odegpt_eval/executors.py); scoring stays here.
 
 Configurations (`--configs`):
-  baseline                       the seeds' starting point (BASELINE_RECIPE below) on the canonical files
+  baseline                       the seeds' starting point (specs.BASELINE_RECIPE) on the canonical files
   canonical                      train_mps.py as it stands, train() with no arguments
   canonical:FIELD=VALUE,...      canonical with Recipe fields overridden (for ablations)
   path/to/folder                 a candidate folder; refused unless scripts/check_constraints.py passes
@@ -109,6 +110,8 @@ Outputs under --out (default results/benchmark/<timestamp>), each written atomic
     python scripts/benchmark.py --configs baseline canonical --seeds 0 1 --max-iters 200   # smoke (SHORTENED)
     python scripts/benchmark.py --configs canonical canonical:optimizer=muon --jobs 2   # two runs at once, 1 thread each
     python scripts/benchmark.py --out results/benchmark/X --resume    # finish an interrupted benchmark
+    python scripts/benchmark.py --configs baseline gen/* --executor ray --ray-address auto   # runs on a Ray cluster
+    python scripts/benchmark.py --configs baseline canonical --sandbox bubblewrap   # refuse to run unconfined
     python scripts/benchmark.py --out results/benchmark/X --plot-only # redraw benchmark.md/.png from the JSON
     python scripts/benchmark.py --merge results/benchmark/A@baseline results/benchmark/B --configs baseline canonical \
         --out results/benchmark/AB      # one report from runs made in several benchmarks (e.g. side by side)
@@ -379,7 +382,7 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
                 )
         sources[c.snapshot] = texts
 
-    executor = executors.make(a.executor, box, a.sandbox, a.ray_address, a.gpus_per_run)  # a check too: can it run?
+    executor = executors.make(a.executor, box, a.ray_address, a.gpus_per_run)  # a check too: can it run?
     resume_warnings = kept_source_drift(records, configs, sources)
     if unsigned:
         resume_warnings.append(

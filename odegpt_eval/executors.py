@@ -12,7 +12,9 @@ the child said and wrote.
           the files at the driver's paths, so the run is the one a local run would be) with the same timeout and
           process-group kill; the child's frames, train.log and out/ come back to the driver, which writes them. A
           worker that dies mid-run gives a record that says so (status `lost`, retried by --resume); the other runs go
-          on. Ray is an optional extra (`pip install -e '.[cluster]'`).
+          on. Workers run the sandbox the driver resolved: where the driver has bubblewrap, a worker without it (or
+          where it cannot start) does not run the candidate unconfined; the run is lost with the reason and the fix.
+          Ray is an optional extra (`pip install -e '.[cluster]'`).
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def train_on_worker(fields: dict, files: dict, sandbox_name: str) -> dict:
     try:
         box, why = sandboxes.choose(sandbox_name)
     except sandboxes.SandboxError as e:
-        return {"error": f"no sandbox on this worker ({platform.node()}): {e}"}
+        return {"error": f"no {sandbox_name} sandbox on this worker: {e}", "host": platform.node()}
     local = tempfile.mkdtemp(prefix="odegpt-run-")
     try:
         root = Path(local) if box.trusted else Path("/")
@@ -137,6 +139,7 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, address: str, sandbox_name: str, gpus_per_run: float = 0.0):
+        """sandbox_name: what every worker must run candidates under (sandbox.choose's name): the driver's own."""
         try:
             import ray
         except ImportError:
@@ -162,7 +165,13 @@ class RayExecutor:
 
     def describe(self) -> dict:
         resources = self.ray.cluster_resources()
-        return {"name": self.name, "address": self.address, "cpus": resources.get("CPU"), "gpus": resources.get("GPU")}
+        return {
+            "name": self.name,
+            "address": self.address,
+            "cpus": resources.get("CPU"),
+            "gpus": resources.get("GPU"),
+            "worker_sandbox": self.sandbox_name,
+        }
 
     def ship(self, path: Path):
         """A file's bytes for a task: files over 1 MB (train.bin) once per benchmark through the object store."""
@@ -194,7 +203,8 @@ class RayExecutor:
             with self.lock:
                 self.inflight.discard(ref)
         if "error" in result:
-            return TrainOutcome(None, {"name": "unknown", "trusted": False}, "unknown", self.name, result["error"])
+            unknown = {"name": "unknown", "trusted": False}
+            return TrainOutcome(None, unknown, result.get("host", "unknown"), self.name, result["error"])
         atomic_write_bytes(Path(job.run_folder) / "train.log", result["log"])
         unpack_out(result["out"], Path(job.out))
         return TrainOutcome(result["run"], result["sandbox"], result["host"], self.name)
@@ -210,9 +220,11 @@ class RayExecutor:
         self.ray.shutdown()
 
 
-def make(name: str, sandbox: sandboxes.Sandbox, sandbox_name: str, address: str = "auto", gpus_per_run: float = 0.0):
+def make(name: str, sandbox: sandboxes.Sandbox, address: str = "auto", gpus_per_run: float = 0.0):
+    """The executor `name`, whose runs train under `sandbox`, the one the driver resolved (on Ray, by its name on
+    every worker: `auto` resolved to bubblewrap here requires bubblewrap there)."""
     if name == "local":
         return LocalExecutor(sandbox)
     if name == "ray":
-        return RayExecutor(address, sandbox_name, gpus_per_run)
+        return RayExecutor(address, sandbox.name, gpus_per_run)
     raise BenchmarkError(f"unknown executor {name!r}; one of {', '.join(EXECUTORS)}")

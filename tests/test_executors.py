@@ -110,6 +110,7 @@ FIGURES = ("trusted_test_loss", "trusted_candidate_val_loss", "trusted_batch_flo
 def test_ray_gives_the_trusted_figures_of_local_runs(both):
     local, ray_out = (load(d) for d in both)
     assert ray_out["settings"]["executor"]["name"] == "ray" and ray_out["settings"]["executor"]["cpus"] == 2
+    assert ray_out["settings"]["executor"]["worker_sandbox"] == "bubblewrap"  # auto resolved here: required there
     by_key = {(r["config"], r["seed"]): r for r in local["runs"]}
     assert len(ray_out["runs"]) == len(by_key) == 4
     for r in ray_out["runs"]:
@@ -141,6 +142,20 @@ def test_resume_keeps_runs_whichever_executor_wrote_them(both, cluster, data, tm
     shutil.copytree(both[1], back)
     assert benchmark.main(argv(data, back, "--resume")) == 0
     assert capsys.readouterr().out.count("skipped, finished earlier") == 4
+
+
+def test_a_worker_without_the_drivers_sandbox_runs_nothing_and_names_the_fix(monkeypatch, tmp_path):
+    """The task a worker runs, called here as Ray would call it, on a machine where bwrap is missing: the candidate
+    never starts (it would run unconfined), and the run's error says what to install."""
+    from odegpt_eval import executors
+    from odegpt_eval import sandbox as sb
+
+    monkeypatch.setattr(sb.shutil, "which", lambda name: None)
+    monkeypatch.setattr(sb.sys, "platform", "linux")
+    fields = {"folder": str(tmp_path / "f"), "run_folder": str(tmp_path / "r"), "overrides": None, "env": {}}
+    result = executors.train_on_worker({**fields, "timeout_s": 60.0}, {}, "bubblewrap")
+    assert set(result) == {"error", "host"} and "apt-get install bubblewrap" in result["error"]
+    assert not (tmp_path / "r").exists()  # nothing was laid out, nothing ran
 
 
 HANG_MARKER = "617.25"
