@@ -123,6 +123,8 @@ RECIPE_RULES = (
     ("ngram_distill", _is_unit, "a number in [0, 1) (0 = no teacher)"),
     ("ngram_loo", lambda v: isinstance(v, bool), "True or False"),
     ("random_steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 = train with steps_per_layer only)"),
+    ("refine_prob", lambda v: _is_real(v) and 0 <= v <= 1, "a number in [0, 1] (1 = every step draws)"),
+    ("fused_optimizer", lambda v: isinstance(v, bool), "True or False"),
 )
 
 
@@ -166,8 +168,16 @@ class Recipe:
     # under every step size cannot lean on one step size's error: the trained weights become a flow, which a finer
     # or adaptive integrator of the same fields reproduces. 0 = off (a fixed step: a smaller h alone is not enough).
     random_steps: int = 4
+    # the share of training steps that draw their step count (from steps_per_layer..random_steps); the others train at
+    # steps_per_layer. 1.0 = every step draws. Below 1, the finer integrator runs on a fraction of the steps only
+    # (after Ott et al. 2021, "ResNet after all?"), for fewer field evaluations per step on average (step_counts).
+    refine_prob: float = 1.0
     # optimizer
     optimizer: str = "adamw"  # adamw | muon (Muon on hidden matrices, AdamW on the rest)
+    # AdamW as one kernel per parameter group (fused; foreach where this torch or device has no fused kernel). False:
+    # nanoGPT's configure_optimizers, whose per-tensor loop dispatches ~10 kernels per parameter tensor on CPU and MPS
+    # (270 of the 398 of a baseline training step). Same update rule, other rounding.
+    fused_optimizer: bool = True
     learning_rate: float = 3e-3  # peak (AdamW groups)
     muon_lr: float = 0.02
     min_lr: float = 3e-4
@@ -208,6 +218,8 @@ class Recipe:
                 f"random_steps ({self.random_steps!r}) is the largest step count drawn, from steps_per_layer "
                 f"({self.steps_per_layer!r}) up: give 0 (off) or a value >= steps_per_layer"
             )
+        if self.refine_prob != 1.0 and not self.random_steps:
+            raise ValueError("refine_prob is the share of steps that draw from random_steps, which is 0 (off): set both")
         if self.ngram_loo and not self.ngram_distill:
             raise ValueError("ngram_loo=True changes the n-gram teacher, which ngram_distill=0 leaves off: set both")
 
@@ -489,9 +501,27 @@ def pick_device() -> str:
     return fallback
 
 
+def adamw(params, r: Recipe):
+    """AdamW on `params` with nanoGPT's groups (weight decay on >= 2-D tensors only), in the fewest kernels this torch
+    and device offer (Recipe.fused_optimizer): fused, else foreach, else the per-tensor loop."""
+    params = list(params)
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": r.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    for impl in (dict(fused=True), dict(foreach=True), {}) if r.fused_optimizer else ({},):
+        try:
+            return torch.optim.AdamW(groups, lr=r.learning_rate, betas=(r.beta1, r.beta2), **impl)
+        except (RuntimeError, TypeError, ValueError):  # no such implementation in this torch or for this device
+            continue
+    raise AssertionError("unreachable: the plain AdamW takes every parameter")
+
+
 def make_optimizers(model: GPT, r: Recipe, device_type: str):
     """AdamW on everything (nanoGPT groups), or Muon on hidden 2-D matrices + AdamW on the rest."""
     if r.optimizer == "adamw":
+        if r.fused_optimizer:
+            return [adamw((p for p in model.parameters() if p.requires_grad), r)]
         return [model.configure_optimizers(r.weight_decay, r.learning_rate, (r.beta1, r.beta2), device_type)]
     if r.optimizer == "muon":
         if not hasattr(torch.optim, "Muon"):
@@ -502,15 +532,7 @@ def make_optimizers(model: GPT, r: Recipe, device_type: str):
         hidden_ids = {id(p) for p in hidden}
         rest = [p for p in model.parameters() if id(p) not in hidden_ids]
         muon = torch.optim.Muon(hidden, lr=r.muon_lr, weight_decay=r.weight_decay, adjust_lr_fn="match_rms_adamw")
-        adamw = torch.optim.AdamW(
-            [
-                {"params": [p for p in rest if p.dim() >= 2], "weight_decay": r.weight_decay},
-                {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
-            ],
-            lr=r.learning_rate,
-            betas=(r.beta1, r.beta2),
-        )
-        return [muon, adamw]
+        return [muon, adamw(rest, r)]
     raise ValueError(f"unknown optimizer {r.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
 
 
@@ -697,10 +719,23 @@ def steps_stream(r: Recipe) -> random.Random:
     return random.Random(r.seed + 2_000_003)
 
 
+def step_counts(r: Recipe) -> dict:
+    """The distribution of a training step's step count, {steps_per_layer: probability}: uniform over
+    steps_per_layer..random_steps on a share refine_prob of the steps, steps_per_layer on the others."""
+    if not r.random_steps:
+        return {r.steps_per_layer: 1.0}
+    span = range(r.steps_per_layer, r.random_steps + 1)
+    probs = {n: r.refine_prob / len(span) for n in span}
+    probs[r.steps_per_layer] += 1.0 - r.refine_prob
+    return probs
+
+
 def draw_steps(r: Recipe, rng: random.Random) -> int:
-    """Recipe.random_steps: the step count of the next training step, uniform over steps_per_layer..random_steps
-    (steps_per_layer itself when off). Its own stream: the draws never perturb the batches."""
-    return rng.randint(r.steps_per_layer, r.random_steps) if r.random_steps else r.steps_per_layer
+    """One draw from step_counts(r), the step count of the next training step. Its own stream: the draws never
+    perturb the batches (and with refine_prob 1 it is one randint per step, as before refine_prob existed)."""
+    if not r.random_steps or (r.refine_prob < 1.0 and rng.random() >= r.refine_prob):
+        return r.steps_per_layer
+    return rng.randint(r.steps_per_layer, r.random_steps)
 
 
 @contextmanager

@@ -59,11 +59,11 @@ STEP_VARIANTS = ("loss_only", "ce_on_logits")
 
 def mean_nfe(model, r) -> float:
     """Attention + MLP evaluations per training forward, all layers; under Recipe.random_steps the mean over the
-    uniformly drawn step counts steps_per_layer..random_steps (an integer where it is one)."""
-    nfe = sum(model.nfe().values())
-    if not r.random_steps:
-        return nfe
-    mean = nfe * (r.steps_per_layer + r.random_steps) / (2 * r.steps_per_layer)
+    drawn step counts (train_mps.step_counts), rounded to 4 digits (an integer where it is one)."""
+    import train_mps as tm
+
+    per_step = sum(model.nfe().values()) / model.config.steps_per_layer
+    mean = round(per_step * sum(n * p for n, p in tm.step_counts(r).items()), 4)
     return int(mean) if mean == int(mean) else mean
 
 

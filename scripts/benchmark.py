@@ -181,6 +181,7 @@ BASELINE_RECIPE = dict(
     token_noise=0.0,
     head_width=0,
     optimizer="adamw",
+    fused_optimizer=False,  # nanoGPT's configure_optimizers: AdamW's per-tensor loop on CPU and MPS
     learning_rate=3e-4,
     muon_lr=0.02,
     min_lr=3e-4,
@@ -196,6 +197,7 @@ BASELINE_RECIPE = dict(
     ngram_distill=0.0,
     ngram_loo=False,
     random_steps=0,
+    refine_prob=1.0,
 )
 
 # The harness contract's fixed values that the runner checks or relies on at run time (scripts/check_constraints.py
