@@ -219,7 +219,9 @@ class Recipe:
                 f"({self.steps_per_layer!r}) up: give 0 (off) or a value >= steps_per_layer"
             )
         if self.refine_prob != 1.0 and not self.random_steps:
-            raise ValueError("refine_prob is the share of steps that draw from random_steps, which is 0 (off): set both")
+            raise ValueError(
+                "refine_prob is the share of steps that draw from random_steps, which is 0 (off): set both"
+            )
         if self.ngram_loo and not self.ngram_distill:
             raise ValueError("ngram_loo=True changes the n-gram teacher, which ngram_distill=0 leaves off: set both")
 

@@ -198,7 +198,9 @@ def markdown(result: dict) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, help="as scripts/bench_integrators.py; first = reference")
+    p.add_argument(
+        "--configs", nargs="+", default=DEFAULT_CONFIGS, help="as scripts/bench_integrators.py; first = reference"
+    )
     p.add_argument("--out", type=Path, default=ROOT / "results" / "bench_dispatch.json")
     a = p.parse_args(argv)
 
@@ -226,7 +228,11 @@ def main(argv=None):
         print(f"[bench_dispatch] counting {name}", flush=True)
         configs.append(count_config(name, tokens, batch, val_batch))
     result = {
-        "environment": {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()},
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+        },
         "counted": "top-level aten ops on CPU (torch.profiler); kernels = ops that are not views",
         "tokens": source,
         "eval_interval": tm.eval_interval,
