@@ -1,4 +1,4 @@
-import inspect
+import copy
 
 # odegpt model: a nanoGPT-compatible GPT whose residual stream is a continuous-depth ODE.
 #
@@ -24,7 +24,7 @@ import inspect
 # Self-contained: stdlib + torch only, no side effects at import. Runs on MPS in float32, on
 # Python >= 3.9 and torch >= 2.3. The file starts with an import and holds no Markdown code fence,
 # so an agent harness that cuts it out of an LLM reply accepts it as it is.
-import copy
+import inspect
 import math
 import sys
 from collections.abc import Callable
