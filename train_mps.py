@@ -133,30 +133,27 @@ class Recipe:
     """Everything outside the fixed block that shapes training. Defaults are the canonical recipe."""
 
     seed: int = 0
-    # model
-    vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 64
-    bias: bool = False
-    dropout: float = 0.0
-    # The residual stream integrated by heun (second order) with attention and MLP summed in each stage (parallel
-    # splitting), 2 steps per layer in evaluation; random_steps below draws 2..4 per training step, so the trained
-    # weights are a flow (issue #14): a finer or adaptive integrator of the same fields gives the same loss, within
-    # 0.005 nats on 3 seeds. It replaced euler/lie x1 (nanoGPT's residual block, a discrete map: 1.1 nats worse
-    # under a finer integrator) at no cost in loss (trusted test loss -0.033, median of 3 seeds; README). The
-    # step costs 1.6x euler/lie x1's, 0.32x the baseline's.
-    solver: str = "heun"
-    steps_per_layer: int = 2
-    splitting: str = "parallel"
-    zero_init_proj: bool = False
+    # model: each field's default is GPTConfig's in model.py, its one source (edit the model there); a Recipe field
+    # set here overrides it for a run (benchmark specs: canonical:solver=rk4,...). The canonical's integrator is heun
+    # under parallel splitting, 1 step per layer in evaluation; random_steps below draws 1 or 2 per training step,
+    # so the trained weights are a flow (issue #14; issue #32 for the step counts: README).
+    vocab_size: int = GPTConfig.vocab_size
+    bias: bool = GPTConfig.bias
+    dropout: float = GPTConfig.dropout
+    solver: str = GPTConfig.solver
+    steps_per_layer: int = GPTConfig.steps_per_layer
+    splitting: str = GPTConfig.splitting
+    zero_init_proj: bool = GPTConfig.zero_init_proj
     # output softmax over the tokens seen in train.bin only (~11.5k of 50304 on Shakespeare), the others
     # sharing their Good-Turing probability uniformly: a proper distribution over all 50304 tokens at
     # ~1/3.8 of the step's cost (scripts/bench_integrators.py; the output layer dominates it). False:
     # GPT-2's full softmax.
     shortlist: bool = True
-    kinetic_energy: float = 0.0
-    jacobian_frobenius: float = 0.0
-    ngram_buckets: int = 0  # hashed bigram + trigram input embeddings, rows per order (GPTConfig); 0 = off
-    token_noise: float = 0.0  # data noising: probability of a blank input token in training (GPTConfig); 0 = off
-    head_width: int = 0  # nonlinear output features beside the tied logits (GPTConfig); 0 = off
+    kinetic_energy: float = GPTConfig.kinetic_energy
+    jacobian_frobenius: float = GPTConfig.jacobian_frobenius
+    ngram_buckets: int = GPTConfig.ngram_buckets  # hashed bigram + trigram input embeddings; 0 = off
+    token_noise: float = GPTConfig.token_noise  # data noising: probability of a blank input token; 0 = off
+    head_width: int = GPTConfig.head_width  # nonlinear output features beside the tied logits; 0 = off
     # loss design (issue #16): the training loss is (1 - a) * CE(targets) + a * CE(teacher), the teacher an
     # interpolated Kneser-Ney trigram fitted on train.bin (NgramTeacher); training only, the model stays a network.
     ngram_distill: float = 0.0
@@ -167,7 +164,7 @@ class Recipe:
     # (the solver and splitting unchanged); evaluation and the checkpoint keep steps_per_layer. A loss that must hold
     # under every step size cannot lean on one step size's error: the trained weights become a flow, which a finer
     # or adaptive integrator of the same fields reproduces. 0 = off (a fixed step: a smaller h alone is not enough).
-    random_steps: int = 4
+    random_steps: int = 2
     # the share of training steps that draw their step count (from steps_per_layer..random_steps); the others train at
     # steps_per_layer. 1.0 = every step draws. Below 1, the finer integrator runs on a fraction of the steps only
     # (after Ott et al. 2021, "ResNet after all?"), for fewer field evaluations per step on average (step_counts).
@@ -192,7 +189,8 @@ class Recipe:
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 disables
     # > 0: evaluate (and end with) an exponential moving average of the weights; 0 disables. 0.999 (a
-    # ~1000-step horizon) lowered the whole-split val loss on each of 3 seeds (README, ablation table).
+    # ~1000-step horizon) lowered the whole-split val loss on each of 3 seeds (README, ablation table). Bias-corrected
+    # as Adam's moments are (ema_weight), so that it averages the weights trained so far, never the initial ones.
     ema_decay: float = 0.999
     # model selection: > 0 keeps the weights whose mean val loss over the last `select_window` evaluations is
     # lowest and ends train() with them (early stopping); 0 ends with the last weights. Costs a copy per new best.
@@ -764,9 +762,17 @@ def make_ema(model: GPT) -> tuple[GPT, list]:
     return ema, ema_params
 
 
+def ema_weight(step: int, decay: float) -> float:
+    """The weight of step `step`'s (0, 1, ...) parameters in the EMA: Adam's bias correction, (1 - d) / (1 - d^(t+1)),
+    makes the EMA the d-weighted average of the parameters of steps 0..t alone (weight 1 at step 0: the initial
+    weights never count; the plain lerp's 1 - d once t >> 1 / (1 - d)). Without it, a short run's EMA stayed near
+    the initial weights and every evaluation of a 101-iteration smoke run scored about the same."""
+    return (1.0 - decay) / (1.0 - decay ** (step + 1))
+
+
 @torch.no_grad()
-def ema_update(ema_params, params, decay: float) -> None:
-    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+def ema_update(ema_params, params, weight: float) -> None:
+    torch._foreach_lerp_(ema_params, params, weight)
 
 
 class DivergedError(RuntimeError):
@@ -936,7 +942,7 @@ def train(recipe: Recipe = None):
         with drawn_steps(model, r, steps_rng):
             loss = train_step(model, optimizers, params, xb, yb, r, ngram_teacher)
         if ema is not None:
-            ema_update(ema_params, params, r.ema_decay)
+            ema_update(ema_params, params, ema_weight(it, r.ema_decay))
         if it % eval_interval == eval_interval - 1 or it == n_iters - 1:
             last_train_loss = loss.item()  # the train loss logged beside the next evaluation
             check_finite(last_train_loss, "train", it, r)
@@ -989,6 +995,13 @@ def train(recipe: Recipe = None):
         f"{elapsed_min:.2f} min\n[train_mps] wrote {out_dir / 'metrics.json'} and {out_dir / 'ckpt.pt'}",
         flush=True,
     )
+    if n_iters != max_iters:
+        print(
+            f"!!! [train_mps] a SHORT run ({n_iters} of {max_iters} iterations): its best_vloss {best_vloss:.4f} is a "
+            f"smoke test's, not a result to rank; unset TRAIN_MPS_MAX_ITERS for the real run !!!",
+            file=sys.stderr,
+            flush=True,
+        )
     return best_vloss, elapsed_min
 
 

@@ -65,11 +65,11 @@ class GPTConfig:
     n_head: int = 12
     n_embd: int = 768
     dropout: float = 0.0  # forward is deterministic here: only 0 is supported
-    bias: bool = True  # bias in Linears and LayerNorms, like GPT-2
+    bias: bool = False  # bias in Linears and LayerNorms (GPT-2's True)
     # continuous depth
-    solver: str = "euler"  # a name in solvers.METHODS (torch's eight, plus tsit5 and dopri5)
+    solver: str = "heun"  # a name in solvers.METHODS (torch's eight, plus tsit5 and dopri5)
     steps_per_layer: int = 1  # h = 1 / steps_per_layer (adaptive methods: the first step's size)
-    splitting: str = "lie"  # lie, strang, parallel
+    splitting: str = "parallel"  # lie, strang, parallel
     # differential regularization weights (Finlay et al. 2020); 0 = off, at no cost
     kinetic_energy: float = 0.0
     jacobian_frobenius: float = 0.0

@@ -383,10 +383,11 @@ def check_ema(dtype: str = "float64") -> dict:
     ema_t = [torch.randn(4, 5, generator=gen, dtype=TORCH_DTYPES[dtype]) for _ in range(3)]
     ema_j = [jnp_(t) for t in ema_t]
     worst = 0.0
-    for _ in range(10):
+    for step in range(10):
         new = [torch.randn(4, 5, generator=gen, dtype=TORCH_DTYPES[dtype]) for _ in range(3)]
-        train_mps.ema_update(ema_t, new, 0.9)
-        ema_j = jax_optim.ema_update(ema_j, [jnp_(t) for t in new], 0.9)
+        weight = train_mps.ema_weight(step, 0.9)
+        train_mps.ema_update(ema_t, new, weight)
+        ema_j = jax_optim.ema_update(ema_j, [jnp_(t) for t in new], weight)
         worst = max(worst, max(max_rel(a, b) for a, b in zip(ema_j, ema_t)))
     return {"optimizer": worst}
 
@@ -450,9 +451,9 @@ def check_training(
                     train_mps.set_lr(opts, base_lrs, train_mps.lr_at(it, total, r))
                     loss_t = train_mps.train_step(model, opts, tparams, idx, targets, r)
             assert exhausted(probe_it)
-            train_mps.ema_update(ema_t, tparams, r.ema_decay)
+            train_mps.ema_update(ema_t, tparams, train_mps.ema_weight(it, r.ema_decay))
             params, state, loss_j = step(n, params, state, jnp_(idx), jnp_(targets), probes)
-            ema_j = jax_optim.ema_update(ema_j, params, r.ema_decay)
+            ema_j = jax_optim.ema_update(ema_j, params, train_mps.ema_weight(it, r.ema_decay))
             losses = max(losses, max_abs(loss_j, loss_t))
     assert set(step.steps) == drawn, "one compiled step per drawn step count"
     assert all(f._cache_size() == 1 for f in step.steps.values()), "a jitted train step recompiled"

@@ -132,7 +132,7 @@ def count_config(name: str, tokens, batch, val_batch) -> dict:
         tm.train_step(model, opts, params, xb, yb, r, teacher)
         if ema_model is not None:
             with torch.profiler.record_function("odegpt::ema"):
-                tm.ema_update(ema_params, params, r.ema_decay)
+                tm.ema_update(ema_params, params, tm.ema_weight(1000, r.ema_decay))
 
     def evaluate():
         eval_model.eval()

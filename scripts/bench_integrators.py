@@ -247,7 +247,7 @@ def main(argv=None):
             with tm.drawn_steps(run["model"], r, run["steps_rng"]):  # as train() draws them: the longer steps count
                 loss = tm.train_step(run["forward"], run["opts"], run["params"], xb, yb, r, run["teacher"])
             if run["ema"] is not None:
-                tm.ema_update(run["ema"], run["params"], run["recipe"].ema_decay)
+                tm.ema_update(run["ema"], run["params"], tm.ema_weight(run["it"], run["recipe"].ema_decay))
             run["it"] += 1
         if loss is not None:
             loss.item()  # the step's result on the host

@@ -235,7 +235,7 @@ def test_make_flow_names_the_flow_recipe_as_one_benchmark_spec():
     raw = (ROOT / "Makefile").read_text()
     assert "\nFLOW := canonical\n" in raw and "\nFLOW_KE := canonical:kinetic_energy=" in raw
     r = tm.Recipe()
-    assert r.random_steps > r.steps_per_layer > 1 and r.splitting == "parallel"
+    assert r.random_steps > r.steps_per_layer >= 1 and r.splitting == "parallel"
     text = makefile_text()
     euler = next(line for line in text.splitlines() if line.startswith("EULER :=")).split(":=", 1)[1].strip()
     config = benchmark.parse_config(euler, tm.Recipe)

@@ -36,7 +36,17 @@ def inputs(tmp_path_factory):
     """(ckpt path, data dir): a tiny random GPT in train_mps's checkpoint format and 3000 random val tokens."""
     root = tmp_path_factory.mktemp("studies")
     torch.manual_seed(0)
-    config = GPTConfig(n_layer=N_LAYER, n_embd=N_EMBD, n_head=N_HEAD, vocab_size=VOCAB, block_size=BLOCK)
+    config = GPTConfig(
+        n_layer=N_LAYER,
+        n_embd=N_EMBD,
+        n_head=N_HEAD,
+        vocab_size=VOCAB,
+        block_size=BLOCK,
+        bias=True,
+        solver="euler",
+        steps_per_layer=1,
+        splitting="lie",  # nanoGPT's block: the studies' trained integrator
+    )
     model = GPT(config)
     with torch.no_grad():  # 2x GPT-2's init: a flow far enough from the identity for errors well above round-off,
         for name, p in model.named_parameters():  # yet mild enough that 1..8 steps are in the asymptotic regime
