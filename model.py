@@ -496,6 +496,14 @@ class GPT(nn.Module):
             torch.nn.init.zeros_(self.transformer.wngram.weight)
         if config.head_width:
             torch.nn.init.zeros_(self.head_wide.weight)
+        if (config.kinetic_energy or config.jacobian_frobenius) and len(
+            inspect.signature(Block.forward).parameters
+        ) < 3:
+            raise TypeError(
+                "model.py: Block.forward(self, x) cannot integrate the regularizers (kinetic_energy, "
+                "jacobian_frobenius): give it the integrator's signature Block.forward(self, x, stats=None) and pass "
+                "stats to rk_step, or set both weights to 0"
+            )
         fused = fused_field_agrees(self.transformer.h[0])  # one check: every block runs the same code
         for block in self.transformer.h:
             block.fused = fused
@@ -613,7 +621,7 @@ class GPT(nn.Module):
         if trajectory is not None:
             trajectory.append(x)
         for block in self.transformer.h:
-            x = block(x, stats)
+            x = block(x) if stats is None else block(x, stats)  # block(x): nanoGPT's call, a Block.forward(self, x) too
             if trajectory is not None:
                 trajectory.append(x)
         return x

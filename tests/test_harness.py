@@ -67,7 +67,7 @@ def dreamteam_repo(root: Path, base_files: dict | None = None) -> Path:
 
 def harness_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAIN_MPS_")}
-    env.update(TRAIN_MPS_MAX_ITERS="3", OMP_NUM_THREADS="1", PYTHONPATH="", **extra)
+    env.update({"TRAIN_MPS_MAX_ITERS": "3", "OMP_NUM_THREADS": "1", "PYTHONPATH": "", **extra})
     return env
 
 
@@ -210,6 +210,60 @@ def test_logit_using_edits_train_in_the_harness(tmp_path):
     results, out = run_harness(CURRENT_MAIN, src, replies)
     assert set(results) == set(EDITS)
     assert_finite_scores(results, out)
+
+
+# Edits of model.py an LLM makes as a differential-equations or architecture specialist (issue #34), each written as
+# the LLM writes it: (old text, new text) pairs. Through the current driver each one must take effect (the trained
+# model's whole-split loss moves away from the unedited files') or fail loudly.
+MODEL_EDITS = {
+    "gptconfig_solver_rk4": [('    solver: str = "heun"', '    solver: str = "rk4"')],
+    "gptconfig_splitting_strang": [('    splitting: str = "parallel"', '    splitting: str = "strang"')],
+    "gptconfig_kinetic_energy": [("    kinetic_energy: float = 0.0", "    kinetic_energy: float = 0.01")],
+    "nanogpt_block_forward": [
+        (
+            "    def forward(self, x, stats=None):\n",
+            "    def forward(self, x):\n"
+            "        x = x + self.attn(self.ln_1(x))\n"
+            "        x = x + self.mlp(self.ln_2(x))\n"
+            "        return x\n\n"
+            "    def integrator_forward(self, x, stats=None):\n",
+        )
+    ],
+    "mlp_relu_squared": [
+        (
+            "        x = self.c_proj(self.gelu(self.c_fc(x)))  # (B, T, C)",
+            "        x = self.c_proj(torch.relu(self.c_fc(x)) ** 2)  # (B, T, C)",
+        )
+    ],
+}
+
+
+def test_model_edits_take_effect_through_the_current_driver(tmp_path):
+    root = dreamteam_repo(tmp_path)
+    src = root / "src" / "dreamteam"
+    sources = our_sources()
+    replies = []
+    for name, pairs in {"unedited": [], **MODEL_EDITS}.items():
+        code = sources["model.py"]
+        for old, new in pairs:
+            assert code.count(old) == 1, f"{name}: model.py no longer has {old!r}"
+            code = code.replace(old, new)
+        (tmp_path / f"{name}.txt").write_text(seeds_reply({"train_mps.py": "", "model.py": code}))
+        replies.append(tmp_path / f"{name}.txt")
+    results, out = run_harness(CURRENT_MAIN, src, replies)
+    assert_finite_scores(results, out)
+
+    def trained(name):
+        out_dir = src / "dreamteam_generations" / "gen_1" / name / "out"
+        return torch.load(out_dir / "ckpt.pt", map_location="cpu", weights_only=False)
+
+    base = trained("unedited")["model"]
+    for name in MODEL_EDITS:  # numbers moved: the trained weights are not the unedited files' ones
+        weights = trained(name)["model"]
+        assert any(not torch.equal(weights[k], base[k]) for k in base), f"{name} trained exactly as the unedited files"
+    assert trained("gptconfig_solver_rk4")["model_args"]["solver"] == "rk4"
+    assert trained("gptconfig_kinetic_energy")["model_args"]["kinetic_energy"] == 0.01
+    assert "Block.fused_field no longer equals attn + mlp" in out  # the MLP edit, said once at construction
 
 
 # -- nanoGPT's API ------------------------------------------------------------------------------------------

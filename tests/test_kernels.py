@@ -218,3 +218,55 @@ def test_train_time_per_iteration_is_a_difference_of_two_runs(tmp_path, monkeypa
     assert base["median_ratio"] == pytest.approx(2.0) and len(calls) == 8
     with pytest.raises(SystemExit, match="no train_mps.py"):
         bench_train.main(["--configs", f"{tmp_path}::canonical", "--out", str(out)])
+
+
+# --- edits an LLM makes (issue #34) -------------------------------------------------------------------------------
+
+
+def nanogpt_block_forward(self, x):
+    """Block.forward as nanoGPT writes it (and an LLM from memory): one Euler step of each sub-field."""
+    x = x + self.attn(self.ln_1(x))
+    return x + self.mlp(self.ln_2(x))
+
+
+def test_a_nanogpt_style_block_forward_trains(monkeypatch):
+    """Block.forward(self, x) replaces the integrator with nanoGPT's block: the edit takes effect, and a training step
+    runs (it failed at the first forward with 'takes 2 positional arguments but 3 were given')."""
+    idx = torch.from_numpy(TOKENS[:128].astype(np.int64)).view(2, 64)
+    before = canonical().eval()(idx, idx)[1].item()
+    monkeypatch.setattr(M.Block, "forward", nanogpt_block_forward)
+    model = canonical()
+    r = tm.Recipe()
+    opts = tm.make_optimizers(model, r, "cpu")
+    loss = tm.train_step(model, opts, [p for p in model.parameters() if p.requires_grad], idx, idx, r)
+    assert torch.isfinite(loss)
+    assert model.eval()(idx, idx)[1].item() != before
+
+
+def test_a_nanogpt_style_block_forward_with_regularizers_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(M.Block, "forward", nanogpt_block_forward)
+    with pytest.raises(TypeError, match=r"model.py: Block.forward\(self, x\).*Block.forward\(self, x, stats=None\)"):
+        canonical(kinetic_energy=0.01)
+
+
+@pytest.mark.parametrize(("field", "value"), [("solver", "rk4"), ("splitting", "strang"), ("kinetic_energy", 0.01)])
+def test_a_gptconfig_default_edited_in_model_py_changes_the_trained_model(field, value, tmp_path):
+    """GPTConfig is the model fields' one source: an edit of its default in model.py alone (the natural place for a
+    differential-equations specialist) reaches Recipe and the trained model, loaded as the current harness loads a
+    candidate (spec_from_file_location of the folder's train_mps.py, which loads the model.py beside it)."""
+    import importlib.util
+    import shutil
+
+    source = (ROOT / "model.py").read_text()
+    old = getattr(M.GPTConfig, field)
+    default = f"    {field}: {type(old).__name__} = {json.dumps(old)}"
+    assert source.count(default) == 1, default
+    (tmp_path / "model.py").write_text(
+        source.replace(default, f"    {field}: {type(value).__name__} = {json.dumps(value)}")
+    )
+    shutil.copy(ROOT / "train_mps.py", tmp_path / "train_mps.py")
+    spec = importlib.util.spec_from_file_location("candidate_train_mps", tmp_path / "train_mps.py")
+    candidate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(candidate)
+    assert getattr(candidate.Recipe(), field) == value != getattr(tm.Recipe(), field)
+    assert getattr(candidate.make_model(candidate.Recipe(), TOKENS).config, field) == value
