@@ -270,3 +270,37 @@ def test_a_gptconfig_default_edited_in_model_py_changes_the_trained_model(field,
     spec.loader.exec_module(candidate)
     assert getattr(candidate.Recipe(), field) == value != getattr(tm.Recipe(), field)
     assert getattr(candidate.make_model(candidate.Recipe(), TOKENS).config, field) == value
+
+
+def test_a_short_run_evaluates_trained_weights_and_says_it_is_short(tmp_path, monkeypatch, capsys):
+    """Issue #34 item 4: in a 101-iteration run the EMA (bias-corrected) has moved off the initial weights, so the
+    evaluation at iteration 100 is below iteration 0's and is the best_vloss returned (the plain EMA's was still
+    the initial model's, and every candidate returned its iteration-0 loss); the run says it is a smoke test."""
+    data = tmp_path / "data"  # a skewed unigram (Zipf), which 100 steps learn; uniform random text is unlearnable
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4000), ("val", 1000)):
+        np.minimum(rng.zipf(1.3, n), 299).astype(np.uint16).tofile(data / f"{split}.bin")
+    monkeypatch.setenv("TRAIN_MPS_DATA_DIR", str(data))
+    monkeypatch.setenv("TRAIN_MPS_OUT_DIR", str(tmp_path / "out"))
+    monkeypatch.setenv("TRAIN_MPS_MAX_ITERS", "101")
+    monkeypatch.delenv("TRAIN_MPS_SEED", raising=False)
+    best, _ = tm.train()
+    history = json.loads((tmp_path / "out" / "metrics.json").read_text())["history"]
+    assert [h["iter"] for h in history] == [0, 100]
+    assert history[1]["val_loss"] < history[0]["val_loss"] - 0.1 and best == history[1]["val_loss"]
+    assert "is a smoke test's, not a result" in capsys.readouterr().err
+
+
+def test_the_ema_weight_is_the_bias_corrected_average():
+    """ema_weight makes the EMA the d-weighted mean of the weights of steps 0..t: weight 1 at step 0, then
+    (1 - d) / (1 - d^(t+1)) -> 1 - d, the plain EMA's."""
+    d = 0.9
+    assert tm.ema_weight(0, d) == 1.0 and tm.ema_weight(10_000, d) == pytest.approx(1 - d)
+    ema, seen = torch.zeros(()), []
+    for t in range(6):
+        x = torch.tensor(float(t * t))
+        seen.append(x)
+        tm.ema_update([ema], [x], tm.ema_weight(t, d))
+        weights = torch.tensor([d ** (t - i) for i in range(t + 1)])
+        assert ema.item() == pytest.approx((weights * torch.stack(seen)).sum().item() / weights.sum().item())
