@@ -21,6 +21,7 @@ step_counts): the figures are the expected counts of a step as train() draws the
 
     python scripts/bench_dispatch.py                                       # baseline, EULER, canonical
     python scripts/bench_dispatch.py --configs baseline canonical canonical:refine_prob=1.0 --out results/x.json
+    python scripts/bench_dispatch.py --configs canonical --unfused canonical     # what Block.fused_field saves
 
 Writes JSON (atomic) beside the step-time benchmark's (results/bench_dispatch.json) and prints a table.
 """
@@ -112,8 +113,9 @@ def labelled(label: str, fn):
     return wrapped
 
 
-def count_config(name: str, tokens, batch, val_batch) -> dict:
-    """The expected kernels and views per section of one training step of a configuration, and of one evaluation."""
+def count_config(name: str, tokens, batch, val_batch, fused_field: bool = True) -> dict:
+    """The expected kernels and views per section of one training step of a configuration, and of one evaluation;
+    fused_field=False counts the parallel field as attn + mlp (what Block.fused_field saves)."""
     import torch
 
     import train_mps as tm
@@ -121,6 +123,8 @@ def count_config(name: str, tokens, batch, val_batch) -> dict:
     r = replace(tm.Recipe(), **bench_integrators.parse_config(name))
     torch.manual_seed(r.seed)
     model = tm.make_model(r, tokens)
+    for block in model.transformer.h:
+        block.fused = block.fused and fused_field
     opts = tm.make_optimizers(model, r, "cpu")
     params = [p for p in model.parameters() if p.requires_grad]
     ema_model, ema_params = tm.make_ema(model) if r.ema_decay > 0 else (None, None)
@@ -165,7 +169,8 @@ def count_config(name: str, tokens, batch, val_batch) -> dict:
     step_kernels = sum(sections[s]["kernels"] for s in STEP_SECTIONS)
     step_views = sum(sections[s]["views"] for s in STEP_SECTIONS)
     return {
-        "name": name,
+        "name": name if fused_field else name + " (attn + mlp, not fused)",
+        "fused_field": any(b.fused for b in model.transformer.h),
         "step_counts": {str(n): c["probability"] for n, c in per_count.items()},
         "nfe": bench_integrators.mean_nfe(model, r),
         "sections": sections,
@@ -201,6 +206,7 @@ def main(argv=None):
     p.add_argument(
         "--configs", nargs="+", default=DEFAULT_CONFIGS, help="as scripts/bench_integrators.py; first = reference"
     )
+    p.add_argument("--unfused", nargs="*", default=[], help="configs also counted without the fused parallel field")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "bench_dispatch.json")
     a = p.parse_args(argv)
 
@@ -227,6 +233,9 @@ def main(argv=None):
     for name in a.configs:
         print(f"[bench_dispatch] counting {name}", flush=True)
         configs.append(count_config(name, tokens, batch, val_batch))
+    for name in a.unfused:
+        print(f"[bench_dispatch] counting {name} without the fused field", flush=True)
+        configs.append(count_config(name, tokens, batch, val_batch, fused_field=False))
     result = {
         "environment": {
             "python": platform.python_version(),
