@@ -116,12 +116,16 @@ def adamw_torch(learning_rate, b1: float, b2: float, weight_decay: float, eps: f
     )
 
 
-def torch_lerp(start, end, weight: float):
+def torch_lerp(start, end, weight):
     """torch.lerp's formula (ATen Lerp.h): the branch on |weight| < 0.5 keeps the result exact at
-    both ends. `weight` is a Python float, so the branch is static."""
-    if abs(weight) < 0.5:
-        return start + weight * (end - start)
-    return end - (end - start) * (1.0 - weight)
+    both ends. `weight` is a Python float (the branch is static) or a traced scalar (both branches,
+    selected by `jnp.where`)."""
+    if isinstance(weight, (int, float)):
+        if abs(weight) < 0.5:
+            return start + weight * (end - start)
+        return end - (end - start) * (1.0 - weight)
+    weight = jnp.asarray(weight, start.dtype)
+    return jnp.where(jnp.abs(weight) < 0.5, start + weight * (end - start), end - (end - start) * (1.0 - weight))
 
 
 def newton_schulz_torch(W, coefficients=(3.4445, -4.775, 2.0315), steps: int = 5, eps: float = 1e-7, dtype=None):
