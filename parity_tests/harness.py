@@ -220,7 +220,7 @@ def check_inference_logits(solver, splitting, steps, dtype) -> dict:
 def check_shortlist(solver, splitting, steps, dtype) -> dict:
     """The shortlist head: the loss (inputs and targets inside and outside the shortlist, one target
     -1), every parameter's gradient (wte's shared row k gets its gradient from the inputs only), and
-    inference's normalized log-probabilities over the whole vocabulary (b, 1, vocab), as "logits"."""
+    inference's logits over the whole vocabulary (b, 1, vocab; log-probabilities up to one constant)."""
     model, jconfig = shortlist_gpt(solver, splitting, steps, dtype)
     params = jax_impl.params_from_torch(model.state_dict(), jconfig)
     idx, targets = batch(vocab=jconfig.vocab_size)

@@ -92,7 +92,8 @@ class VariantForward:
         m = self.model
         if self.variant == "loss_only":
             x = m.transformer.ln_f(m.integrate(m.embed(xb)))
-            return None, m.shortlist_loss(m.shortlist_log_probs(x), yb)
+            ls = F.log_softmax(m.raw_logits(x, m.config.shortlist_size), dim=-1)
+            return None, m.shortlist_loss(ls, yb)
         logits, _ = m(xb, yb)
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), yb.view(-1))
 

@@ -143,7 +143,7 @@ def test_older_harness_from_the_repository_root(tmp_path):
 # -- logit-using edits, as an LLM writes them ----------------------------------------------------------------
 
 TRAIN_STEP = "        _, loss = model(xb, yb)\n        total_loss = loss + model.regularization_loss()\n"
-MODEL_HEAD = "        return self.full_log_probs(logp), self.shortlist_loss(logp, targets)\n"
+MODEL_HEAD = "        return self.full_logits(ls), self.shortlist_loss(ls, targets)\n"
 EDITS = {
     # z-loss on the log-partition function (PaLM), in the training step
     "z_loss": (
@@ -176,7 +176,7 @@ EDITS = {
     "label_smoothing_in_model": (
         "model.py",
         MODEL_HEAD,
-        "        logits = self.full_log_probs(logp)\n"
+        "        logits = self.full_logits(ls)\n"
         "        loss = F.cross_entropy(\n"
         "            logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1, label_smoothing=0.1\n"
         "        )\n"
