@@ -89,6 +89,36 @@ def main(argv=None):
         f"{a.threads} thread(s), {a.repeats} interleaved repeats",
         flush=True,
     )
+
+    def report(done: int) -> dict:
+        """The result after `done` repeats (written after each, so an interrupted benchmark keeps what it measured)."""
+        return {
+            "environment": {
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "cpu_count": os.cpu_count(),
+                "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            },
+            "measured": "ms per iteration of train() = (elapsed_min(long) - elapsed_min(short)) / (long - short)",
+            "short": a.short,
+            "long": a.long,
+            "threads": a.threads,
+            "repeats": done,
+            "repeats_planned": a.repeats,
+            "configs": [
+                {
+                    "name": n,
+                    "ms": ms[n],
+                    "median_ms": statistics.median(ms[n]),
+                    "ratios": ratios[n],
+                    "median_ratio": statistics.median(ratios[n]),
+                    "checkout": str(parsed[n][0]),
+                    "overrides": parsed[n][1],
+                }
+                for n in a.configs
+            ],
+        }
+
     for rep in range(a.repeats):
         for name in a.configs:
             short = run_train(*parsed[name], a.short, a.data_dir, a.threads)
@@ -96,33 +126,9 @@ def main(argv=None):
             ms[name].append(60_000 * (long - short) / (a.long - a.short))
         for name in a.configs:
             ratios[name].append(ms[name][-1] / ms[a.configs[0]][-1])
+        result = report(rep + 1)
+        bench_integrators.atomic_write_text(a.out, json.dumps(result, indent=1))
         print(f"repeat {rep + 1}/{a.repeats}: " + " | ".join(f"{n} {ms[n][-1]:.1f} ms" for n in a.configs), flush=True)
-    result = {
-        "environment": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        },
-        "measured": "ms per iteration of train() = (elapsed_min(long) - elapsed_min(short)) / (long - short)",
-        "short": a.short,
-        "long": a.long,
-        "threads": a.threads,
-        "repeats": a.repeats,
-        "configs": [
-            {
-                "name": n,
-                "ms": ms[n],
-                "median_ms": statistics.median(ms[n]),
-                "ratios": ratios[n],
-                "median_ratio": statistics.median(ratios[n]),
-                "checkout": str(parsed[n][0]),
-                "overrides": parsed[n][1],
-            }
-            for n in a.configs
-        ],
-    }
-    bench_integrators.atomic_write_text(a.out, json.dumps(result, indent=1))
     print(f"{'config':<60} {'ms/iter':>8} {'ratio':>6}")
     for c in result["configs"]:
         print(f"{c['name']:<60} {c['median_ms']:>8.1f} {c['median_ratio']:>6.3f}")

@@ -216,6 +216,9 @@ def test_train_time_per_iteration_is_a_difference_of_two_runs(tmp_path, monkeypa
     canon, base = result["configs"]
     assert canon["median_ms"] == pytest.approx(60.0) and base["median_ms"] == pytest.approx(120.0)
     assert base["median_ratio"] == pytest.approx(2.0) and len(calls) == 8
+    assert (
+        json.loads(out.read_text())["repeats"] == 2
+    )  # written after each repeat: an interrupted run keeps its repeats
     with pytest.raises(SystemExit, match="no train_mps.py"):
         bench_train.main(["--configs", f"{tmp_path}::canonical", "--out", str(out)])
 
