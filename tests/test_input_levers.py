@@ -167,10 +167,12 @@ def test_wide_logits_are_the_formula_and_the_loss_their_cross_entropy(kw):
         logits, loss = m(ids, ids)
         h = m.transformer.ln_f(m.integrate(m.embed(ids)))  # (b, t, C)
         raw = h @ m.lm_head.weight.T + torch.nn.functional.gelu(h @ m.head_up.weight.T) @ m.head_wide.weight.T
-    if kw:  # shortlist: the first k rows' softmax carries 1 - unseen_mass
+    if kw:  # shortlist: the first k rows' softmax carries 1 - unseen_mass; logits are log p - log(1 - unseen_mass)
         k = kw["shortlist_size"]
         want = torch.log_softmax(raw[..., :k], -1) + math.log1p(-kw["unseen_mass"])
-        assert torch.allclose(logits[..., m.row_tokens], want, rtol=0, atol=1e-12)
+        logp = torch.log_softmax(logits, -1)
+        assert torch.allclose(logp[..., m.row_tokens], want, rtol=0, atol=1e-12)
+        assert torch.allclose(logits - logp, torch.full_like(logits, -math.log1p(-kw["unseen_mass"])), atol=1e-12)
     else:
         assert torch.allclose(logits, raw, rtol=0, atol=1e-12)
     ce = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), ids.view(-1))
