@@ -8,7 +8,7 @@ EXTRAS ?= dev,data,plots,jax
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),_,$(EXTRAS))
 
-.PHONY: setup sandbox data data-tinyshakespeare data-pypi train test lint clean ablations lr-sweep candidates levers kneser-ney tinyshakespeare-table rerank-gen1 dreamteam-checkout flow teacher-table probes tradeoff
+.PHONY: setup sandbox data data-tinyshakespeare data-pypi train test lint clean ablations lr-sweep candidates levers kneser-ney tinyshakespeare-table rerank-gen1 dreamteam-checkout flow canonical-table speed teacher-table probes tradeoff
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -195,14 +195,14 @@ tradeoff:
 		--probes $(PROBE_OUT)/*.json --out results/tradeoff_issue16.png
 
 # Issue #14's table: a recipe whose trained weights are a flow. FLOW trains under heun/parallel with 2..4 steps per
-# layer drawn per step (Recipe.random_steps) and is evaluated at 2; it qualified and became the canonical, so FLOW
-# names the canonical. FLOW_KE adds kinetic-energy regularization (Finlay et al. 2020) for the adaptive cost. Both and
-# the canonical before it (EULER) at 3 seeds under the trusted runner, two at a
-# time with one thread each (about 4.5 hours on 2 cores), then scripts/flow_study.py: each checkpoint's whole-split
-# val loss under its own integrator, rk4/parallel x4 and JAX's tsit5 (rtol 1e-4), and tsit5's NFE at 1e-3..1e-5.
-# RESUME=--resume continues both steps in the same FLOW_OUT.
-FLOW := canonical
-FLOW_KE := canonical:kinetic_energy=0.01
+# layer drawn per step (Recipe.random_steps) and is evaluated at 2; it was the canonical from 2026-12-03 to
+# 2026-12-06 (issue #32 replaced it), so FLOW names it explicitly. FLOW_KE adds kinetic-energy regularization (Finlay
+# et al. 2020) for the adaptive cost. Both and the canonical before them (EULER) at 3 seeds under the trusted runner,
+# two at a time with one thread each (about 4.5 hours on 2 cores), then scripts/flow_study.py: each checkpoint's
+# whole-split val loss under its own integrator, rk4/parallel x4 and JAX's tsit5 (rtol 1e-4), and tsit5's NFE at
+# 1e-3..1e-5. RESUME=--resume continues both steps in the same FLOW_OUT.
+FLOW := canonical:steps_per_layer=2,random_steps=4
+FLOW_KE := $(FLOW),kinetic_energy=0.01
 FLOW_SEEDS ?= 0 1 2
 FLOW_OUT ?= results/benchmark/flow-$(TINY_STAMP)
 
@@ -210,6 +210,31 @@ flow: data-tinyshakespeare
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python scripts/benchmark.py --configs $(FLOW) $(FLOW_KE) $(EULER) \
 		--baseline $(EULER) --seeds $(FLOW_SEEDS) --jobs 2 --data-dir $(TINY_DIR) --out $(FLOW_OUT) $(RESUME)
 	$(BIN)/python scripts/flow_study.py --runs $(FLOW_OUT) --data-dir $(TINY_DIR) --out-dir $(FLOW_OUT) $(RESUME)
+
+# Issue #32's deciding table: today's canonical (heun/parallel x1, trained on 1 or 2 steps drawn) beside the recipe
+# it replaced (FLOW) at 3 seeds under the trusted runner, two at a time with one thread each (about 3 hours on 2
+# cores), then the flow study of every checkpoint. results/benchmark/issue32_decision merges such runs with the
+# baseline's and EULER's.
+CANONICAL_OUT ?= results/benchmark/canonical-$(TINY_STAMP)
+
+canonical-table: data-tinyshakespeare
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python scripts/benchmark.py --configs canonical $(FLOW) \
+		--baseline $(FLOW) --seeds $(FLOW_SEEDS) --jobs 2 --data-dir $(TINY_DIR) --out $(CANONICAL_OUT) $(RESUME)
+	$(BIN)/python scripts/flow_study.py --runs $(CANONICAL_OUT) --data-dir $(TINY_DIR) --out-dir $(CANONICAL_OUT) $(RESUME)
+
+# Issue #32's speed tables (the README's "Speed"): kernels dispatched per training step and per evaluation, by
+# section (deterministic, seconds), then the time of an iteration of train() itself, side by side, 5 interleaved
+# repeats on one thread (about 25 minutes on a quiet machine). BEFORE=CHECKOUT::canonical adds another checkout's
+# canonical to the timing (results/bench_train.json has BEFORE=/work/before::canonical, a worktree at 980db30: the
+# code before issue #32, `git worktree add ../before 980db30`).
+DISPATCH_CONFIGS := baseline $(EULER) canonical $(FLOW)
+BEFORE ?=
+
+speed: data-tinyshakespeare
+	TRAIN_MPS_DATA_DIR=$(TINY_DIR) $(BIN)/python scripts/bench_dispatch.py --configs $(DISPATCH_CONFIGS) \
+		--out results/bench_dispatch.json
+	$(BIN)/python scripts/bench_train.py --configs baseline $(EULER) canonical $(BEFORE) --repeats 5 \
+		--data-dir $(TINY_DIR) --out results/bench_train.json
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

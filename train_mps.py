@@ -123,6 +123,8 @@ RECIPE_RULES = (
     ("ngram_distill", _is_unit, "a number in [0, 1) (0 = no teacher)"),
     ("ngram_loo", lambda v: isinstance(v, bool), "True or False"),
     ("random_steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 = train with steps_per_layer only)"),
+    ("refine_prob", lambda v: _is_real(v) and 0 <= v <= 1, "a number in [0, 1] (1 = every step draws)"),
+    ("fused_optimizer", lambda v: isinstance(v, bool), "True or False"),
 )
 
 
@@ -131,30 +133,27 @@ class Recipe:
     """Everything outside the fixed block that shapes training. Defaults are the canonical recipe."""
 
     seed: int = 0
-    # model
-    vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 64
-    bias: bool = False
-    dropout: float = 0.0
-    # The residual stream integrated by heun (second order) with attention and MLP summed in each stage (parallel
-    # splitting), 2 steps per layer in evaluation; random_steps below draws 2..4 per training step, so the trained
-    # weights are a flow (issue #14): a finer or adaptive integrator of the same fields gives the same loss, within
-    # 0.005 nats on 3 seeds. It replaced euler/lie x1 (nanoGPT's residual block, a discrete map: 1.1 nats worse
-    # under a finer integrator) at no cost in loss (trusted test loss -0.033, median of 3 seeds; README). The
-    # step costs 1.6x euler/lie x1's, 0.32x the baseline's.
-    solver: str = "heun"
-    steps_per_layer: int = 2
-    splitting: str = "parallel"
-    zero_init_proj: bool = False
+    # model: each field's default is GPTConfig's in model.py, its one source (edit the model there); a Recipe field
+    # set here overrides it for a run (benchmark specs: canonical:solver=rk4,...). The canonical's integrator is heun
+    # under parallel splitting, 1 step per layer in evaluation; random_steps below draws 1 or 2 per training step,
+    # so the trained weights are a flow (issue #14; issue #32 for the step counts: README).
+    vocab_size: int = GPTConfig.vocab_size
+    bias: bool = GPTConfig.bias
+    dropout: float = GPTConfig.dropout
+    solver: str = GPTConfig.solver
+    steps_per_layer: int = GPTConfig.steps_per_layer
+    splitting: str = GPTConfig.splitting
+    zero_init_proj: bool = GPTConfig.zero_init_proj
     # output softmax over the tokens seen in train.bin only (~11.5k of 50304 on Shakespeare), the others
     # sharing their Good-Turing probability uniformly: a proper distribution over all 50304 tokens at
     # ~1/3.8 of the step's cost (scripts/bench_integrators.py; the output layer dominates it). False:
     # GPT-2's full softmax.
     shortlist: bool = True
-    kinetic_energy: float = 0.0
-    jacobian_frobenius: float = 0.0
-    ngram_buckets: int = 0  # hashed bigram + trigram input embeddings, rows per order (GPTConfig); 0 = off
-    token_noise: float = 0.0  # data noising: probability of a blank input token in training (GPTConfig); 0 = off
-    head_width: int = 0  # nonlinear output features beside the tied logits (GPTConfig); 0 = off
+    kinetic_energy: float = GPTConfig.kinetic_energy
+    jacobian_frobenius: float = GPTConfig.jacobian_frobenius
+    ngram_buckets: int = GPTConfig.ngram_buckets  # hashed bigram + trigram input embeddings; 0 = off
+    token_noise: float = GPTConfig.token_noise  # data noising: probability of a blank input token; 0 = off
+    head_width: int = GPTConfig.head_width  # nonlinear output features beside the tied logits; 0 = off
     # loss design (issue #16): the training loss is (1 - a) * CE(targets) + a * CE(teacher), the teacher an
     # interpolated Kneser-Ney trigram fitted on train.bin (NgramTeacher); training only, the model stays a network.
     ngram_distill: float = 0.0
@@ -165,9 +164,17 @@ class Recipe:
     # (the solver and splitting unchanged); evaluation and the checkpoint keep steps_per_layer. A loss that must hold
     # under every step size cannot lean on one step size's error: the trained weights become a flow, which a finer
     # or adaptive integrator of the same fields reproduces. 0 = off (a fixed step: a smaller h alone is not enough).
-    random_steps: int = 4
+    random_steps: int = 2
+    # the share of training steps that draw their step count (from steps_per_layer..random_steps); the others train at
+    # steps_per_layer. 1.0 = every step draws. Below 1, the finer integrator runs on a fraction of the steps only
+    # (after Ott et al. 2021, "ResNet after all?"), for fewer field evaluations per step on average (step_counts).
+    refine_prob: float = 1.0
     # optimizer
     optimizer: str = "adamw"  # adamw | muon (Muon on hidden matrices, AdamW on the rest)
+    # AdamW as one kernel per parameter group (fused; foreach where this torch or device has no fused kernel). False:
+    # nanoGPT's configure_optimizers, whose per-tensor loop dispatches ~10 kernels per parameter tensor on CPU and MPS
+    # (270 of the 398 of a baseline training step). Same update rule, other rounding.
+    fused_optimizer: bool = True
     learning_rate: float = 3e-3  # peak (AdamW groups)
     muon_lr: float = 0.02
     min_lr: float = 3e-4
@@ -182,7 +189,8 @@ class Recipe:
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 disables
     # > 0: evaluate (and end with) an exponential moving average of the weights; 0 disables. 0.999 (a
-    # ~1000-step horizon) lowered the whole-split val loss on each of 3 seeds (README, ablation table).
+    # ~1000-step horizon) lowered the whole-split val loss on each of 3 seeds (README, ablation table). Bias-corrected
+    # as Adam's moments are (ema_weight), so that it averages the weights trained so far, never the initial ones.
     ema_decay: float = 0.999
     # model selection: > 0 keeps the weights whose mean val loss over the last `select_window` evaluations is
     # lowest and ends train() with them (early stopping); 0 ends with the last weights. Costs a copy per new best.
@@ -207,6 +215,10 @@ class Recipe:
             raise ValueError(
                 f"random_steps ({self.random_steps!r}) is the largest step count drawn, from steps_per_layer "
                 f"({self.steps_per_layer!r}) up: give 0 (off) or a value >= steps_per_layer"
+            )
+        if self.refine_prob != 1.0 and not self.random_steps:
+            raise ValueError(
+                "refine_prob is the share of steps that draw from random_steps, which is 0 (off): set both"
             )
         if self.ngram_loo and not self.ngram_distill:
             raise ValueError("ngram_loo=True changes the n-gram teacher, which ngram_distill=0 leaves off: set both")
@@ -489,9 +501,27 @@ def pick_device() -> str:
     return fallback
 
 
+def adamw(params, r: Recipe):
+    """AdamW on `params` with nanoGPT's groups (weight decay on >= 2-D tensors only), in the fewest kernels this torch
+    and device offer (Recipe.fused_optimizer): fused, else foreach, else the per-tensor loop."""
+    params = list(params)
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": r.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    for impl in (dict(fused=True), dict(foreach=True), {}) if r.fused_optimizer else ({},):
+        try:
+            return torch.optim.AdamW(groups, lr=r.learning_rate, betas=(r.beta1, r.beta2), **impl)
+        except (RuntimeError, TypeError, ValueError):  # no such implementation in this torch or for this device
+            continue
+    raise AssertionError("unreachable: the plain AdamW takes every parameter")
+
+
 def make_optimizers(model: GPT, r: Recipe, device_type: str):
     """AdamW on everything (nanoGPT groups), or Muon on hidden 2-D matrices + AdamW on the rest."""
     if r.optimizer == "adamw":
+        if r.fused_optimizer:
+            return [adamw((p for p in model.parameters() if p.requires_grad), r)]
         return [model.configure_optimizers(r.weight_decay, r.learning_rate, (r.beta1, r.beta2), device_type)]
     if r.optimizer == "muon":
         if not hasattr(torch.optim, "Muon"):
@@ -502,15 +532,7 @@ def make_optimizers(model: GPT, r: Recipe, device_type: str):
         hidden_ids = {id(p) for p in hidden}
         rest = [p for p in model.parameters() if id(p) not in hidden_ids]
         muon = torch.optim.Muon(hidden, lr=r.muon_lr, weight_decay=r.weight_decay, adjust_lr_fn="match_rms_adamw")
-        adamw = torch.optim.AdamW(
-            [
-                {"params": [p for p in rest if p.dim() >= 2], "weight_decay": r.weight_decay},
-                {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
-            ],
-            lr=r.learning_rate,
-            betas=(r.beta1, r.beta2),
-        )
-        return [muon, adamw]
+        return [muon, adamw(rest, r)]
     raise ValueError(f"unknown optimizer {r.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
 
 
@@ -697,10 +719,23 @@ def steps_stream(r: Recipe) -> random.Random:
     return random.Random(r.seed + 2_000_003)
 
 
+def step_counts(r: Recipe) -> dict:
+    """The distribution of a training step's step count, {steps_per_layer: probability}: uniform over
+    steps_per_layer..random_steps on a share refine_prob of the steps, steps_per_layer on the others."""
+    if not r.random_steps:
+        return {r.steps_per_layer: 1.0}
+    span = range(r.steps_per_layer, r.random_steps + 1)
+    probs = {n: r.refine_prob / len(span) for n in span}
+    probs[r.steps_per_layer] += 1.0 - r.refine_prob
+    return probs
+
+
 def draw_steps(r: Recipe, rng: random.Random) -> int:
-    """Recipe.random_steps: the step count of the next training step, uniform over steps_per_layer..random_steps
-    (steps_per_layer itself when off). Its own stream: the draws never perturb the batches."""
-    return rng.randint(r.steps_per_layer, r.random_steps) if r.random_steps else r.steps_per_layer
+    """One draw from step_counts(r), the step count of the next training step. Its own stream: the draws never
+    perturb the batches (and with refine_prob 1 it is one randint per step, as before refine_prob existed)."""
+    if not r.random_steps or (r.refine_prob < 1.0 and rng.random() >= r.refine_prob):
+        return r.steps_per_layer
+    return rng.randint(r.steps_per_layer, r.random_steps)
 
 
 @contextmanager
@@ -727,9 +762,17 @@ def make_ema(model: GPT) -> tuple[GPT, list]:
     return ema, ema_params
 
 
+def ema_weight(step: int, decay: float) -> float:
+    """The weight of step `step`'s (0, 1, ...) parameters in the EMA: Adam's bias correction, (1 - d) / (1 - d^(t+1)),
+    makes the EMA the d-weighted average of the parameters of steps 0..t alone (weight 1 at step 0: the initial
+    weights never count; the plain lerp's 1 - d once t >> 1 / (1 - d)). Without it, a short run's EMA stayed near
+    the initial weights and every evaluation of a 101-iteration smoke run scored about the same."""
+    return (1.0 - decay) / (1.0 - decay ** (step + 1))
+
+
 @torch.no_grad()
-def ema_update(ema_params, params, decay: float) -> None:
-    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+def ema_update(ema_params, params, weight: float) -> None:
+    torch._foreach_lerp_(ema_params, params, weight)
 
 
 class DivergedError(RuntimeError):
@@ -899,7 +942,7 @@ def train(recipe: Recipe = None):
         with drawn_steps(model, r, steps_rng):
             loss = train_step(model, optimizers, params, xb, yb, r, ngram_teacher)
         if ema is not None:
-            ema_update(ema_params, params, r.ema_decay)
+            ema_update(ema_params, params, ema_weight(it, r.ema_decay))
         if it % eval_interval == eval_interval - 1 or it == n_iters - 1:
             last_train_loss = loss.item()  # the train loss logged beside the next evaluation
             check_finite(last_train_loss, "train", it, r)
@@ -952,6 +995,13 @@ def train(recipe: Recipe = None):
         f"{elapsed_min:.2f} min\n[train_mps] wrote {out_dir / 'metrics.json'} and {out_dir / 'ckpt.pt'}",
         flush=True,
     )
+    if n_iters != max_iters:
+        print(
+            f"!!! [train_mps] a SHORT run ({n_iters} of {max_iters} iterations): its best_vloss {best_vloss:.4f} is a "
+            f"smoke test's, not a result to rank; unset TRAIN_MPS_MAX_ITERS for the real run !!!",
+            file=sys.stderr,
+            flush=True,
+        )
     return best_vloss, elapsed_min
 
 

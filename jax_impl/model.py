@@ -65,11 +65,11 @@ class GPTConfig:
     n_head: int = 12
     n_embd: int = 768
     dropout: float = 0.0  # forward is deterministic here: only 0 is supported
-    bias: bool = True  # bias in Linears and LayerNorms, like GPT-2
+    bias: bool = False  # bias in Linears and LayerNorms (GPT-2's True)
     # continuous depth
-    solver: str = "euler"  # a name in solvers.METHODS (torch's eight, plus tsit5 and dopri5)
+    solver: str = "heun"  # a name in solvers.METHODS (torch's eight, plus tsit5 and dopri5)
     steps_per_layer: int = 1  # h = 1 / steps_per_layer (adaptive methods: the first step's size)
-    splitting: str = "lie"  # lie, strang, parallel
+    splitting: str = "parallel"  # lie, strang, parallel
     # differential regularization weights (Finlay et al. 2020); 0 = off, at no cost
     kinetic_energy: float = 0.0
     jacobian_frobenius: float = 0.0
@@ -589,8 +589,9 @@ def _head(params, config, x, targets):
 
 
 def _shortlist_head(wte, config, x, targets):
-    """model.GPT.head under a shortlist. x: (b, t, C) after ln_f -> (normalized log-probabilities over
-    all vocab_size tokens (b, t, vocab), None if targets is None else the mean NLL over targets >= 0).
+    """model.GPT.head under a shortlist. x: (b, t, C) after ln_f -> (logits over all vocab_size tokens
+    (b, t, vocab): log-probabilities minus log P(the shortlist), as model.GPT.full_logits; None if targets
+    is None else the mean NLL over targets >= 0).
 
     The softmax covers wte's first k rows (row k is an input embedding only) and carries
     1 - unseen_mass; a token outside the shortlist has log-probability log(unseen_mass / (V - k))
@@ -599,8 +600,8 @@ def _shortlist_head(wte, config, x, targets):
     k = config.shortlist_size
     log_in, log_out = shortlist_log_probs(config)
     logits = x @ wte[:k].T  # (b, t, k)
-    logp = jax.nn.log_softmax(logits, axis=-1) + log_in  # (b, t, k)
-    full = jnp.full((*logp.shape[:-1], config.vocab_size), log_out, logp.dtype)  # (b, t, vocab)
+    logp = jax.nn.log_softmax(logits, axis=-1)  # log P(token | shortlist), (b, t, k)
+    full = jnp.full((*logp.shape[:-1], config.vocab_size), log_out - log_in, logp.dtype)  # (b, t, vocab)
     full = full.at[..., jnp.asarray(config.shortlist, jnp.int32)].set(logp)
     if targets is None:
         return full, None
@@ -635,8 +636,8 @@ def forward(params, config: GPTConfig, idx, targets=None):
     vocab) and loss None when targets is None; else all positions' logits (b, t, vocab) and the
     mean cross-entropy over targets != -1 (pure: no regularizers).
 
-    Under a shortlist, as torch: targets None -> the last position's normalized log-probabilities
-    over the whole vocabulary (b, 1, vocab) and None; with targets -> logits None and the loss."""
+    Under a shortlist, as torch: targets None -> the last position's logits over the whole vocabulary
+    (b, 1, vocab; log-probabilities up to one constant) and None; with targets -> logits None and the loss."""
     logits, loss, _, _ = _forward(params, config, idx, targets, None, regularize=False)
     return logits, loss
 

@@ -15,7 +15,7 @@ Every default that differs between torch and optax is pinned here to torch's (PA
   Muon       `muon_torch`: torch.optim.Muon (torch 2.13, torch/optim/_muon.py) as one transform;
              optax.contrib.muon differs in eps (1e-8), momentum form, shape scaling and which
              leaves it takes, so it cannot match.
-  EMA        `ema_update`: torch._foreach_lerp_(ema, params, 1 - decay).
+  EMA        `ema_update`: torch._foreach_lerp_(ema, params, weight), weight = train_mps.ema_weight(step, decay).
 
 Parameters under params["h"] are stacked over layers: their torch dimensionality is ndim - 1.
 """
@@ -116,12 +116,16 @@ def adamw_torch(learning_rate, b1: float, b2: float, weight_decay: float, eps: f
     )
 
 
-def torch_lerp(start, end, weight: float):
+def torch_lerp(start, end, weight):
     """torch.lerp's formula (ATen Lerp.h): the branch on |weight| < 0.5 keeps the result exact at
-    both ends. `weight` is a Python float, so the branch is static."""
-    if abs(weight) < 0.5:
-        return start + weight * (end - start)
-    return end - (end - start) * (1.0 - weight)
+    both ends. `weight` is a Python float (the branch is static) or a traced scalar (both branches,
+    selected by `jnp.where`)."""
+    if isinstance(weight, (int, float)):
+        if abs(weight) < 0.5:
+            return start + weight * (end - start)
+        return end - (end - start) * (1.0 - weight)
+    weight = jnp.asarray(weight, start.dtype)
+    return jnp.where(jnp.abs(weight) < 0.5, start + weight * (end - start), end - (end - start) * (1.0 - weight))
 
 
 def newton_schulz_torch(W, coefficients=(3.4445, -4.775, 2.0315), steps: int = 5, eps: float = 1e-7, dtype=None):
@@ -238,6 +242,7 @@ def make_optimizer(recipe, params, total: int, muon_ns_dtype=None) -> optax.Grad
     raise ValueError(f"unknown optimizer {r.optimizer!r}; valid: adamw, muon")
 
 
-def ema_update(ema_params, params, decay: float):
-    """train_mps.ema_update: ema <- lerp(ema, params, 1 - decay), torch's lerp formula."""
-    return jax.tree_util.tree_map(lambda e, p: torch_lerp(e, p, 1.0 - decay), ema_params, params)
+def ema_update(ema_params, params, weight):
+    """train_mps.ema_update: ema <- lerp(ema, params, weight), torch's lerp formula; the weight of a step is
+    train_mps.ema_weight(step, decay) (a traced scalar here: one compile for every step)."""
+    return jax.tree_util.tree_map(lambda e, p: torch_lerp(e, p, weight), ema_params, params)

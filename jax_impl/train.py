@@ -256,7 +256,7 @@ def train(
     param_dtype = jax.tree_util.tree_leaves(params)[0].dtype
     steps_rng = tm.steps_stream(r)  # train_mps's draws for Recipe.random_steps, the same ones
     ema = jax.tree_util.tree_map(jnp.copy, params) if r.ema_decay > 0 else None
-    ema_step = jax.jit(partial(ema_update, decay=r.ema_decay))
+    ema_step = jax.jit(ema_update)
     lr_mult = lr_multiplier(r, n_iters)
     x_shape = (tm.batch_size, tm.block_size, config.n_embd)
 
@@ -308,7 +308,7 @@ def train(
             teacher_probs = jnp.asarray(teacher_target(teacher, xb.numpy(), yb.numpy(), r.ngram_loo), param_dtype)
         params, opt_state, loss = step(n_steps, params, opt_state, as_jnp(xb), as_jnp(yb), probes, teacher_probs)
         if ema is not None:
-            ema = ema_step(ema, params)
+            ema = ema_step(ema, params, tm.ema_weight(it, r.ema_decay))
         if it % tm.eval_interval == tm.eval_interval - 1 or it == n_iters - 1:
             last_train_loss = float(loss)  # read here only, as train_mps: no per-step host sync
             tm.check_finite(last_train_loss, "train", it, r)

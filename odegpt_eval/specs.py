@@ -44,6 +44,7 @@ BASELINE_RECIPE = dict(
     token_noise=0.0,
     head_width=0,
     optimizer="adamw",
+    fused_optimizer=False,  # nanoGPT's configure_optimizers: AdamW's per-tensor loop on CPU and MPS
     learning_rate=3e-4,
     muon_lr=0.02,
     min_lr=3e-4,
@@ -59,6 +60,7 @@ BASELINE_RECIPE = dict(
     ngram_distill=0.0,
     ngram_loo=False,
     random_steps=0,
+    refine_prob=1.0,
 )
 
 

@@ -220,7 +220,7 @@ def check_inference_logits(solver, splitting, steps, dtype) -> dict:
 def check_shortlist(solver, splitting, steps, dtype) -> dict:
     """The shortlist head: the loss (inputs and targets inside and outside the shortlist, one target
     -1), every parameter's gradient (wte's shared row k gets its gradient from the inputs only), and
-    inference's normalized log-probabilities over the whole vocabulary (b, 1, vocab), as "logits"."""
+    inference's logits over the whole vocabulary (b, 1, vocab; log-probabilities up to one constant)."""
     model, jconfig = shortlist_gpt(solver, splitting, steps, dtype)
     params = jax_impl.params_from_torch(model.state_dict(), jconfig)
     idx, targets = batch(vocab=jconfig.vocab_size)
@@ -383,10 +383,11 @@ def check_ema(dtype: str = "float64") -> dict:
     ema_t = [torch.randn(4, 5, generator=gen, dtype=TORCH_DTYPES[dtype]) for _ in range(3)]
     ema_j = [jnp_(t) for t in ema_t]
     worst = 0.0
-    for _ in range(10):
+    for step in range(10):
         new = [torch.randn(4, 5, generator=gen, dtype=TORCH_DTYPES[dtype]) for _ in range(3)]
-        train_mps.ema_update(ema_t, new, 0.9)
-        ema_j = jax_optim.ema_update(ema_j, [jnp_(t) for t in new], 0.9)
+        weight = train_mps.ema_weight(step, 0.9)
+        train_mps.ema_update(ema_t, new, weight)
+        ema_j = jax_optim.ema_update(ema_j, [jnp_(t) for t in new], weight)
         worst = max(worst, max(max_rel(a, b) for a, b in zip(ema_j, ema_t)))
     return {"optimizer": worst}
 
@@ -450,9 +451,9 @@ def check_training(
                     train_mps.set_lr(opts, base_lrs, train_mps.lr_at(it, total, r))
                     loss_t = train_mps.train_step(model, opts, tparams, idx, targets, r)
             assert exhausted(probe_it)
-            train_mps.ema_update(ema_t, tparams, r.ema_decay)
+            train_mps.ema_update(ema_t, tparams, train_mps.ema_weight(it, r.ema_decay))
             params, state, loss_j = step(n, params, state, jnp_(idx), jnp_(targets), probes)
-            ema_j = jax_optim.ema_update(ema_j, params, r.ema_decay)
+            ema_j = jax_optim.ema_update(ema_j, params, train_mps.ema_weight(it, r.ema_decay))
             losses = max(losses, max_abs(loss_j, loss_t))
     assert set(step.steps) == drawn, "one compiled step per drawn step count"
     assert all(f._cache_size() == 1 for f in step.steps.values()), "a jitted train step recompiled"

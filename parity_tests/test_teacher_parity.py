@@ -21,7 +21,7 @@ from jax_impl.train import TrainSteps
 from jax_impl.train import train as jax_train
 from parity_tests import harness as H
 from parity_tests import test_train_jax
-from parity_tests.tolerances import tol
+from parity_tests.tolerances import TEACHER, tol
 
 tiny_data = test_train_jax.tiny_data  # the tiny train.bin / val.bin the other end-to-end tests train on
 
@@ -66,7 +66,7 @@ def test_the_teacher_target_is_torchs(shortlist, leave_one_out):
     assert (counts.discount2, counts.discount3) == shipped.discounts
     want = shipped.target(torch.from_numpy(xb), torch.from_numpy(yb))
     assert got.shape == tuple(want.shape) == (xb.size, 12 if shortlist else V)
-    assert H.max_abs(got, want) <= tol("float32", "logits")  # the teacher as train_mps runs it, in float32
+    assert H.max_abs(got, want) <= TEACHER  # the teacher as train_mps runs it, in float32
     want64 = in_float64(shipped).target(torch.from_numpy(xb), torch.from_numpy(yb))
     assert H.max_abs(got, want64) <= tol("float64", "logits")
     assert np.all(got >= 0) and np.max(np.abs(got.sum(axis=1) - 1)) <= tol("float64", "logits")

@@ -1,7 +1,7 @@
 """Side-by-side train-step time of integrators and recipe switches: train_mps.train_step under each.
 
 Issue #3's budget for the canonical integrator is 1.15x the baseline's wall time per iteration (the
-seeds' starting point: plain Euler block, GPT-2's full softmax, `BASELINE_RECIPE` of benchmark.py).
+seeds' starting point: plain Euler block, GPT-2's full softmax, `BASELINE_RECIPE` of odegpt_eval/specs.py).
 Each configuration is train_mps's model and optimizer (Recipe defaults, only the integrator changed;
 `baseline` is BASELINE_RECIPE; `canonical:FIELD=VALUE,...` overrides any Recipe field, parsed as
 benchmark.py parses it, e.g. for the time column of the README's ablation table), built from the same
@@ -59,11 +59,11 @@ STEP_VARIANTS = ("loss_only", "ce_on_logits")
 
 def mean_nfe(model, r) -> float:
     """Attention + MLP evaluations per training forward, all layers; under Recipe.random_steps the mean over the
-    uniformly drawn step counts steps_per_layer..random_steps (an integer where it is one)."""
-    nfe = sum(model.nfe().values())
-    if not r.random_steps:
-        return nfe
-    mean = nfe * (r.steps_per_layer + r.random_steps) / (2 * r.steps_per_layer)
+    drawn step counts (train_mps.step_counts), rounded to 4 digits (an integer where it is one)."""
+    import train_mps as tm
+
+    per_step = sum(model.nfe().values()) / model.config.steps_per_layer
+    mean = round(per_step * sum(n * p for n, p in tm.step_counts(r).items()), 4)
     return int(mean) if mean == int(mean) else mean
 
 
@@ -92,7 +92,8 @@ class VariantForward:
         m = self.model
         if self.variant == "loss_only":
             x = m.transformer.ln_f(m.integrate(m.embed(xb)))
-            return None, m.shortlist_loss(m.shortlist_log_probs(x), yb)
+            ls = F.log_softmax(m.raw_logits(x, m.config.shortlist_size), dim=-1)
+            return None, m.shortlist_loss(ls, yb)
         logits, _ = m(xb, yb)
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), yb.view(-1))
 
@@ -251,7 +252,7 @@ def main(argv=None):
             with tm.drawn_steps(run["model"], r, run["steps_rng"]):  # as train() draws them: the longer steps count
                 loss = tm.train_step(run["forward"], run["opts"], run["params"], xb, yb, r, run["teacher"])
             if run["ema"] is not None:
-                tm.ema_update(run["ema"], run["params"], run["recipe"].ema_decay)
+                tm.ema_update(run["ema"], run["params"], tm.ema_weight(run["it"], run["recipe"].ema_decay))
             run["it"] += 1
         if loss is not None:
             loss.item()  # the step's result on the host

@@ -83,7 +83,7 @@ def bucket_name(lo: int, hi: int | None) -> str:
 
 @torch.no_grad()
 def log_probs(model, idx: torch.Tensor) -> torch.Tensor:
-    """(n, T) windows -> (n, T, vocab) normalized log-probabilities from the model's own output layer."""
+    """(n, T) windows -> (n, T, vocab) log-probabilities (the logits normalized) from the model's own output layer."""
     n, t = idx.shape
     x = model.integrate(model.embed(idx))  # (n, T, C)
     logits, _ = model.head(x.reshape(n * t, 1, -1))  # one position per row: the inference path

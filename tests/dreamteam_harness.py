@@ -2,15 +2,19 @@
 from what it does, in its two versions. One parser serves the in-process tests and the replayed harness
 scripts, which embed its source.
 
-- current: runs from src/dreamteam, imports that folder's `train_mps` and `model` at startup, cuts each
-  file out of the LLM reply with a regex on a ```python block whose first line names the file, accepts a
+- current (commit df31f78): runs as `python main.py` from src/dreamteam, imports that folder's `train_mps` and
+  `model` at startup, then copies dreamteam_generations/gen_1/baseline/{train_mps,model}.py over them (the
+  repository has no such folder: whoever starts it makes one), cuts each file out of the LLM reply with a regex on a ```python block whose first line names the file, accepts a
   block only if its first line starts with `import` and it compiles (an invalid or empty block becomes
   the current file; both invalid: the candidate is ignored), writes the files to
   dreamteam_generations/gen_N/<name>/, loads train_mps.py with spec_from_file_location and calls train()
   in the same process, candidate after candidate; any exception scores (inf, inf).
-- older (commit 985a9ac): runs from the repository root, puts the candidate folder first on sys.path,
-  imports and reloads `train_mps`, takes float(best_vloss.item()), ranks by best_vloss + 0.01 *
-  elapsed_min, and deletes `train_mps` and `model` from sys.modules after each candidate.
+- older (commit 985a9ac): runs as `python -m src.dreamteam.main` from the repository root (its relative imports
+  need the package), reads the starting files from src/dreamteam/, cuts the reply into `file_name.py:`
+  sections (a reply without one: warning "returned no files", the best files so far train again), writes
+  results/gen_N/NN_<agent>/, puts that folder first on sys.path, imports and reloads `train_mps`, takes
+  float(best_vloss.item()), ranks by best_vloss + 0.01 * elapsed_min, and deletes `train_mps` and `model`
+  from sys.modules after each candidate. It catches no exception from a candidate: one ends the run.
 """
 
 import inspect
@@ -136,6 +140,24 @@ def harness_files(reply: str, originals: dict):
     return {name: code if harness_accepts(code) else originals[name] for name, code in codes.items()}
 
 
+def older_sections(reply: str) -> dict:
+    """The older driver's cut: each line that ends in `.py:` (stripped) opens the section of that file name, up to
+    the next such line; a section's text is its lines, right-stripped, plus one newline. No section: {}."""
+    sections, name = {}, None
+    for line in reply.splitlines():
+        if line.strip().endswith(".py:"):
+            name = line.strip()[: -len(":")]
+            sections[name] = []  # a name given twice: the later section wins
+        elif name is not None:
+            sections[name].append(line)
+    return {n: "\n".join(lines).rstrip() + "\n" for n, lines in sections.items()}
+
+
+def older_reply(files: dict) -> str:
+    """A reply in the older driver's format: `file_name.py:` on its own line, then the whole file, unfenced."""
+    return "".join(f"{name}:\n{code}\n" for name, code in files.items())
+
+
 def seeds_reply(files: dict) -> str:
     """A reply in the seeds' output format: one python block per file, its first line naming it."""
     blocks = [f"{FENCE}python\n{name}\n{code}\n{FENCE}" for name, code in files.items()]
@@ -181,7 +203,12 @@ CURRENT_MAIN = (
     )
 )
 
-OLDER_MAIN = textwrap.dedent(
+# main.py's first step, after its imports: the baseline folder's files over its own (FileNotFoundError without them).
+_BASELINE_COPY = "import shutil\nfor n in FILES:\n    shutil.copyfile(f'dreamteam_generations/gen_1/baseline/{n}', n)\n"
+assert CURRENT_MAIN.count("\noriginals = ") == 1
+CURRENT_MAIN_FROM_BASELINE = CURRENT_MAIN.replace("\noriginals = ", "\n" + _BASELINE_COPY + "originals = ")
+
+_OLDER_EVALUATE = textwrap.dedent(
     """
     import importlib, json, sys
 
@@ -200,11 +227,46 @@ OLDER_MAIN = textwrap.dedent(
             if "model" in sys.modules:
                 del sys.modules["model"]
         return float(best_vloss), float(elapsed_min)
+    """
+)
 
+OLDER_MAIN = _OLDER_EVALUATE + textwrap.dedent(
+    """
     results = {}
     for cand in sys.argv[1:]:
         vloss, elapsed = evaluate_candidate(cand)
         results[cand] = {"scores": [vloss, vloss + 0.01 * elapsed]}
     print("RESULTS " + json.dumps(results))
     """
+)
+
+# The older driver from the reply on: argv are reply files, one agent each (the file's stem), in generation 0.
+OLDER_DRIVER = (
+    _OLDER_EVALUATE
+    + f"\nfrom pathlib import Path\n\nFILES = {FILES!r}\n\n"
+    + inspect.getsource(older_sections)
+    + textwrap.dedent(
+        """
+        best = {n: Path("src/dreamteam", n).read_text() for n in FILES}
+        best_fit, results = float("inf"), {}
+        for i, reply_path in enumerate(sys.argv[1:]):
+            agent = Path(reply_path).stem
+            files = older_sections(Path(reply_path).read_text())
+            if files:
+                files = {**{n: best[n] for n in FILES}, **files}
+            else:
+                print(f"WARNING - Agent {agent} returned no files", flush=True)
+                files = best
+            cand = Path("results", "gen_0", f"{i:02d}_{agent}")
+            cand.mkdir(parents=True, exist_ok=True)
+            for n, text in files.items():
+                (cand / n).write_text(text)
+            vloss, elapsed = evaluate_candidate(cand)
+            fit = vloss + 0.01 * elapsed
+            if fit < best_fit:
+                best, best_fit = files, fit
+            results[agent] = {"scores": [vloss, fit]}
+        print("RESULTS " + json.dumps(results))
+        """
+    )
 )

@@ -196,7 +196,7 @@ def test_flow_study_measures_each_integrator_on_the_whole_split(study_inputs):
     val = torch.from_numpy(np.fromfile(root / "data" / "val.bin", dtype=np.uint16).astype(np.int64))
     with torch.no_grad():
         model.eval()
-        assert row["own"] == pytest.approx(tm.full_split_loss(model, val), abs=1e-6)
+        assert row["own"] == tm.full_split_loss(model, val)  # the same function on the same weights
     assert row["refined_integrator"] == {"solver": "rk4", "splitting": "parallel", "steps_per_layer": 4}
     # two independent integrators of one flow, torch's rk4 x4 and JAX's tsit5 at rtol 1e-6, agree closely,
     # while the model's own heun x1 is measurably off it
@@ -227,23 +227,34 @@ def test_flow_study_names_the_fix_for_a_folder_without_runs(tmp_path):
 
 
 def test_make_flow_names_the_flow_recipe_as_one_benchmark_spec():
-    """Issue #14: the flow recipe became the canonical, so the Makefile's FLOW is `canonical`, whose Recipe
-    defaults draw the step count (a flow), beside the canonical before it (EULER, each field a real change)."""
+    """Issue #14's table reproduces its recipe as recorded: FLOW (heun/parallel x2 trained on 2..4 steps, the
+    canonical until issue #32) is named explicitly, beside EULER; `make canonical-table` runs today's canonical
+    (whose Recipe defaults draw the step count: a flow) beside FLOW, then the flow study."""
     from conftest import makefile_text
 
     from odegpt_eval.specs import parse_config
 
-    raw = (ROOT / "Makefile").read_text()
-    assert "\nFLOW := canonical\n" in raw and "\nFLOW_KE := canonical:kinetic_energy=" in raw
     r = tm.Recipe()
-    assert r.random_steps > r.steps_per_layer > 1 and r.splitting == "parallel"
+    assert r.random_steps > r.steps_per_layer >= 1 and r.splitting == "parallel"
     text = makefile_text()
-    euler = next(line for line in text.splitlines() if line.startswith("EULER :=")).split(":=", 1)[1].strip()
-    config = parse_config(euler, tm.Recipe)
-    assert config.overrides == {"solver": "euler", "splitting": "lie", "steps_per_layer": 1, "random_steps": 0}
-    flow_rule = " ".join(text.split("\nflow:", 1)[1].split("\n\n", 1)[0].split())  # whitespace runs as one space
-    assert f"--configs canonical canonical:kinetic_energy=0.01 {euler} " in flow_rule
-    assert f"--baseline {euler} " in flow_rule and "scripts/flow_study.py --runs" in flow_rule
+    spec = {
+        name: next(line for line in text.splitlines() if line.startswith(f"{name} :=")).split(":=", 1)[1].strip()
+        for name in ("EULER", "FLOW", "FLOW_KE")
+    }
+    assert parse_config(spec["EULER"], tm.Recipe).overrides == {
+        "solver": "euler",
+        "splitting": "lie",
+        "steps_per_layer": 1,
+        "random_steps": 0,
+    }
+    flow = parse_config(spec["FLOW"], tm.Recipe).overrides
+    assert flow == {"steps_per_layer": 2, "random_steps": 4} and replace(r, **flow) != r
+    assert spec["FLOW_KE"].startswith(spec["FLOW"] + ",kinetic_energy=")
+    rule = " ".join(text.split("\nflow:", 1)[1].split("\n\n", 1)[0].split())  # whitespace runs as one space
+    assert f"--configs {spec['FLOW']} {spec['FLOW_KE']} {spec['EULER']} " in rule
+    assert f"--baseline {spec['EULER']} " in rule and "scripts/flow_study.py --runs" in rule
+    rule = " ".join(text.split("\ncanonical-table:", 1)[1].split("\n\n", 1)[0].split())
+    assert f"--configs canonical {spec['FLOW']} --baseline {spec['FLOW']} " in rule and "scripts/flow_study.py" in rule
 
 
 def test_run_folders_are_labelled_by_their_recipe_changes():

@@ -2,6 +2,8 @@
 noising (GPTConfig.token_noise). Small models on random tokens; each property is checked against an independent
 computation or against the model without the lever."""
 
+import math
+
 import pytest
 import torch
 
@@ -109,7 +111,7 @@ def test_token_noise_blanks_inputs_in_training_only(shortlist):
         blank = noisy.transformer.wte.weight[SHORTLIST["shortlist_size"]]
         pos = noisy.transformer.wpe.weight[: ids.size(1)]
         hit = (e_noisy != e_clean).any(-1)  # (b, t)
-        assert torch.allclose(e_noisy[hit], (blank + pos.expand(ids.size(0), -1, -1)[hit]))
+        assert torch.equal(e_noisy[hit], (blank + pos.expand(ids.size(0), -1, -1)[hit]))  # the same one add
 
 
 def test_token_noise_leaves_the_targets_alone():
@@ -122,7 +124,7 @@ def test_token_noise_leaves_the_targets_alone():
     torch.manual_seed(3)
     _, a = noisy(ids, ids)
     _, b = clean(torch.full_like(ids, blank_token), ids)
-    assert torch.allclose(a, b)
+    assert torch.equal(a, b)  # the same rows through the same ops
 
 
 @pytest.mark.parametrize(
@@ -152,27 +154,29 @@ def test_a_zero_wide_table_is_the_tied_output_layer(kw):
     assert sorted(missing) == ["head_up.weight", "head_wide.weight"]
     ids = tokens()
     with torch.no_grad():
-        assert torch.allclose(plain(ids, ids)[0], wide(ids, ids)[0])
-        assert torch.allclose(plain(ids)[0], wide(ids)[0])
+        assert torch.equal(plain(ids, ids)[0], wide(ids, ids)[0])  # + U gelu(A h) with U = 0 adds exact zeros
+        assert torch.equal(plain(ids)[0], wide(ids)[0])
 
 
 @pytest.mark.parametrize("kw", [SHORTLIST, {}], ids=["shortlist", "full-softmax"])
 def test_wide_logits_are_the_formula_and_the_loss_their_cross_entropy(kw):
-    m = model(**kw, head_width=12).eval()
+    m = model(**kw, head_width=12).double().eval()  # float64: a formula, not rounding, is under test
     with torch.no_grad():
         m.head_wide.weight.normal_()
         ids = tokens()
         logits, loss = m(ids, ids)
         h = m.transformer.ln_f(m.integrate(m.embed(ids)))  # (b, t, C)
         raw = h @ m.lm_head.weight.T + torch.nn.functional.gelu(h @ m.head_up.weight.T) @ m.head_wide.weight.T
-    if kw:  # shortlist: the first k rows' softmax carries 1 - unseen_mass
+    if kw:  # shortlist: the first k rows' softmax carries 1 - unseen_mass; logits are log p - log(1 - unseen_mass)
         k = kw["shortlist_size"]
-        want = torch.log_softmax(raw[..., :k], -1) + torch.log1p(torch.tensor(-kw["unseen_mass"]))
-        assert torch.allclose(logits[..., m.row_tokens], want, atol=1e-5)
+        want = torch.log_softmax(raw[..., :k], -1) + math.log1p(-kw["unseen_mass"])
+        logp = torch.log_softmax(logits, -1)
+        assert torch.allclose(logp[..., m.row_tokens], want, rtol=0, atol=1e-12)
+        assert torch.allclose(logits - logp, torch.full_like(logits, -math.log1p(-kw["unseen_mass"])), atol=1e-12)
     else:
-        assert torch.allclose(logits, raw, atol=1e-5)
+        assert torch.allclose(logits, raw, rtol=0, atol=1e-12)
     ce = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), ids.view(-1))
-    assert torch.allclose(loss, ce, atol=1e-5)
+    assert torch.allclose(loss, ce, rtol=0, atol=1e-12)
 
 
 def test_the_wide_features_lift_the_rank_of_the_log_probabilities():

@@ -18,6 +18,7 @@ from _study_common import StudyError  # noqa: E402
 
 import train_mps  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
+from parity_tests import tolerances as T  # noqa: E402
 
 VOCAB, BLOCK = 128, 64
 
@@ -52,7 +53,8 @@ def test_total_is_the_whole_split_loss_and_buckets_partition_it(inputs):
     _, model, train, val = inputs
     res = run(inputs)
     expected = train_mps.full_split_loss(model.eval(), torch.from_numpy(val.astype(np.int64)))
-    assert res["total"] == pytest.approx(expected, rel=1e-5)
+    bound = 2 * T.model_loss(model, (len(val) - 1) // 64 * 64, expected)  # float32, other batches (tolerances.py)
+    assert res["total"] == pytest.approx(expected, abs=bound)
     assert sum(b["all"]["fraction"] for b in res["buckets"]) == pytest.approx(1.0)
     assert sum(b["all"]["contribution"] for b in res["buckets"]) == pytest.approx(res["total"], rel=1e-9)
     for b in res["buckets"]:
@@ -60,7 +62,7 @@ def test_total_is_the_whole_split_loss_and_buckets_partition_it(inputs):
         assert parts == pytest.approx(b["all"]["contribution"], rel=1e-9, abs=1e-12)
     unseen = res["buckets"][0]
     assert unseen["name"] == "0" and unseen["all"]["fraction"] == pytest.approx(np.mean(val[1:385] >= 100))
-    assert res["calibration"]["temperature"]["1.0"] == pytest.approx(res["total"], rel=1e-5)
+    assert res["calibration"]["temperature"]["1.0"] == pytest.approx(res["total"], abs=bound)
     assert res["best_calibration_gain"] >= 0
 
 

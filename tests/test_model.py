@@ -9,7 +9,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from model import GPT, SPLITTINGS, TABLEAUX, ButcherTableau, GPTConfig
 
-TINY = dict(block_size=16, vocab_size=64, n_layer=2, n_head=2, n_embd=16)
+NANOGPT_BLOCK = dict(solver="euler", steps_per_layer=1, splitting="lie")  # GPTConfig's defaults are the canonical's
+TINY = dict(block_size=16, vocab_size=64, n_layer=2, n_head=2, n_embd=16, bias=True, **NANOGPT_BLOCK)
 
 
 def tiny_model(seed=0, **overrides):

@@ -53,14 +53,16 @@ def test_loss_and_inference_match_the_direct_distribution():
         logits, loss = model(idx, targets)
         last, none = model(idx)
     assert none is None
-    assert torch.allclose(logits, expected, rtol=0, atol=1e-12)  # nanoGPT's (b, t, vocab) logits, normalized
+    shift = math.log1p(-EPS)  # full_logits: the log-probabilities minus log P(shortlist), one constant for all
+    assert torch.allclose(logits, expected - shift, rtol=0, atol=1e-12)  # nanoGPT's (b, t, vocab) logits
+    assert torch.allclose(F.log_softmax(logits, -1), expected, rtol=0, atol=1e-12)  # whose softmax is the model
     ref = F.nll_loss(expected.view(-1, V), targets.view(-1), ignore_index=-1)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-12)
     # nanoGPT's identity, which code written against it relies on: the loss is the logits' cross-entropy
     ce = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
     assert loss.item() == pytest.approx(ce.item(), rel=1e-12)
-    assert torch.allclose(last, expected[:, -1:], rtol=0, atol=1e-12)
-    assert torch.allclose(last.exp().sum(-1), torch.ones(3, 1, dtype=last.dtype), atol=1e-12)  # normalized
+    assert torch.allclose(last, expected[:, -1:] - shift, rtol=0, atol=1e-12)
+    assert torch.allclose(F.softmax(last, -1).sum(-1), torch.ones(3, 1, dtype=last.dtype), atol=1e-12)
 
 
 def test_a_target_outside_the_shortlist_costs_the_good_turing_share():

@@ -22,6 +22,7 @@ import stability_report  # noqa: E402
 from _study_common import StudyError, load_checkpoint, val_batches  # noqa: E402
 
 from model import GPT, GPTConfig  # noqa: E402
+from parity_tests import tolerances as T  # noqa: E402
 
 # torch.func.jvp's first use imports torch._decomp.decompositions_for_jvp, which calls the deprecated
 # torch.jit.script: torch's warning, not ours
@@ -35,7 +36,17 @@ def inputs(tmp_path_factory):
     """(ckpt path, data dir): a tiny random GPT in train_mps's checkpoint format and 3000 random val tokens."""
     root = tmp_path_factory.mktemp("studies")
     torch.manual_seed(0)
-    config = GPTConfig(n_layer=N_LAYER, n_embd=N_EMBD, n_head=N_HEAD, vocab_size=VOCAB, block_size=BLOCK)
+    config = GPTConfig(
+        n_layer=N_LAYER,
+        n_embd=N_EMBD,
+        n_head=N_HEAD,
+        vocab_size=VOCAB,
+        block_size=BLOCK,
+        bias=True,
+        solver="euler",
+        steps_per_layer=1,
+        splitting="lie",  # nanoGPT's block: the studies' trained integrator
+    )
     model = GPT(config)
     with torch.no_grad():  # 2x GPT-2's init: a flow far enough from the identity for errors well above round-off,
         for name, p in model.named_parameters():  # yet mild enough that 1..8 steps are in the asymptotic regime
@@ -122,7 +133,8 @@ def test_solver_study_loss_matches_forward(inputs, solver_results):
         loss = float(np.mean([model(x, y)[1].item() for x, y in batches]))
     (row,) = [r for r in results["configs"] if r["trained_config"]]
     assert (row["solver"], row["splitting"], row["steps_per_layer"]) == ("euler", "lie", 1)
-    assert row["val_loss"] == pytest.approx(loss, rel=1e-5)
+    # the study integrates in float64 and scores in float32: within twice the float32 bound (parity_tests/tolerances)
+    assert row["val_loss"] == pytest.approx(loss, abs=2 * T.model_loss(model, sum(y.numel() for _, y in batches), loss))
 
 
 def test_solver_study_plot_only(inputs, solver_results):

@@ -14,6 +14,7 @@ from conftest import REPO, write_bins
 
 import train_mps
 from model import GPT, GPTConfig
+from parity_tests import tolerances as T
 
 SHORT = "12"
 
@@ -83,7 +84,9 @@ def test_metrics_and_checkpoint_reproduce_the_whole_split_loss(run_env, syntheti
         for w in range(n):
             chunk = val[w * 64 : w * 64 + 65][None]
             losses.append(model.eval()(chunk[:, :-1], chunk[:, 1:])[1].item())
-    assert np.mean(losses) == pytest.approx(metrics["val_loss_full"], rel=1e-5)
+    # float32, one window at a time against batches of 64: within twice the derived bound (parity_tests/tolerances)
+    bound = 2 * T.model_loss(model, n * 64, metrics["val_loss_full"])
+    assert np.mean(losses) == pytest.approx(metrics["val_loss_full"], abs=bound)
 
 
 @pytest.mark.parametrize(
