@@ -47,6 +47,8 @@ def run(root, name, train_mps=None, model=None, overrides=None, max_iters=MAX_IT
     snapshot.mkdir(parents=True)
     (snapshot / "train_mps.py").write_text(train_mps or source("train_mps.py"))
     (snapshot / "model.py").write_text(model or source("model.py"))
+    if overrides:  # a lever's fields (optimizer="muon") train through levers.py beside the two files
+        (snapshot / "levers.py").write_text(source("levers.py"))
     config = benchmark.Config(name, "folder", str(snapshot), snapshot.name, overrides)
     return benchmark.execute_run(config, 0, 0, out, data, max_iters, timeout_min=timeout_min)
 
@@ -225,8 +227,8 @@ SHORTENED = {
         "optimizer steps",
     ),
     "shrunken_batch": (
-        "loss = train_step(model, optimizers, params, xb, yb, r, ngram_teacher)",
-        "loss = train_step(model, optimizers, params, xb[:2], yb[:2], r, ngram_teacher)",
+        "loss = train_step(model, optimizers, params, xb, yb, r, extra_loss)",
+        "loss = train_step(model, optimizers, params, xb[:2], yb[:2], r, extra_loss)",
         "training batches of shape {'2x64': 6}",
     ),
 }
