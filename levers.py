@@ -471,8 +471,8 @@ class LeverRecipe(tm.Recipe):
     def optimizers(self, model, device_type: str) -> list:
         return make_optimizers(model, self, device_type)
 
-    def extra_loss(self, model, train_tokens: np.ndarray, device):
-        ngram_teacher = make_teacher(self, model, train_tokens, device)
+    def extra_loss(self, model, train_tokens: np.ndarray, on):
+        ngram_teacher = make_teacher(self, model, train_tokens, on)
         return None if ngram_teacher is None else distill_term(model, ngram_teacher, self.ngram_distill)
 
     def selection(self, n_iters: int):

@@ -164,7 +164,7 @@ class Recipe:
     def optimizers(self, model, device_type: str) -> list:
         return make_optimizers(model, self, device_type)
 
-    def extra_loss(self, model, train_tokens: np.ndarray, device):
+    def extra_loss(self, model, train_tokens: np.ndarray, on):
         """A training loss term f(xb, yb, loss) that train_step adds, or None."""
         return None
 

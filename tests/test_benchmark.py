@@ -441,13 +441,13 @@ def test_readme_reports_label_each_run_by_the_recipe_it_ran(report):
     drift = {
         (r["config"], r["seed"]): d
         for r in runs
-        if (d := benchmark.recipe_drift(r["config"], r["metrics"]["recipe"], train_mps.Recipe))
+        if (d := benchmark.recipe_drift(r["config"], r["metrics"]["recipe"], levers.LeverRecipe))
     }
     assert drift == {}
     # and the check can fail: under the previous default the adopted canonical is another recipe
     canonical = next(r for r in runs if r["config"].startswith("canonical"))
     assert benchmark.recipe_drift(
-        canonical["config"], {**canonical["metrics"]["recipe"], "schedule": "x"}, train_mps.Recipe
+        canonical["config"], {**canonical["metrics"]["recipe"], "schedule": "x"}, levers.LeverRecipe
     )
 
 
