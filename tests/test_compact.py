@@ -40,3 +40,10 @@ def test_the_two_files_never_import_levers():
         imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         assert "levers" not in imported, name
+
+
+def test_the_readme_gives_the_two_files_token_counts():
+    """The README's size table states today's counts (a stale row fails here)."""
+    counts = [gpt2_tokens(name) for name in FILES]
+    row = f"| ours | {counts[0]:,} | {counts[1]:,} | **{sum(counts):,}** |"
+    assert row in (REPO / "README.md").read_text(), row
