@@ -1,29 +1,11 @@
 import copy
 
-# odegpt model: a nanoGPT-compatible GPT whose residual stream is a continuous-depth ODE.
-#
-# Depth time t runs over [0, n_layer]; layer l owns [l, l+1) and two sub-fields
-#
-#     A_l(x) = Attn_l(LN1_l(x))     causal self-attention, pre-LayerNorm
-#     M_l(x) = MLP_l(LN2_l(x))      4C hidden, exact GELU
-#
-# integrated by an explicit Runge-Kutta method (a Butcher tableau, one generic stepper) with
-# `steps_per_layer` steps of size h = 1 / steps_per_layer, under a splitting of A and M:
-#
-#     lie       A by h, then M by h         first order overall, whatever the solver
-#     strang    M by h/2, A by h, M by h/2  second order (Macaron-style)
-#     parallel  F = A + M by h              the solver's full order
-#
-# solver='euler', steps_per_layer=1, splitting='lie' is exactly the standard pre-LN block
-# x <- x + A(x); x <- x + M(x), bit for bit. The weights do not depend on the integrator: one
-# state_dict runs under every solver, step count and splitting. Parameter names follow nanoGPT
-# (transformer.wte, transformer.h.0.attn.c_attn, ..., lm_head), so a nanoGPT checkpoint of the same
-# shape loads, and nanoGPT's API holds: forward(idx, targets) -> (logits (b, t, vocab_size), loss),
-# Block(x), crop_block_size, configure_optimizers, estimate_mfu, generate.
-#
-# Self-contained: stdlib + torch only, no side effects at import. Runs on MPS in float32, on
-# Python >= 3.9 and torch >= 2.3. The file starts with an import and holds no Markdown code fence,
-# so an agent harness that cuts it out of an LLM reply accepts it as it is.
+# odegpt model: nanoGPT's GPT with a continuous-depth residual stream. Layer l owns depth t in [l, l+1) and the field
+#     A_l(x) = Attn_l(LN1_l(x)),  M_l(x) = MLP_l(LN2_l(x))
+# integrated by an explicit Runge-Kutta method (a Butcher tableau) in steps_per_layer steps of h = 1/steps_per_layer,
+# under a splitting: lie (A by h, then M by h), strang (M by h/2, A by h, M by h/2), parallel (F = A + M by h).
+# euler/lie/1 is nanoGPT's pre-LN block bit for bit. The weights do not depend on the integrator, and their names
+# are nanoGPT's. Self-contained (stdlib + torch), no side effects at import.
 import inspect
 import math
 import sys
@@ -47,7 +29,7 @@ class ButcherTableau:
 
     name: str
     order: int
-    a: tuple  # tuple of rows; row i has i entries (strictly lower triangular)
+    a: tuple  # row i has i entries (strictly lower triangular)
     b: tuple
     c: tuple
 
@@ -68,37 +50,38 @@ class ButcherTableau:
         return len(self.b)
 
     def stability(self, z: complex) -> complex:
-        """R(z) = 1 + z b^T (I - zA)^{-1} 1, evaluated by forward substitution (A is strictly lower)."""
+        """R(z) = 1 + z b^T (I - zA)^{-1} 1, by forward substitution."""
         g = []  # g_i = 1 + z sum_j a_ij g_j
         for row in self.a:
             g.append(1 + z * sum(a_ij * g_j for a_ij, g_j in zip(row, g)))
         return 1 + z * sum(b_i * g_i for b_i, g_i in zip(self.b, g))
 
 
-def _tableaux(*tabs):
-    return {t.name: t for t in tabs}
-
-
-TABLEAUX = _tableaux(
-    ButcherTableau("euler", 1, a=((),), b=(1.0,), c=(0.0,)),
-    ButcherTableau("midpoint", 2, a=((), (0.5,)), b=(0.0, 1.0), c=(0.0, 0.5)),
-    ButcherTableau("heun", 2, a=((), (1.0,)), b=(0.5, 0.5), c=(0.0, 1.0)),
-    ButcherTableau("ralston", 2, a=((), (2 / 3,)), b=(0.25, 0.75), c=(0.0, 2 / 3)),
-    # Bogacki-Shampine 3rd-order weights (the embedded 2nd-order pair is unused with fixed steps).
-    ButcherTableau("bosh3", 3, a=((), (0.5,), (0.0, 0.75)), b=(2 / 9, 1 / 3, 4 / 9), c=(0.0, 0.5, 0.75)),
-    ButcherTableau("kutta3", 3, a=((), (0.5,), (-1.0, 2.0)), b=(1 / 6, 2 / 3, 1 / 6), c=(0.0, 0.5, 1.0)),
-    # Classic RK4. Note: torchdiffeq's "rk4" is the 3/8 rule below; we name both explicitly.
-    ButcherTableau(
-        "rk4", 4, a=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)), b=(1 / 6, 1 / 3, 1 / 3, 1 / 6), c=(0.0, 0.5, 0.5, 1.0)
-    ),
-    ButcherTableau(
-        "rk4_38",
-        4,
-        a=((), (1 / 3,), (-1 / 3, 1.0), (1.0, -1.0, 1.0)),
-        b=(1 / 8, 3 / 8, 3 / 8, 1 / 8),
-        c=(0.0, 1 / 3, 2 / 3, 1.0),
-    ),
-)
+TABLEAUX = {
+    t.name: t
+    for t in (
+        ButcherTableau("euler", 1, a=((),), b=(1.0,), c=(0.0,)),
+        ButcherTableau("midpoint", 2, a=((), (0.5,)), b=(0.0, 1.0), c=(0.0, 0.5)),
+        ButcherTableau("heun", 2, a=((), (1.0,)), b=(0.5, 0.5), c=(0.0, 1.0)),
+        ButcherTableau("ralston", 2, a=((), (2 / 3,)), b=(0.25, 0.75), c=(0.0, 2 / 3)),
+        ButcherTableau("bosh3", 3, a=((), (0.5,), (0.0, 0.75)), b=(2 / 9, 1 / 3, 4 / 9), c=(0.0, 0.5, 0.75)),
+        ButcherTableau("kutta3", 3, a=((), (0.5,), (-1.0, 2.0)), b=(1 / 6, 2 / 3, 1 / 6), c=(0.0, 0.5, 1.0)),
+        ButcherTableau(
+            "rk4",
+            4,
+            a=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)),
+            b=(1 / 6, 1 / 3, 1 / 3, 1 / 6),
+            c=(0.0, 0.5, 0.5, 1.0),
+        ),
+        ButcherTableau(  # torchdiffeq's "rk4" is this 3/8 rule
+            "rk4_38",
+            4,
+            a=((), (1 / 3,), (-1 / 3, 1.0), (1.0, -1.0, 1.0)),
+            b=(1 / 8, 3 / 8, 3 / 8, 1 / 8),
+            c=(0.0, 1 / 3, 2 / 3, 1.0),
+        ),
+    )
+}
 
 SPLITTINGS = ("lie", "strang", "parallel")
 
@@ -110,8 +93,7 @@ def get_tableau(name: str) -> ButcherTableau:
 
 
 def _combine(x, h, coeffs, ks):
-    """x + h * sum_i coeffs_i k_i, skipping zero coefficients: one torch.add per nonzero term (its alpha scales it),
-    so that a stage costs as few kernels as it has terms; h * coefficient = 1 adds k exactly (x + k)."""
+    """x + h sum_i coeffs_i k_i in one torch.add per nonzero term."""
     terms = [(c, k) for c, k in zip(coeffs, ks) if c != 0]
     if not terms:
         return x
@@ -122,20 +104,15 @@ def _combine(x, h, coeffs, ks):
 
 
 def _hutchinson_sq(k, x_in, create_graph):
-    """||eps^T d k / d x_in||^2 summed over the batch, eps Rademacher: unbiased for ||J||_F^2."""
+    """||eps^T dk/dx_in||^2, eps Rademacher: unbiased for ||J||_F^2."""
     eps = torch.randint_like(k, 0, 2).mul_(2).sub_(1)
     (vjp,) = torch.autograd.grad(k, x_in, eps, create_graph=create_graph)
     return vjp.pow(2).sum()
 
 
 def rk_step(f: Callable, x, h: float, tableau: ButcherTableau, stats: Optional[dict] = None):
-    """One explicit RK step of size h for dx/dt = f(x).
-
-    If `stats` is given, accumulates the solver's own quadrature of the differential regularizers
-    over this step (per token: divided by the number of token vectors):
-      stats['kinetic_energy']     += h sum_i b_i ||k_i||^2
-      stats['jacobian_frobenius'] += h sum_i b_i ||eps_i^T df/dx(stage i)||^2   (only if stats['jacobian'])
-    """
+    """One explicit RK step of size h for dx/dt = f(x). With `stats`, adds the step's quadrature of the
+    regularizers per token: kinetic_energy += h sum_i b_i ||k_i||^2, jacobian_frobenius likewise (Hutchinson)."""
     want_jac = stats is not None and stats.get("jacobian", False)
     ks = []
     for i in range(tableau.stages):
@@ -153,7 +130,7 @@ def rk_step(f: Callable, x, h: float, tableau: ButcherTableau, stats: Optional[d
     return _combine(x, h, tableau.b, ks)
 
 
-# Each splitting is a sequence of (sub-field, fraction of h) per step: data, not branches.
+# a splitting is a sequence of (sub-field, fraction of h) per step: data, not branches
 SPLITTING_SCHEMES = {
     "lie": (("attn", 1.0), ("mlp", 1.0)),
     "strang": (("mlp", 0.5), ("attn", 1.0), ("mlp", 0.5)),
@@ -180,41 +157,21 @@ class GPTConfig:
     n_head: int = 12
     n_embd: int = 768
     dropout: float = 0.0
-    bias: bool = False  # bias in Linears and LayerNorms; GPT-2's True is a bit worse and slower (no fused field)
-    # continuous depth. The defaults are the canonical's integrator (train_mps.Recipe takes its model fields from
-    # here): heun under parallel splitting, 1 step per layer. nanoGPT's block is solver="euler", steps_per_layer=1,
-    # splitting="lie".
+    bias: bool = False
+    # the integrator (train_mps.Recipe reads these defaults); nanoGPT's block is euler, 1, lie
     solver: str = "heun"  # a name in TABLEAUX
-    steps_per_layer: int = 1  # RK steps per unit layer interval, h = 1 / steps_per_layer
-    splitting: str = "parallel"  # how attention and MLP share a step: lie, strang, parallel
-    # differential regularization weights (Finlay et al. 2020); 0 = off, at no cost
+    steps_per_layer: int = 1  # h = 1 / steps_per_layer
+    splitting: str = "parallel"  # lie, strang, parallel
+    # differential regularization (Finlay et al. 2020), 0 = off
     kinetic_energy: float = 0.0  # lambda_K on int ||F(x)||^2 dt
-    jacobian_frobenius: float = 0.0  # lambda_J on int ||dF/dx||_F^2 dt (Hutchinson)
-    # initialization
-    zero_init_proj: bool = False  # zero c_proj weights: every layer's flow starts as the identity
-    # output vocabulary: 0 = a softmax over all vocab_size tokens (GPT-2). k > 0 = a "shortlist": the
-    # softmax covers k tokens (set_shortlist: those seen in the training data) with total probability
-    # 1 - unseen_mass, and the other vocab_size - k tokens share unseen_mass uniformly (a Good-Turing
-    # estimate); the embedding has k + 1 rows, the last one shared by every token outside the shortlist.
+    jacobian_frobenius: float = 0.0  # lambda_J on int ||dF/dx||_F^2 dt
+    zero_init_proj: bool = False  # zero c_proj: every layer's flow starts as the identity
+    # shortlist head: k > 0 = a softmax over k tokens (set_shortlist) with mass 1 - unseen_mass, the other
+    # vocab_size - k sharing unseen_mass uniformly; the embedding has k + 1 rows, the last shared by the others
     shortlist_size: int = 0
     unseen_mass: float = 0.0
-    # input features outside the fixed block (issue #16). k > 0: each position's token embedding gets two more
-    # rows added, from k-row tables indexed by a hash of the bigram (t-1, t) and of the trigram (t-2, t-1, t)
-    # ending there (hash embeddings: the context a Kneser-Ney trigram conditions on, as an input). Zero-initialised,
-    # so training starts from the plain model; positions without the whole n-gram inside the window get none.
-    ngram_buckets: int = 0
-    # data noising (Xie et al., ICLR 2017, "blank" noising): while training, each input token is replaced with
-    # this probability by a blank (the shortlist's shared row; a uniformly drawn token under the full softmax).
-    # Inputs only, targets untouched; evaluation never noises. 0 = off.
-    token_noise: float = 0.0
-    # the softmax bottleneck (Yang et al. 2018): tied logits E h are linear in the n_embd-wide final state, so the
-    # log-probability matrix has rank <= n_embd + 1. w > 0 adds w nonlinear features to the output layer only,
-    # logits = E h + U gelu(A h) (A: n_embd -> w; U: an untied, zero-initialised rows x w table), rank up to
-    # n_embd + w. The output matmul grows by a factor (n_embd + w) / n_embd. 0 = nanoGPT's tied layer.
-    head_width: int = 0
 
     def __post_init__(self):
-        """Reject at construction every value the model cannot run, naming the field and its valid range."""
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "steps_per_layer"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
@@ -245,16 +202,10 @@ class GPTConfig:
                 )
         elif self.unseen_mass != 0.0:
             raise ValueError("unseen_mass is the shortlist's tail probability: set shortlist_size > 0 or leave it 0")
-        if not _is_int(self.ngram_buckets) or self.ngram_buckets < 0:
-            raise ValueError(f"ngram_buckets must be an integer >= 0 (0 = off), got {self.ngram_buckets!r}")
-        if not _is_real(self.token_noise) or not 0 <= self.token_noise < 1:
-            raise ValueError(f"token_noise must be a number in [0, 1) (0 = off), got {self.token_noise!r}")
-        if not _is_int(self.head_width) or self.head_width < 0:
-            raise ValueError(f"head_width must be an integer >= 0 (0 = the tied output layer), got {self.head_width!r}")
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1)."""
+    """LayerNorm with an optional bias."""
 
     def __init__(self, ndim, bias):
         super().__init__()
@@ -270,7 +221,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.attn_dropout = nn.Dropout(config.dropout)  # kept for nanoGPT parity; SDPA does the dropout
+        self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head = config.n_head
         self.n_embd = config.n_embd
@@ -324,15 +275,10 @@ class Block(nn.Module):
     def both_field(self, x):
         return self.attn_field(x) + self.mlp_field(x)  # F = A + M, (B, T, C)
 
-    # The parallel field F = A + M in fewer kernels: one LayerNorm, one input projection for q, k, v and the MLP, one
-    # output projection for both (the parallel block of GPT-J and PaLM), on the same weights: the LayerNorms' gains
-    # are folded into the input projection and the two output projections set side by side, once per forward. Per
-    # evaluation 21.5 kernels (forward and backward) instead of 33.5 (scripts/bench_dispatch.py), the same function
-    # (float64: 1e-17 apart). Used only where fused_field_agrees() found it equal to both_field for this code (an edit
-    # of LayerNorm, CausalSelfAttention or MLP makes them differ, and then both_field runs: the edit takes effect).
+    # F = A + M as one LayerNorm, one input and one output projection (the parallel block of GPT-J), on the same
+    # weights; used only where fused_field_agrees (an edit of the modules makes both_field run instead)
     def fused_weights(self):
-        """(w_in (7C, C), w_out (C, 5C)): ln_1's gain folded into c_attn, ln_2's into c_fc, stacked; the two c_proj
-        side by side, head by head (head j: its attention output's columns, then the j-th chunk of the MLP's)."""
+        """(w_in (7C, C), w_out (C, 5C)): LN gains folded into c_attn and c_fc; the c_proj side by side per head."""
         C, nh = self.config.n_embd, self.config.n_head
         w_in = torch.cat([self.attn.c_attn.weight * self.ln_1.weight, self.mlp.c_fc.weight * self.ln_2.weight])
         w_out = torch.cat([self.attn.c_proj.weight.view(C, nh, -1), self.mlp.c_proj.weight.view(C, nh, -1)], dim=2)
@@ -351,8 +297,7 @@ class Block(nn.Module):
         return F.linear(z.view(B, T, -1), w_out)  # (B, T, C)
 
     def forward(self, x, stats=None):
-        """Integrate this layer's field over its unit interval, x: (B, T, C) -> (B, T, C). Under the
-        default integrator (euler/lie/1) this is nanoGPT's x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))."""
+        """Integrate this layer's field over its unit interval, x: (B, T, C) -> (B, T, C)."""
         c = self.config
         tableau, scheme, h = get_tableau(c.solver), SPLITTING_SCHEMES[c.splitting], 1.0 / c.steps_per_layer
         both = self.both_field
@@ -367,11 +312,7 @@ class Block(nn.Module):
 
 
 def fused_field_agrees(block: Block) -> bool:
-    """Whether Block.fused_field computes this code's both_field: on a float64 copy of the block with every weight
-    perturbed (so that LayerNorm gains, which start at 1, are not 1), in eval and in train mode, on a random input
-    (its own random stream: the caller's is untouched). False, with one line saying so, when an edit of LayerNorm,
-    CausalSelfAttention or MLP made them differ; False without a word where fused_field does not apply (biases,
-    dropout)."""
+    """Whether fused_field equals this code's both_field, on a perturbed float64 copy (its own random stream)."""
     c = block.config
     if c.bias or c.dropout:
         return False
@@ -410,15 +351,8 @@ def _storage_users(t) -> int:
 
 
 class ReusedMemory:
-    """One tensor's memory, handed out again once nothing holds what it handed out before. For the (b, t, vocab)
-    log-probabilities: on CPU a fresh 100 MB tensor per step costs ~45 ms of page faults (glibc maps every block
-    above 32 MB anew; the same fill and copy into reused memory: 16 vs 61 ms), a third of a canonical step.
-
-    take() returns a new alias (no autograd history) of the memory when it is idle: no earlier alias is held,
-    whether by Python or saved by autograd for a backward still to come (torch's storage use count), so a caller
-    that keeps last step's logits, or two forwards before one backward, gets fresh memory and loses nothing. Its
-    constant part is filled again whenever something other than its last user wrote into it (the version counter).
-    Not model state: deep copies and pickles start empty, and torch versions without the use count never reuse."""
+    """One tensor's memory, handed out again once nothing holds it (torch's storage use count): on CPU a fresh
+    (b, t, vocab) tensor per step costs page faults. Refilled where an alias was edited. Not model state."""
 
     def __init__(self):
         self.base, self.fill, self.version, self.idle = None, None, None, None
@@ -433,8 +367,6 @@ class ReusedMemory:
         self.__init__()
 
     def take(self, shape, fill: float, like: torch.Tensor) -> torch.Tensor:
-        """A (shape) tensor of like's dtype and device, every entry `fill`, whose entries the caller then overwrites
-        in part and reports with written()."""
         base = self.base
         reusable = (
             base is not None
@@ -451,20 +383,15 @@ class ReusedMemory:
         return base.detach()
 
     def written(self, alias: torch.Tensor) -> None:
-        """The caller's write into the alias take() gave: its constant part stays `fill` (the other entries are the
-        caller's to overwrite each time)."""
         self.version = alias._version
 
 
 class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
-        assert config.vocab_size is not None
-        assert config.block_size is not None
         self.config = config
         # embedding rows: one per token, or one per shortlisted token + one shared by all the others
         n_rows = config.shortlist_size + 1 if config.shortlist_size else config.vocab_size
-
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(n_rows, config.n_embd),
@@ -475,15 +402,8 @@ class GPT(nn.Module):
             )
         )
         self.lm_head = nn.Linear(config.n_embd, n_rows, bias=False)
-        # weight tying (https://paperswithcode.com/method/weight-tying), as GPT-2 and nanoGPT
-        self.transformer.wte.weight = self.lm_head.weight
-        if config.ngram_buckets:
-            # rows [0, k) for bigrams, [k, 2k) for trigrams
-            self.transformer["wngram"] = nn.Embedding(2 * config.ngram_buckets, config.n_embd)
-        if config.head_width:
-            self.head_up = nn.Linear(config.n_embd, config.head_width, bias=False)  # A
-            self.head_wide = nn.Linear(config.head_width, n_rows, bias=False)  # U
-
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2 and nanoGPT
+        self.add_modules(n_rows)
         # nanoGPT's init: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer) (GPT-2 paper)
         self.apply(self._init_weights)
         for pn, p in self.named_parameters():
@@ -492,10 +412,6 @@ class GPT(nn.Module):
                     torch.nn.init.zeros_(p)
                 else:
                     torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-        if config.ngram_buckets:
-            torch.nn.init.zeros_(self.transformer.wngram.weight)
-        if config.head_width:
-            torch.nn.init.zeros_(self.head_wide.weight)
         if (config.kinetic_energy or config.jacobian_frobenius) and len(
             inspect.signature(Block.forward).parameters
         ) < 3:
@@ -508,18 +424,15 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.fused = fused
         self.last_terms = {}  # regularization terms of the last training forward
-        # opt-in: the log-probabilities of the output rows in the last forward with targets, (b, t, k) under a
-        # shortlist, else (b, t, vocab), for a loss on them (train_mps's n-gram teacher) without another pass over
-        # the vocabulary. Off by default: a module holding a non-leaf tensor cannot be deep-copied
-        self.keep_log_probs = False
-        self.last_log_probs = None
         self.vocab_memory = ReusedMemory()  # for full_logits' (b, t, vocab) tensor
         if config.shortlist_size:
-            # token id -> embedding row (shortlist_size for tokens outside it) and row -> token id; buffers,
-            # so checkpoints carry them. Until set_shortlist, the shortlist is tokens 0..shortlist_size-1.
+            # token id -> row (shortlist_size outside it) and row -> token id; until set_shortlist, tokens 0..k-1
             self.register_buffer("token_rows", torch.empty(config.vocab_size, dtype=torch.long))
             self.register_buffer("row_tokens", torch.empty(config.shortlist_size, dtype=torch.long))
             self.set_shortlist(torch.arange(config.shortlist_size))
+
+    def add_modules(self, n_rows):
+        """A seam: levers.py's models add their modules here, before the init draws the weights."""
 
     @torch.no_grad()
     def set_shortlist(self, token_ids):
@@ -540,19 +453,18 @@ class GPT(nn.Module):
         self.token_rows[self.row_tokens] = torch.arange(c.shortlist_size, device=device)
         return self
 
-    # -- integrator ------------------------------------------------------------------------------
     def set_integrator(self, solver=None, steps_per_layer=None, splitting=None):
         """Switch the integrator in place; the weights are unchanged. Validates like GPTConfig."""
         c = self.config
         chosen = {"solver": solver, "steps_per_layer": steps_per_layer, "splitting": splitting}
-        new = GPTConfig(**{**c.__dict__, **{k: v for k, v in chosen.items() if v is not None}})
+        new = type(c)(**{**c.__dict__, **{k: v for k, v in chosen.items() if v is not None}})
         self.config = new
         for block in self.transformer.h:
             block.config = new
         return self
 
     def nfe(self) -> dict:
-        """Vector-field evaluations per forward pass, per sub-field (attention, MLP), all layers."""
+        """Vector-field evaluations per forward pass, per sub-field, all layers."""
         c = self.config
         per_step = {"attn": 0, "mlp": 0}
         for field_name, _ in SPLITTING_SCHEMES[c.splitting]:
@@ -574,54 +486,22 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    # -- forward ---------------------------------------------------------------------------------
     def embed(self, idx):
         b, t = idx.size()
         if t > self.config.block_size:
             raise ValueError(f"cannot forward a sequence of length {t}, block size is {self.config.block_size}")
-        c = self.config
         pos = torch.arange(0, t, dtype=torch.long, device=idx.device)  # (t,)
-        blank = None
-        if self.training and c.token_noise > 0:
-            blank = torch.rand(b, t, device=idx.device) < c.token_noise  # (b, t)
-        rows = self.token_rows[idx] if c.shortlist_size else idx  # (b, t)
-        if blank is not None:
-            filler = c.shortlist_size if c.shortlist_size else torch.randint_like(idx, c.vocab_size)
-            rows = torch.where(blank, filler, rows)
-        tok_emb = self.transformer.wte(rows)  # (b, t, n_embd)
-        pos_emb = self.transformer.wpe(pos)  # (t, n_embd)
-        x = tok_emb + pos_emb
-        if c.ngram_buckets:
-            ids = idx if blank is None else idx.masked_fill(blank, c.vocab_size)  # a blank is its own symbol
-            x = x + self.ngram_embedding(ids)
-        return self.transformer.drop(x) if c.dropout else x  # (b, t, n_embd)
-
-    def ngram_embedding(self, ids):
-        """ids (b, t) in [0, vocab_size] -> (b, t, n_embd): the bigram and trigram table rows of each position."""
-        c = self.config
-        k, base = c.ngram_buckets, c.vocab_size + 1
-        b, t = ids.shape
-        out = ids.new_zeros(()).float().expand(b, t, c.n_embd)
-        key = ids
-        for order in (2, 3):
-            if t < order:
-                break
-            key = key[:, :-1] * base + ids[:, order - 1 :]  # (b, t - order + 1): the n-gram's id, < base**3 < 2**63
-            # multiplicative hashing (Knuth): the id times an odd constant, its high bits folded into the low ones
-            h = key * 0x9E3779B1
-            h = (h ^ (h >> 29)) % k + (order - 2) * k  # (b, t - order + 1), non-negative
-            rows = self.transformer.wngram(h)  # (b, t - order + 1, n_embd)
-            out = out + F.pad(rows, (0, 0, order - 1, 0))  # positions before the first whole n-gram get 0
-        return out
+        rows = self.token_rows[idx] if self.config.shortlist_size else idx  # (b, t)
+        x = self.transformer.wte(rows) + self.transformer.wpe(pos)  # (b, t, n_embd)
+        return self.transformer.drop(x) if self.config.dropout else x
 
     def integrate(self, x, stats=None, trajectory=None):
-        """Flow the residual stream through depth. x: (B, T, C) -> (B, T, C).
-
-        `trajectory`, if a list, receives x at every layer boundary (diagnostics only)."""
+        """Flow the residual stream through depth, x: (B, T, C) -> (B, T, C); `trajectory` (a list) gets x at
+        every layer boundary."""
         if trajectory is not None:
             trajectory.append(x)
         for block in self.transformer.h:
-            x = block(x) if stats is None else block(x, stats)  # block(x): nanoGPT's call, a Block.forward(self, x) too
+            x = block(x) if stats is None else block(x, stats)  # block(x): a nanoGPT-style Block.forward(self, x) too
             if trajectory is not None:
                 trajectory.append(x)
         return x
@@ -634,8 +514,7 @@ class GPT(nn.Module):
         c = self.config
         regularize = self.training and torch.is_grad_enabled() and (c.kinetic_energy > 0 or c.jacobian_frobenius > 0)
         stats = self.regularization_stats(c.jacobian_frobenius > 0, train=True) if regularize else None
-        # the Jacobian term backpropagates through a vector-Jacobian product (double backward), which
-        # the fused attention kernels do not support: use the math kernel for those steps only
+        # the Jacobian term needs double backward, which the fused attention kernels lack
         kernel = sdpa_kernel(SDPBackend.MATH) if stats and stats["jacobian"] else nullcontext()
         with kernel:
             x = self.integrate(self.embed(idx), stats)
@@ -644,70 +523,46 @@ class GPT(nn.Module):
         return logits, loss
 
     def head(self, x, targets=None):
-        """Final states x (b, t, C) -> (logits, loss), nanoGPT's output layer: with targets, the logits
-        of every position (b, t, vocab_size) and their mean cross-entropy over targets != -1; without,
-        the logits of the last position (b, 1, vocab_size) and None."""
+        """Final states (b, t, C) -> nanoGPT's (logits, loss): with targets, (b, t, vocab) logits and the mean
+        cross-entropy over targets != -1; without, the last position's (b, 1, vocab) and None."""
         x = self.transformer.ln_f(x)
         if targets is None:
-            return self.logits(x[:, [-1], :]), None  # (b, 1, vocab): inference needs the last position only
+            return self.logits(x[:, [-1], :]), None
         if not self.config.shortlist_size:
             logits = self.raw_logits(x)  # (b, t, vocab)
-            if self.keep_log_probs:  # the loss read off the kept log-probabilities: one log_softmax, not two
-                self.last_log_probs = F.log_softmax(logits, dim=-1)
-                logp = self.last_log_probs.view(-1, logits.size(-1))
-                return logits, F.nll_loss(logp, targets.reshape(-1), ignore_index=-1)
             return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         ls = F.log_softmax(
             self.raw_logits(x, self.config.shortlist_size), dim=-1
         )  # log P(token | shortlist), (b, t, k)
-        if self.keep_log_probs:
-            self.last_log_probs = ls + math.log1p(-self.config.unseen_mass)
-        # the loss is F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1),
-        # read off the shortlist's k columns instead of all vocab_size (a test checks they agree)
         return self.full_logits(ls), self.shortlist_loss(ls, targets)
 
     def logits(self, x):
-        """Output logits over all vocab_size tokens, x: (b, t, C) after ln_f -> (b, t, vocab). Under a
-        shortlist, log-probabilities up to one constant (full_logits): softmax, sampling and cross-entropy on
-        them give the model's distribution."""
+        """x: (b, t, C) after ln_f -> (b, t, vocab); under a shortlist, log-probabilities up to one constant."""
         if not self.config.shortlist_size:
             return self.raw_logits(x)
         return self.full_logits(F.log_softmax(self.raw_logits(x, self.config.shortlist_size), dim=-1))
 
-    def shortlist_log_probs(self, x):
-        """x: (b, t, C) after ln_f -> log P(token) of the k shortlisted tokens, in row order (b, t, k)."""
-        c = self.config
-        log_in = math.log1p(-c.unseen_mass)  # log P(token in the shortlist)
-        return F.log_softmax(self.raw_logits(x, c.shortlist_size), dim=-1) + log_in
-
     def raw_logits(self, x, rows=None):
-        """x: (b, t, C) after ln_f -> the output layer's logits of its first `rows` rows (all if None), (b, t, rows):
-        E h, plus U gelu(A h) under head_width."""
-        logits = F.linear(x, self.lm_head.weight[:rows])  # (b, t, rows)
-        if self.config.head_width:
-            z = F.gelu(self.head_up(x))  # (b, t, w)
-            logits = logits + F.linear(z, self.head_wide.weight[:rows])
-        return logits
+        """x: (b, t, C) after ln_f -> the tied output layer's first `rows` rows' logits (all if None)."""
+        return F.linear(x, self.lm_head.weight[:rows])  # (b, t, rows)
 
     def unseen_log_prob(self) -> float:
-        """log P(one given token outside the shortlist): unseen_mass shared evenly."""
+        """log P(one given token outside the shortlist)."""
         c = self.config
         return math.log(c.unseen_mass / (c.vocab_size - c.shortlist_size))
 
     def full_logits(self, ls):
-        """log P(token | shortlist) (b, t, k) spread over the whole vocabulary as logits (b, t, vocab): the model's
-        log-probabilities minus log P(shortlist), the same constant for every token, so that softmax gives the
-        distribution and no pass adds log P(shortlist) to the (b, t, k) tensor (on CPU ~10% of a canonical step)."""
+        """log P(token | shortlist) (b, t, k) as logits over the vocabulary (b, t, vocab): log-probabilities minus
+        log P(shortlist), one constant, so no pass adds it to the (b, t, k) tensor."""
         shape = (*ls.shape[:-1], self.config.vocab_size)
         fill = self.unseen_log_prob() - math.log1p(-self.config.unseen_mass)
         full = self.vocab_memory.take(shape, fill, ls)  # the unseen columns filled
-        full.index_copy_(-1, self.row_tokens, ls)  # in place: an out-of-place copy is a second pass over it
+        full.index_copy_(-1, self.row_tokens, ls)
         self.vocab_memory.written(full)
         return full
 
     def shortlist_loss(self, ls, targets):
-        """Mean NLL over targets != -1 (F.cross_entropy's ignore_index=-1) from log P(token | shortlist) ls
-        (b, t, k), without the (b, t, vocab) tensor."""
+        """F.cross_entropy(full logits, targets, ignore_index=-1) read off the shortlist's k columns (a test checks)."""
         k = self.config.shortlist_size
         valid = targets >= 0
         rows = self.token_rows[torch.where(valid, targets, 0)]  # (b, t)
@@ -717,9 +572,7 @@ class GPT(nn.Module):
         return (nll * valid).sum() / valid.sum()
 
     def regularization_loss(self):
-        """lambda_K K + lambda_J J from the last training forward; 0.0 when regularization is off.
-
-        forward() keeps returning pure cross-entropy; the training loop adds this term."""
+        """lambda_K K + lambda_J J of the last training forward (0.0 when off); the training loop adds it."""
         if not self.last_terms:
             return 0.0
         c = self.config
@@ -735,7 +588,6 @@ class GPT(nn.Module):
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW with weight decay on >= 2-D parameters (matrices, embeddings) only, as nanoGPT."""
         param_dict = {pn: p for pn, p in self.named_parameters() if p.requires_grad}
         decay_params = [p for p in param_dict.values() if p.dim() >= 2]
         nodecay_params = [p for p in param_dict.values() if p.dim() < 2]
@@ -748,10 +600,7 @@ class GPT(nn.Module):
         return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, **extra_args)
 
     def estimate_mfu(self, fwdbwd_per_iter, dt):
-        """Model flops utilization: achieved flops per second over an A100's bf16 peak (312 TFLOPS), as
-        nanoGPT estimates it. Flops per token follow the PaLM paper's appendix B, 6 N + 12 L H Q T,
-        with each layer's parameters and attention counted once per evaluation of their field (NFE);
-        for the default integrator (one evaluation each) this is nanoGPT's number."""
+        """nanoGPT's MFU (A100 bf16 peak 312 TFLOPS), each layer's parameters counted once per field evaluation."""
         c = self.config
         nfe = self.nfe()
         attn_evals, mlp_evals = nfe["attn"] / c.n_layer, nfe["mlp"] / c.n_layer  # per layer and forward

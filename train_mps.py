@@ -1,25 +1,11 @@
 import copy
 
-# Train the odegpt model on Shakespeare under the harness contract.
-#
-# The harness copies model.py and train_mps.py into a folder, imports this module, calls train()
-# and ranks candidates by the returned (best_vloss, elapsed_min). The fixed block below is the
-# contract; everything else (the recipe) is ours to improve, each switch measured (see README).
-#
-# Environment variables (for tests, smoke runs and benchmarks; the harness sets none of them):
-#   TRAIN_MPS_DATA_DIR   the folder holding train.bin / val.bin, or its parent holding shakespeare/
-#                        (default: data/shakespeare in this file's folder, the working directory, or
-#                        any folder above either: the DreamTeam repository keeps it at its root)
-#   TRAIN_MPS_OUT_DIR    where the metrics JSON and the checkpoint go (default: out/ beside this file); checked
-#                        before training, and the pair is replaced together or not at all (write_pair)
-#   TRAIN_MPS_SEED       seed (default Recipe.seed), an integer
-#   TRAIN_MPS_MAX_ITERS  shortens the run to N >= 1 iterations (tests and smoke runs only; announced loudly)
-# A value that does not parse stops the run before any work, with an error naming the variable.
-#
-# Self-contained: stdlib, numpy, torch and the model.py beside this file (loaded from there even when
-# another module named `model` was imported first); no side effects at import beyond loading it.
-# Python >= 3.9, torch >= 2.3. The file starts with an import and holds no Markdown code fence, so an
-# agent harness that cuts it out of an LLM reply accepts it as it is.
+# Train the odegpt model on Shakespeare under the harness contract: the harness imports this file beside model.py,
+# calls train() and ranks by the returned (best_vloss, elapsed_min). The fixed block below is the contract; the
+# rest (Recipe) is ours. Off-by-default levers live in levers.py, which extends Recipe through its seams.
+# Environment (tests, smoke runs, benchmarks; the harness sets none): TRAIN_MPS_DATA_DIR (train.bin/val.bin, or
+# its parent holding shakespeare/), TRAIN_MPS_OUT_DIR (metrics.json + ckpt.pt, default out/ here), TRAIN_MPS_SEED,
+# TRAIN_MPS_MAX_ITERS (a short run, announced). Self-contained: stdlib, numpy, torch and the model.py beside it.
 import hashlib
 import importlib
 import importlib.util
@@ -33,7 +19,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import deque
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -44,10 +29,7 @@ import torch
 
 
 def load_model_module():
-    """The model.py in this file's folder, as a module. A harness that imported another `model` first
-    (DreamTeam's main.py imports its own at startup, then loads each candidate's train_mps.py by path)
-    would otherwise hand every candidate that module, and a candidate's edits of model.py would be
-    silently ignored. Where `import model` finds this same file, it is imported as usual."""
+    """The model.py beside this file, even where another `model` was imported first (DreamTeam's main.py does)."""
     path = Path(__file__).resolve().parent / "model.py"
 
     def is_beside(origin) -> bool:
@@ -88,7 +70,6 @@ ctx = nullcontext()
 # fmt: on
 
 PREPARE_HINT = "prepare the data with `make data` (or `python scripts/prepare_shakespeare.py`)"
-OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("constant", "cosine", "wsd")
 
 
@@ -104,12 +85,10 @@ def _is_unit(v) -> bool:
     return _is_real(v) and 0 <= v < 1
 
 
-# (field, test, what it must be): the training fields' valid values, checked when a Recipe is built
+# (field, test, what it must be), checked when a Recipe is built
 RECIPE_RULES = (
     ("seed", lambda v: _is_int(v) and 0 <= v < 2**63, "an integer in [0, 2**63)"),
-    ("optimizer", lambda v: v in OPTIMIZERS, "one of " + ", ".join(OPTIMIZERS)),
     ("learning_rate", lambda v: _is_real(v) and v > 0, "a finite number > 0"),
-    ("muon_lr", lambda v: _is_real(v) and v > 0, "a finite number > 0"),
     ("min_lr", lambda v: _is_real(v) and v >= 0, "a finite number >= 0"),
     ("schedule", lambda v: v in SCHEDULES, "one of " + ", ".join(SCHEDULES) + " (lower case)"),
     ("warmup_iters", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
@@ -119,11 +98,7 @@ RECIPE_RULES = (
     ("beta2", _is_unit, "a number in [0, 1)"),
     ("grad_clip", lambda v: _is_real(v) and v >= 0, "a finite number >= 0 (0 disables clipping)"),
     ("ema_decay", _is_unit, "a number in [0, 1) (0 disables the EMA)"),
-    ("select_window", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 ends with the last weights)"),
-    ("ngram_distill", _is_unit, "a number in [0, 1) (0 = no teacher)"),
-    ("ngram_loo", lambda v: isinstance(v, bool), "True or False"),
     ("random_steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 = train with steps_per_layer only)"),
-    ("refine_prob", lambda v: _is_real(v) and 0 <= v <= 1, "a number in [0, 1] (1 = every step draws)"),
     ("fused_optimizer", lambda v: isinstance(v, bool), "True or False"),
 )
 
@@ -133,10 +108,7 @@ class Recipe:
     """Everything outside the fixed block that shapes training. Defaults are the canonical recipe."""
 
     seed: int = 0
-    # model: each field's default is GPTConfig's in model.py, its one source (edit the model there); a Recipe field
-    # set here overrides it for a run (benchmark specs: canonical:solver=rk4,...). The canonical's integrator is heun
-    # under parallel splitting, 1 step per layer in evaluation; random_steps below draws 1 or 2 per training step,
-    # so the trained weights are a flow (issue #14; issue #32 for the step counts: README).
+    # model: defaults are GPTConfig's in model.py (edit them there); a field set here overrides it for a run
     vocab_size: int = GPTConfig.vocab_size
     bias: bool = GPTConfig.bias
     dropout: float = GPTConfig.dropout
@@ -144,68 +116,34 @@ class Recipe:
     steps_per_layer: int = GPTConfig.steps_per_layer
     splitting: str = GPTConfig.splitting
     zero_init_proj: bool = GPTConfig.zero_init_proj
-    # output softmax over the tokens seen in train.bin only (~11.5k of 50304 on Shakespeare), the others
-    # sharing their Good-Turing probability uniformly: a proper distribution over all 50304 tokens at
-    # ~1/3.8 of the step's cost (scripts/bench_integrators.py; the output layer dominates it). False:
-    # GPT-2's full softmax.
+    # softmax over the tokens seen in train.bin (~11.5k of 50304), the others sharing their Good-Turing mass
     shortlist: bool = True
     kinetic_energy: float = GPTConfig.kinetic_energy
     jacobian_frobenius: float = GPTConfig.jacobian_frobenius
-    ngram_buckets: int = GPTConfig.ngram_buckets  # hashed bigram + trigram input embeddings; 0 = off
-    token_noise: float = GPTConfig.token_noise  # data noising: probability of a blank input token; 0 = off
-    head_width: int = GPTConfig.head_width  # nonlinear output features beside the tied logits; 0 = off
-    # loss design (issue #16): the training loss is (1 - a) * CE(targets) + a * CE(teacher), the teacher an
-    # interpolated Kneser-Ney trigram fitted on train.bin (NgramTeacher); training only, the model stays a network.
-    ngram_distill: float = 0.0
-    # True: the teacher leaves each position's own trigram occurrence out of its counts (NgramTeacher), so that on
-    # training text it predicts as on new text
-    ngram_loo: bool = False
-    # continuous depth (issue #14): K > 0 trains each step under a step count drawn uniformly from steps_per_layer..K
-    # (the solver and splitting unchanged); evaluation and the checkpoint keep steps_per_layer. A loss that must hold
-    # under every step size cannot lean on one step size's error: the trained weights become a flow, which a finer
-    # or adaptive integrator of the same fields reproduces. 0 = off (a fixed step: a smaller h alone is not enough).
+    # K > 0: each training step integrates with a step count drawn from steps_per_layer..K, so that the weights
+    # become a flow, not one step size's fit (issue #14); evaluation keeps steps_per_layer. 0 = off
     random_steps: int = 2
-    # the share of training steps that draw their step count (from steps_per_layer..random_steps); the others train at
-    # steps_per_layer. 1.0 = every step draws. Below 1, the finer integrator runs on a fraction of the steps only
-    # (after Ott et al. 2021, "ResNet after all?"), for fewer field evaluations per step on average (step_counts).
-    refine_prob: float = 1.0
-    # optimizer
-    optimizer: str = "adamw"  # adamw | muon (Muon on hidden matrices, AdamW on the rest)
-    # AdamW as one kernel per parameter group (fused; foreach where this torch or device has no fused kernel). False:
-    # nanoGPT's configure_optimizers, whose per-tensor loop dispatches ~10 kernels per parameter tensor on CPU and MPS
-    # (270 of the 398 of a baseline training step). Same update rule, other rounding.
+    # AdamW as one kernel per parameter group (fused, else foreach); False: nanoGPT's configure_optimizers
     fused_optimizer: bool = True
-    learning_rate: float = 3e-3  # peak (AdamW groups)
-    muon_lr: float = 0.02
+    learning_rate: float = 3e-3  # peak
     min_lr: float = 3e-4
-    # constant | cosine | wsd. Warmup-stable-decay (the peak until the last decay_frac of the run, then linear to
-    # min_lr) beat cosine with the EMA on each of 3 seeds (README, candidates table); its peak stays 3e-3 (4.5e-3
-    # and 6e-3 did not beat it on 2 of 3 seeds).
-    schedule: str = "wsd"
+    schedule: str = "wsd"  # constant | cosine | wsd (peak until the last decay_frac of the run, then linear)
     warmup_iters: int = 200
-    decay_frac: float = 0.2  # wsd: final fraction of the run spent decaying
+    decay_frac: float = 0.2
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 disables
-    # > 0: evaluate (and end with) an exponential moving average of the weights; 0 disables. 0.999 (a
-    # ~1000-step horizon) lowered the whole-split val loss on each of 3 seeds (README, ablation table). Bias-corrected
-    # as Adam's moments are (ema_weight), so that it averages the weights trained so far, never the initial ones.
+    # > 0: evaluate and end with a bias-corrected EMA of the weights (ema_weight); 0 disables
     ema_decay: float = 0.999
-    # model selection: > 0 keeps the weights whose mean val loss over the last `select_window` evaluations is
-    # lowest and ends train() with them (early stopping); 0 ends with the last weights. Costs a copy per new best.
-    select_window: int = 0
 
     def __post_init__(self):
-        """Reject at once what train() could not run. The model fields are GPTConfig's to judge (one set of
-        rules): the config of this recipe's model is built here (without its shortlist) and discarded."""
-        GPTConfig(**model_fields(self))
-        for name, ok, rule in RECIPE_RULES:
+        """Reject at once what train() could not run; the model fields are judged by building their config."""
+        self.model_classes()[1](**model_fields(self))
+        for name, ok, rule in type(self).RULES:
             value = getattr(self, name)
             if not ok(value):
                 raise ValueError(f"{name} must be {rule}, got {value!r}")
-        # min_lr is the floor a decaying schedule ends at; above the peak the "decay" would be a rise (and
-        # lr_at's multiplier would leave [0, 1]). The constant schedule never reads it.
         if self.schedule != "constant" and self.min_lr > self.learning_rate:
             raise ValueError(
                 f"min_lr ({self.min_lr!r}) must be <= learning_rate ({self.learning_rate!r}) under "
@@ -216,12 +154,27 @@ class Recipe:
                 f"random_steps ({self.random_steps!r}) is the largest step count drawn, from steps_per_layer "
                 f"({self.steps_per_layer!r}) up: give 0 (off) or a value >= steps_per_layer"
             )
-        if self.refine_prob != 1.0 and not self.random_steps:
-            raise ValueError(
-                "refine_prob is the share of steps that draw from random_steps, which is 0 (off): set both"
-            )
-        if self.ngram_loo and not self.ngram_distill:
-            raise ValueError("ngram_loo=True changes the n-gram teacher, which ngram_distill=0 leaves off: set both")
+
+    # seams: levers.py's LeverRecipe adds fields and rules and overrides these
+    RULES = RECIPE_RULES
+
+    def model_classes(self):
+        return GPT, GPTConfig
+
+    def optimizers(self, model, device_type: str) -> list:
+        return make_optimizers(model, self, device_type)
+
+    def extra_loss(self, model, train_tokens: np.ndarray, on):
+        """A training loss term f(xb, yb, loss) that train_step adds, or None."""
+        return None
+
+    def selection(self, n_iters: int):
+        """Model selection over the evaluations (observe, restore, report: levers.WindowSelection), or None."""
+        return None
+
+    def draw_steps(self, rng: random.Random) -> int:
+        """The step count of the next training step (random_steps)."""
+        return rng.randint(self.steps_per_layer, self.random_steps) if self.random_steps else self.steps_per_layer
 
 
 def train_vocabulary(tokens: np.ndarray, vocab_size: int) -> tuple[np.ndarray, float]:
@@ -238,55 +191,30 @@ def train_vocabulary(tokens: np.ndarray, vocab_size: int) -> tuple[np.ndarray, f
 
 
 def model_fields(r: Recipe) -> dict:
-    """The GPTConfig fields of the recipe's model but its shortlist: the fixed block's sizes, the recipe's rest."""
-    return dict(
-        block_size=block_size,
-        vocab_size=r.vocab_size,
-        n_layer=n_layer,
-        n_head=n_head,
-        n_embd=n_embd,
-        dropout=r.dropout,
-        bias=r.bias,
-        solver=r.solver,
-        steps_per_layer=r.steps_per_layer,
-        splitting=r.splitting,
-        kinetic_energy=r.kinetic_energy,
-        jacobian_frobenius=r.jacobian_frobenius,
-        zero_init_proj=r.zero_init_proj,
-        ngram_buckets=r.ngram_buckets,
-        token_noise=r.token_noise,
-        head_width=r.head_width,
-    )
+    """The recipe's model config fields but its shortlist: the fixed block's sizes, the recipe's rest."""
+    sizes = dict(block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+    config = r.model_classes()[1]
+    return {**{k: getattr(r, k) for k in config.__dataclass_fields__ if hasattr(r, k)}, **sizes}
 
 
 def model_config(r: Recipe, vocabulary: Optional[tuple[np.ndarray, float]] = None) -> GPTConfig:
-    """The model train() builds: the fixed block's sizes and the recipe's model fields. A shortlist recipe
-    needs the training split's `vocabulary` (train_vocabulary); one covering every token falls back to
-    the full softmax."""
+    """The model train() builds; a shortlist needs the training split's vocabulary (train_vocabulary)."""
     shortlist_size, unseen_mass = 0, 0.0
     if r.shortlist:
         if vocabulary is None:
             raise ValueError("Recipe.shortlist needs the training split's vocabulary: pass train_vocabulary(tokens)")
         if len(vocabulary[0]) < r.vocab_size:
             shortlist_size, unseen_mass = len(vocabulary[0]), vocabulary[1]
-    return GPTConfig(**model_fields(r), shortlist_size=shortlist_size, unseen_mass=unseen_mass)
+    return r.model_classes()[1](**model_fields(r), shortlist_size=shortlist_size, unseen_mass=unseen_mass)
 
 
 def make_model(r: Recipe, train_tokens: np.ndarray) -> GPT:
     """The recipe's model, its shortlist (if any) taken from the training tokens."""
     vocabulary = train_vocabulary(train_tokens, r.vocab_size) if r.shortlist else None
-    model = GPT(model_config(r, vocabulary))
+    model = r.model_classes()[0](model_config(r, vocabulary))
     if model.config.shortlist_size:
         model.set_shortlist(torch.from_numpy(vocabulary[0]))
     return model
-
-
-def window_best(recent: deque, vloss: float, best: float, window: int) -> Optional[float]:
-    """Model selection's rule: record vloss; return the mean of the last `window` evaluations when the
-    window is full and the mean beats `best` (the caller then keeps the current weights), else None."""
-    recent.append(vloss)
-    mean = sum(recent) / len(recent)
-    return mean if window > 0 and len(recent) == recent.maxlen and mean < best else None
 
 
 def lr_at(step: int, total: int, r: Recipe) -> float:
@@ -317,10 +245,8 @@ class DataError(RuntimeError):
 
 
 def data_dir_candidates() -> list:
-    """Where train() looks for train.bin / val.bin, in order. TRAIN_MPS_DATA_DIR names the folder or, as
-    the original train_mps.py's data path did, its parent holding shakespeare/. Otherwise data/shakespeare
-    in this file's folder, in the working directory, and in each folder above them (DreamTeam keeps
-    its data at the repository root and runs from src/dreamteam or from the root)."""
+    """TRAIN_MPS_DATA_DIR (the folder or its parent), else data/shakespeare here, in the working directory, or
+    above either (DreamTeam keeps its data at the repository root)."""
     env = os.environ.get("TRAIN_MPS_DATA_DIR")
     if env:
         return [Path(env), Path(env) / "shakespeare"]
@@ -347,8 +273,7 @@ def find_data_dir() -> Path:
 
 
 def read_meta(data_dir: Path) -> dict:
-    """The folder's meta.json (scripts/prepare_shakespeare.py writes it), or {} where there is none: the
-    DreamTeam repository's data has none, and then each file is only checked on its own, as always."""
+    """The folder's meta.json (prepare_shakespeare.py writes it), or {} where there is none (DreamTeam's data)."""
     path = data_dir / "meta.json"
     if not path.exists():
         return {}
@@ -362,10 +287,7 @@ def read_meta(data_dir: Path) -> dict:
 
 
 def check_against_meta(path: Path, split: str, meta: dict) -> None:
-    """The split's file must be the one meta.json records: its size, then its sha256 (~1 ms per 700 KB).
-    prepare_shakespeare.py moves meta.json into place before the .bin files, so a run interrupted between
-    two moves leaves a new meta.json beside an old file, which this refuses: the two splits are checked
-    against one meta.json, so only a complete set trains."""
+    """The split must be the file meta.json records (its size, then its sha256): a stale or mixed set never trains."""
     n_tokens = path.stat().st_size // 2
     expected = meta.get(f"{split}_tokens")
     if expected is not None and expected != n_tokens:
@@ -467,10 +389,7 @@ def out_dir_path() -> Path:
 
 
 def check_out_dir(out_dir: Path) -> None:
-    """Fail before training, not after it, where write_pair could not write: the folder, or the nearest one
-    above it that exists (where it would be created), must be a writable directory in which symlinks can be
-    made (a probe file and a link to it are created and removed), and the pair's own names must not be
-    folders."""
+    """Fail before training where write_pair could not write: a writable folder where symlinks can be made."""
     fix = "set TRAIN_MPS_OUT_DIR to a writable folder"
     for name in (LATEST, *PAIR):
         if (out_dir / name).is_dir() and not (out_dir / name).is_symlink():
@@ -502,8 +421,7 @@ def pick_device() -> str:
 
 
 def adamw(params, r: Recipe):
-    """AdamW on `params` with nanoGPT's groups (weight decay on >= 2-D tensors only), in the fewest kernels this torch
-    and device offer (Recipe.fused_optimizer): fused, else foreach, else the per-tensor loop."""
+    """AdamW with nanoGPT's groups (decay on >= 2-D tensors), fused, else foreach, else the per-tensor loop."""
     params = list(params)
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": r.weight_decay},
@@ -518,22 +436,10 @@ def adamw(params, r: Recipe):
 
 
 def make_optimizers(model: GPT, r: Recipe, device_type: str):
-    """AdamW on everything (nanoGPT groups), or Muon on hidden 2-D matrices + AdamW on the rest."""
-    if r.optimizer == "adamw":
-        if r.fused_optimizer:
-            return [adamw((p for p in model.parameters() if p.requires_grad), r)]
-        return [model.configure_optimizers(r.weight_decay, r.learning_rate, (r.beta1, r.beta2), device_type)]
-    if r.optimizer == "muon":
-        if not hasattr(torch.optim, "Muon"):
-            raise RuntimeError(
-                f"optimizer='muon' needs torch >= 2.9 (torch.optim.Muon); this is torch {torch.__version__}"
-            )
-        hidden = [p for n, p in model.named_parameters() if p.dim() == 2 and ".h." in n]
-        hidden_ids = {id(p) for p in hidden}
-        rest = [p for p in model.parameters() if id(p) not in hidden_ids]
-        muon = torch.optim.Muon(hidden, lr=r.muon_lr, weight_decay=r.weight_decay, adjust_lr_fn="match_rms_adamw")
-        return [muon, adamw(rest, r)]
-    raise ValueError(f"unknown optimizer {r.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+    """AdamW on every parameter with nanoGPT's groups (levers.py adds Muon)."""
+    if r.fused_optimizer:
+        return [adamw((p for p in model.parameters() if p.requires_grad), r)]
+    return [model.configure_optimizers(r.weight_decay, r.learning_rate, (r.beta1, r.beta2), device_type)]
 
 
 def set_lr(optimizers, base_lrs, scale: float) -> None:
@@ -542,168 +448,13 @@ def set_lr(optimizers, base_lrs, scale: float) -> None:
             g["lr"] = lr * scale
 
 
-class NgramTeacher:
-    """An interpolated Kneser-Ney trigram (Chen & Goodman 1998, one absolute discount per order from counts of
-    counts, D = n1 / (n1 + 2 n2)) fitted on the training tokens, used as a soft target (Recipe.ngram_distill):
-
-        p3(w | u v) = max(c(uvw) - D3, 0) / c(uv.) + D3 N1+(uv.) / c(uv.) * p2(w | v)
-        p2(w | v)   = max(N1+(.vw) - D2, 0) / N1+(.v.) + D2 N1+(v.) / N1+(.v.) * p1(w)
-        p1(w)       = N1+(.w) / N1+(..)
-
-    over the model's output rows (`token_rows`: token id -> row, the shortlist's; None: rows are token ids). The
-    context of position j is xb[j - 1], xb[j] (the bigram alone at j = 0, where the window starts). Its counts are
-    this split's: the teacher has seen every training target, which makes it a smoothing of the targets by their
-    contexts (Xie et al. 2017 relate data noising to Kneser-Ney smoothing) rather than an independent model.
-
-    leave_one_out=True (Recipe.ngram_loo) takes the position's own trigram occurrence (u, v, y) out of every count
-    before predicting it, the discounts kept: c(uvy) and c(uv.) lose 1, and where that was the type's only
-    occurrence, N1+(uv.), N1+(.vy), N1+(.v.) lose 1 (and N1+(v.), N1+(.y), N1+(..) where the bigram type (v, y)
-    goes too). On training text the teacher then predicts as it would on new text (a context seen once is a
-    context never seen), which is what a held-out model needs to learn from it. Positions with no u in the window
-    (j = 0) keep the full counts: their trigram is not in the batch."""
-
-    def __init__(
-        self,
-        tokens: np.ndarray,
-        vocab_size: int,
-        token_rows=None,
-        n_rows: int = 0,
-        on="cpu",
-        leave_one_out: bool = False,
-    ):
-        t = np.asarray(tokens, dtype=np.int64)
-        if len(t) < 3:
-            raise DataError(f"the n-gram teacher needs at least 3 training tokens, got {len(t)}; {PREPARE_HINT}")
-        V = self.V = vocab_size
-        self.leave_one_out = leave_one_out
-        rows = np.arange(V) if token_rows is None else np.asarray(token_rows, dtype=np.int64)
-        self.n_rows = n_rows or V
-        if int(rows[t].max()) >= self.n_rows:
-            raise ValueError(f"a training token maps to a row >= n_rows {self.n_rows}: the rows must cover train.bin")
-        u, v, w = np.lib.stride_tricks.sliding_window_view(t, 3).T  # every trigram of the split
-        tri, tri_count = np.unique((u * V + v) * V + w, return_counts=True)  # sorted (u, v, w)
-        # trigram level: contexts (u, v), their successors w and counts
-        ctx3, start3 = np.unique(tri // V, return_index=True)
-        ptr3 = np.append(start3, len(tri))  # context i's successors: tri[ptr3[i]:ptr3[i + 1]]
-        len3 = np.diff(ptr3)  # N1+(uv.)
-        total3 = np.add.reduceat(tri_count, start3)  # c(uv.)
-        d3 = self.discount(tri_count)
-        # bigram level, continuation counts: N1+(.vw) = the distinct u before (v, w)
-        vw, n_vw = np.unique(tri % (V * V), return_counts=True)  # sorted (v, w)
-        v_of, w_of = vw // V, vw % V
-        d2 = self.discount(n_vw)
-        s_v = np.bincount(v_of, weights=n_vw, minlength=V)  # N1+(.v.)
-        succ_v = np.bincount(v_of, minlength=V)  # N1+(v.)
-        # unigram level: N1+(.w) over rows, and N1+(..)
-        n_w = np.bincount(rows[w_of], minlength=self.n_rows)
-        as_t = lambda a, dtype=torch.float32: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=on)
-        self.ctx3, self.ptr3 = as_t(ctx3, torch.long), as_t(ptr3, torch.long)
-        self.w3 = as_t(rows[tri % V], torch.long)
-        self.c3 = as_t(tri_count)  # c(uvw), in the order of w3
-        self.len3, self.total3 = as_t(len3), as_t(total3)
-        self.ptr2 = as_t(np.concatenate([[0], np.cumsum(succ_v)]), torch.long)
-        self.w2 = as_t(rows[w_of], torch.long)
-        self.n2 = as_t(n_vw)  # N1+(.vw), in the order of w2
-        self.s_v, self.succ_v = as_t(s_v), as_t(succ_v)
-        self.n_w, self.n_types = as_t(n_w), float(len(vw))
-        self.tri, self.vw = as_t(tri, torch.long), as_t(vw, torch.long)  # sorted keys, for a position's own counts
-        self.token_rows = as_t(rows, torch.long)
-        self.discounts = (float(d2), float(d3))
-
-    @staticmethod
-    def discount(counts: np.ndarray) -> float:
-        n1, n2 = int(np.sum(counts == 1)), int(np.sum(counts == 2))
-        return n1 / (n1 + 2 * n2) if n1 + n2 else 0.5
-
-    @staticmethod
-    def _lookup(keys: torch.Tensor, counts: torch.Tensor, query: torch.Tensor):
-        """The entry of each query key in the sorted `keys` (clamped) and its count, 0 where the key is absent."""
-        i = torch.searchsorted(keys, query).clamp_max(len(keys) - 1)
-        return i, torch.where(keys[i] == query, counts[i], torch.zeros_like(counts[i]))
-
-    @torch.no_grad()
-    def target(self, xb: torch.Tensor, yb: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """xb: (b, t) inputs, yb: (b, t) their targets (needed under leave_one_out) -> the teacher's next-row
-        distribution at each position, (b * t, n_rows)."""
-        if self.leave_one_out and yb is None:
-            raise ValueError(
-                "a leave-one-out teacher needs the targets yb: each position's own occurrence is taken out"
-            )
-        b, t = xb.shape
-        d2, d3 = self.discounts
-        V = self.V
-        v = xb.reshape(-1)  # (P,) the last context token of each position
-        u = torch.cat([xb.new_full((b, 1), -1), xb[:, :-1]], dim=1).reshape(-1)  # (P,) -1: none in the window
-        c, total = self._lookup(self.ctx3, self.total3, u * V + v)
-        total = total.masked_fill(u < 0, 0.0)  # c(uv.), 0: no trigram context
-        n3, s, succ, n_types = self.len3[c], self.s_v[v], self.succ_v[v], self.n_types
-        if self.leave_one_out:
-            y = yb.reshape(-1)
-            taken = (u >= 0).float()  # 1 where the position's own trigram is taken out
-            _, cy = self._lookup(self.tri, self.c3, (u * V + v) * V + y)
-            taken = taken * (cy > 0).float()  # a trigram not in the counts (not training text) has nothing to take out
-            _, ny = self._lookup(self.vw, self.n2, v * V + y)
-            gone3 = taken * (cy == 1).float()  # the trigram type (u, v, y) goes: continuation counts lose it
-            gone2 = gone3 * (ny == 1).float()  # and with it the bigram type (v, y)
-            total, n3 = total - taken, n3 - gone3
-            s, succ, n_types = s - gone3, succ - gone2, n_types - gone2
-        seen = total > 0  # (P,) positions whose trigram context is seen
-        inv3 = torch.where(seen, 1.0 / total.clamp_min(1.0), torch.zeros_like(total))
-        gamma3 = torch.where(seen, d3 * n3 * inv3, torch.ones_like(total))  # weight of p2 (all of it: no context)
-        has2 = s > 0
-        inv2 = torch.where(has2, 1.0 / s.clamp_min(1.0), torch.zeros_like(s))
-        gamma2 = torch.where(has2, d2 * succ * inv2, torch.ones_like(s))  # a v never seen: p1 alone
-        out = torch.outer(gamma3 * gamma2 / n_types, self.n_w)  # (P, n_rows): the lowest order, scaled
-        rows3, idx3 = self._successors(self.ptr3, c, seen)
-        out.index_put_((rows3, self.w3[idx3]), (self.c3[idx3] - d3).clamp_min(0) * inv3[rows3], accumulate=True)
-        rows2, idx2 = self._successors(self.ptr2, v, has2)
-        p2 = (self.n2[idx2] - d2).clamp_min(0) * inv2[rows2]
-        out.index_put_((rows2, self.w2[idx2]), gamma3[rows2] * p2, accumulate=True)
-        if self.leave_one_out:  # y's own entries, each level's count one lower than what was added above
-            fix = inv3 * ((cy - taken - d3).clamp_min(0) - (cy - d3).clamp_min(0))
-            fix = fix + gamma3 * inv2 * ((ny - gone3 - d2).clamp_min(0) - (ny - d2).clamp_min(0))
-            fix = fix - gamma3 * gamma2 * gone2 / n_types
-            at = self.token_rows[y].clamp_max(self.n_rows - 1)  # fix is 0 where y is not in the counts (no row)
-            out.index_put_((torch.arange(len(y), device=y.device), at), fix, accumulate=True)
-            out.clamp_min_(0.0)  # a count taken to 0 leaves a float rounding of 0 (~1e-10) at y, either sign
-        return out
-
-    def cross_entropy(self, logp: torch.Tensor, xb: torch.Tensor, yb: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """logp: (b, t, n_rows) log-probabilities of the next row; xb, yb: (b, t) the inputs and targets -> the mean
-        over positions of -sum_rows teacher * logp, a scalar."""
-        return -(self.target(xb, yb) * logp.reshape(-1, logp.size(-1))).sum() / xb.numel()
-
-    @staticmethod
-    def _successors(ptr: torch.Tensor, context: torch.Tensor, keep: torch.Tensor):
-        """(position, entry) index pairs of every successor entry ptr[context]..ptr[context + 1] of the kept
-        positions."""
-        start, end = ptr[context], ptr[context + 1]
-        n = torch.where(keep, end - start, torch.zeros_like(start))  # (P,)
-        positions = torch.repeat_interleave(torch.arange(len(context), device=context.device), n)
-        first = torch.cumsum(n, 0) - n  # where each position's run starts in the flat list
-        idx = torch.arange(int(n.sum()), device=context.device) - first[positions] + start[positions]
-        return positions, idx
-
-
-def make_teacher(r: Recipe, model: GPT, train_tokens: np.ndarray, on) -> Optional[NgramTeacher]:
-    """The recipe's n-gram teacher over the model's output rows, or None when ngram_distill is 0."""
-    if r.ngram_distill == 0:
-        return None
-    k = model.config.shortlist_size
-    model.keep_log_probs = True  # train_step reads the output rows' log-probabilities from the forward
-    rows = model.token_rows.cpu().numpy() if k else None
-    return NgramTeacher(train_tokens, r.vocab_size, rows, k, on, leave_one_out=r.ngram_loo)
-
-
-def train_step(model: GPT, optimizers, params, xb, yb, r: Recipe, ngram_teacher: Optional[NgramTeacher] = None):
-    """One optimizer step on a batch; returns the (pure cross-entropy) loss tensor. (The teacher's name is long on
-    purpose: an edit of this function that calls its own distillation target `teacher` must not shadow it.)"""
+def train_step(model: GPT, optimizers, params, xb, yb, r: Recipe, extra_loss=None):
+    """One optimizer step on a batch; returns the cross-entropy. extra_loss(xb, yb, loss): Recipe.extra_loss's."""
     with ctx:
         _, loss = model(xb, yb)
         total_loss = loss + model.regularization_loss()
-        if ngram_teacher is not None:  # the forward's log-probabilities of its output rows (the shortlist's k)
-            logp, model.last_log_probs = model.last_log_probs, None  # released: the graph keeps what backward needs
-            total_loss = total_loss + r.ngram_distill * (ngram_teacher.cross_entropy(logp, xb, yb) - loss)
+        if extra_loss is not None:
+            total_loss = total_loss + extra_loss(xb, yb, loss)
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     total_loss.backward()
@@ -719,33 +470,13 @@ def steps_stream(r: Recipe) -> random.Random:
     return random.Random(r.seed + 2_000_003)
 
 
-def step_counts(r: Recipe) -> dict:
-    """The distribution of a training step's step count, {steps_per_layer: probability}: uniform over
-    steps_per_layer..random_steps on a share refine_prob of the steps, steps_per_layer on the others."""
-    if not r.random_steps:
-        return {r.steps_per_layer: 1.0}
-    span = range(r.steps_per_layer, r.random_steps + 1)
-    probs = {n: r.refine_prob / len(span) for n in span}
-    probs[r.steps_per_layer] += 1.0 - r.refine_prob
-    return probs
-
-
-def draw_steps(r: Recipe, rng: random.Random) -> int:
-    """One draw from step_counts(r), the step count of the next training step. Its own stream: the draws never
-    perturb the batches (and with refine_prob 1 it is one randint per step, as before refine_prob existed)."""
-    if not r.random_steps or (r.refine_prob < 1.0 and rng.random() >= r.refine_prob):
-        return r.steps_per_layer
-    return rng.randint(r.steps_per_layer, r.random_steps)
-
-
 @contextmanager
 def drawn_steps(model: GPT, r: Recipe, rng: random.Random):
-    """Around one training step: under Recipe.random_steps the model integrates with the drawn step count (yielded),
-    then with steps_per_layer again, for evaluation and the checkpoint; when off, nothing changes."""
+    """Around one training step: the model integrates with r.draw_steps' count, then with steps_per_layer again."""
     if not r.random_steps:
         yield r.steps_per_layer
         return
-    n = draw_steps(r, rng)
+    n = r.draw_steps(rng)
     model.set_integrator(steps_per_layer=n)
     try:
         yield n
@@ -763,10 +494,7 @@ def make_ema(model: GPT) -> tuple[GPT, list]:
 
 
 def ema_weight(step: int, decay: float) -> float:
-    """The weight of step `step`'s (0, 1, ...) parameters in the EMA: Adam's bias correction, (1 - d) / (1 - d^(t+1)),
-    makes the EMA the d-weighted average of the parameters of steps 0..t alone (weight 1 at step 0: the initial
-    weights never count; the plain lerp's 1 - d once t >> 1 / (1 - d)). Without it, a short run's EMA stayed near
-    the initial weights and every evaluation of a 101-iteration smoke run scored about the same."""
+    """Step `step`'s weight in the EMA, bias-corrected as Adam's moments: the average of steps 0..step alone."""
     return (1.0 - decay) / (1.0 - decay ** (step + 1))
 
 
@@ -780,10 +508,7 @@ class DivergedError(RuntimeError):
 
 
 def check_finite(loss: float, what: str, it: int, r: Recipe) -> None:
-    """Stop at a NaN or infinite loss, before anything is written. train() calls it only on losses it already
-    reads on the host (each evaluation, the train loss logged beside it, the final whole-split loss), never
-    with a .item() of its own: one per step would add a host sync to every MPS iteration. A non-finite loss
-    poisons the weights (and the EMA) for good, so the evaluations still catch it within eval_interval."""
+    """Stop at a non-finite loss before anything is written (on losses train() already reads on the host)."""
     if not math.isfinite(loss):
         raise DivergedError(
             f"training diverged: the {what} loss is {loss} at iteration {it}. The learning rate is probably too "
@@ -796,12 +521,8 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
 
 
-# The output pair, replaced together or not at all. Each pair is written into a folder of its own,
-# out/run-<id>/; out/metrics.json and out/ckpt.pt are fixed symlinks into out/latest, itself a symlink to the
-# current run folder. Swapping the pair is one atomic rename, of out/latest, so an interruption at any point
-# leaves the complete old pair or the complete new one at the documented paths (two renames, one per file,
-# would leave a new metrics.json beside an old ckpt.pt if killed between them). On an exception the new
-# folder is removed; a run-* folder that out/latest does not name is a killed run's leftover.
+# The output pair, replaced together or not at all: each run writes out/run-<id>/; out/metrics.json and out/ckpt.pt
+# are fixed links into out/latest, a link to the current run folder, swapped by one atomic rename.
 PAIR = ("metrics.json", "ckpt.pt")
 LATEST = "latest"
 
@@ -896,12 +617,13 @@ def train(recipe: Recipe = None):
 
     model = make_model(r, train_np).to(dev)
     config = model.config
-    optimizers = make_optimizers(model, r, dev)
+    optimizers = r.optimizers(model, dev)
     base_lrs = [[g["lr"] for g in opt.param_groups] for opt in optimizers]
     params = [p for p in model.parameters() if p.requires_grad]
     ema, ema_params = make_ema(model) if r.ema_decay > 0 else (None, None)
     eval_model = ema if ema is not None else model
-    ngram_teacher = make_teacher(r, model, train_np, dev)
+    extra_loss = r.extra_loss(model, train_np, dev)
+    selection = r.selection(n_iters)
 
     print(
         f"[train_mps] {n_iters} iters on {dev}, seed {r.seed}, {model.get_num_params() / 1e6:.2f}M params, "
@@ -911,8 +633,6 @@ def train(recipe: Recipe = None):
     best_vloss = float("inf")
     last_train_loss = float("nan")
     history = []
-    recent = deque(maxlen=max(1, r.select_window))
-    best_sel, best_sel_iter, best_state = float("inf"), None, None
     t_last = time.time()
     for it in range(n_iters):
         if it % eval_interval == 0:
@@ -924,10 +644,8 @@ def train(recipe: Recipe = None):
             vloss = vloss_t.item()
             check_finite(vloss, "val", it, r)
             best_vloss = min(best_vloss, vloss)
-            sel = window_best(recent, vloss, best_sel, r.select_window)
-            if sel is not None:
-                best_sel, best_sel_iter = sel, it
-                best_state = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
+            if selection is not None:
+                selection.observe(it, vloss, eval_model)
             ms = 1000 * (time.time() - t_last) / (eval_interval if it else 1)
             t_last = time.time()
             history.append({"iter": it, "val_loss": vloss, "train_loss": last_train_loss})
@@ -940,17 +658,15 @@ def train(recipe: Recipe = None):
         set_lr(optimizers, base_lrs, lr_at(it, n_iters, r))
         xb, yb = get_batch(train_data, train_gen)
         with drawn_steps(model, r, steps_rng):
-            loss = train_step(model, optimizers, params, xb, yb, r, ngram_teacher)
+            loss = train_step(model, optimizers, params, xb, yb, r, extra_loss)
         if ema is not None:
             ema_update(ema_params, params, ema_weight(it, r.ema_decay))
         if it % eval_interval == eval_interval - 1 or it == n_iters - 1:
             last_train_loss = loss.item()  # the train loss logged beside the next evaluation
             check_finite(last_train_loss, "train", it, r)
 
-    last_state = None
-    if best_state is not None:  # end with the selected weights (inside the clock: it is part of training)
-        last_state = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
-        eval_model.load_state_dict(best_state)
+    if selection is not None:
+        selection.restore(eval_model)  # inside the clock: it is part of training
     if dev == "mps":
         torch.mps.synchronize()
     elapsed_min = (time.time() - t0) / 60.0
@@ -958,18 +674,15 @@ def train(recipe: Recipe = None):
     # --- reporting: after the clock stops; none of it changes the return value ---
     val_full = full_split_loss(eval_model, val_data)
     check_finite(val_full, "whole-split val", n_iters, r)
-    val_full_last = val_full
-    if last_state is not None:  # what the last weights would have given, for the ablation
-        eval_model.load_state_dict(last_state)
-        val_full_last = full_split_loss(eval_model, val_data)
-        eval_model.load_state_dict(best_state)
+    selected = {"val_loss_full_last_weights": val_full, "selected_iter": n_iters}
+    if selection is not None:
+        selected = selection.report(eval_model, lambda: full_split_loss(eval_model, val_data), val_full)
     here = Path(__file__).resolve().parent
     metrics = {
         "best_vloss": best_vloss,
         "elapsed_min": elapsed_min,
         "val_loss_full": val_full,
-        "val_loss_full_last_weights": val_full_last,
-        "selected_iter": best_sel_iter if best_state is not None else n_iters,
+        **selected,
         "seed": r.seed,
         "iters": n_iters,
         "device": dev,
@@ -991,8 +704,8 @@ def train(recipe: Recipe = None):
     write_pair(out_dir, metrics, ckpt)
     print(
         f"[train_mps] best_vloss {best_vloss:.4f} | whole-split val {val_full:.4f} "
-        f"(weights of iter {metrics['selected_iter']}; last weights {val_full_last:.4f}) | seed {r.seed} | "
-        f"{elapsed_min:.2f} min\n[train_mps] wrote {out_dir / 'metrics.json'} and {out_dir / 'ckpt.pt'}",
+        f"(weights of iter {metrics['selected_iter']}; last weights {metrics['val_loss_full_last_weights']:.4f}) | "
+        f"seed {r.seed} | {elapsed_min:.2f} min\n[train_mps] wrote {out_dir / 'metrics.json'} and {out_dir / 'ckpt.pt'}",
         flush=True,
     )
     if n_iters != max_iters:

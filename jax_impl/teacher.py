@@ -1,4 +1,4 @@
-"""train_mps.NgramTeacher in the JAX trainer: the interpolated Kneser-Ney trigram used as a soft target
+"""levers.NgramTeacher in the JAX trainer: the interpolated Kneser-Ney trigram used as a soft target
 (Recipe.ngram_distill, Recipe.ngram_loo), written again from its formulas (Chen & Goodman 1998, one absolute
 discount per order, D = n1 / (n1 + 2 n2) from counts of counts):
 
@@ -6,7 +6,7 @@ discount per order, D = n1 / (n1 + 2 n2) from counts of counts):
     p2(w | v)   = max(N1+(.vw) - D2, 0) / N1+(.v.) + D2 N1+(v.) / N1+(.v.) * p1(w)
     p1(w)       = N1+(.w) / N1+(..)
 
-The parity suite compares this module with train_mps.NgramTeacher, so it shares none of its code: the counts are
+The parity suite compares this module with levers.NgramTeacher, so it shares none of its code: the counts are
 scipy sparse matrices (one row per trigram context, per bigram context; a column per token), a position's counts
 are its context's row, and leave-one-out subtracts the position's own occurrence from those rows and recomputes
 every total and type count from what is left (torch instead corrects y's entries after the fact).
@@ -186,7 +186,7 @@ def distill_loss_terms(params, config: GPTConfig, idx, targets, teacher_probs, d
 
 
 def make_teacher(config: GPTConfig, train_tokens, distill: float) -> Optional[TeacherCounts]:
-    """train_mps.make_teacher for a JAX config: the teacher over the model's output rows (a shortlist's k rows,
+    """levers.make_teacher for a JAX config: the teacher over the model's output rows (a shortlist's k rows,
     token_rows from its ids), or None when distill is 0."""
     if distill == 0:
         return None

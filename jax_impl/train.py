@@ -16,7 +16,7 @@ minutes (clock as train_mps: from after the data load to the end of the loop); `
 {"model": state_dict, "model_args", "iter_num", "metrics"}), as one pair (train_mps.write_pair), loadable by
 model.py:
 
-    ckpt = torch.load(path); GPT(GPTConfig(**ckpt["model_args"])).load_state_dict(ckpt["model"])
+    ckpt = torch.load(path); levers.model_from_args(ckpt["model_args"]).load_state_dict(ckpt["model"])
     config = jax_impl.config_from_torch(ckpt["model_args"], ckpt["model"])  # and back into JAX
 
 `--init-from CKPT` starts from a trained checkpoint's weights instead (train_mps.py's or this trainer's, for the same
@@ -24,7 +24,7 @@ train.bin): fine-tuning under another integrator, e.g. a flow-trained torch mode
 is Recipe.random_steps: each training step under a step count drawn from --steps..K, the same draws as train_mps.
 `--ngram-distill A` is Recipe.ngram_distill: the step trains on (1 - A) CE(targets) + A CE(teacher) + regularizers,
 the teacher an interpolated Kneser-Ney trigram fitted on train.bin over the model's output rows (jax_impl.teacher,
-written apart from train_mps.NgramTeacher; a parity test compares the two); `--ngram-loo` is Recipe.ngram_loo, the
+written apart from levers.NgramTeacher; a parity test compares the two); `--ngram-loo` is Recipe.ngram_loo, the
 teacher leaving each position's own trigram occurrence out of its counts. Both go into the recipe (validated by it,
 recorded in the metrics); the progress lines and metrics report the pure cross-entropy, as train_mps.
 
@@ -180,6 +180,7 @@ def train(
 ):
     import torch
 
+    import levers
     import train_mps as tm
 
     if jax.default_backend() == "gpu":
@@ -189,7 +190,7 @@ def train(
     # `solver`, recorded in the metrics' recipe.
     # The integrator's fields default to the Recipe's (the canonical's: heun/parallel x2, trained under 2..4 steps);
     # an adaptive solver chooses its own steps, so its random_steps defaults to 0.
-    canonical = tm.Recipe()
+    canonical = levers.LeverRecipe()
     solver = canonical.solver if solver is None else solver
     if solver not in METHODS:
         raise ValueError(f"solver must be one of {', '.join(METHODS)}, got {solver!r}")
@@ -252,7 +253,7 @@ def train(
     tx = make_optimizer(r, params, n_iters)
     opt_state = tx.init(params)
     step = TrainSteps(config, tx, r.ngram_distill)
-    teacher = make_teacher(config, train_np, r.ngram_distill)  # over the model's rows, as train_mps.make_teacher
+    teacher = make_teacher(config, train_np, r.ngram_distill)  # over the model's rows, as levers.make_teacher
     param_dtype = jax.tree_util.tree_leaves(params)[0].dtype
     steps_rng = tm.steps_stream(r)  # train_mps's draws for Recipe.random_steps, the same ones
     ema = jax.tree_util.tree_map(jnp.copy, params) if r.ema_decay > 0 else None
@@ -286,7 +287,7 @@ def train(
             tm.check_finite(vloss, "val", it, r)
             nfe_eval = int(stats["nfe"])
             best_vloss = min(best_vloss, vloss)
-            sel = tm.window_best(recent, vloss, best_sel, r.select_window)
+            sel = levers.window_best(recent, vloss, best_sel, r.select_window)
             if sel is not None:
                 best_sel, best_sel_iter = sel, it
                 best_params = jax.tree_util.tree_map(jnp.copy, eval_params)  # params are donated: copy
@@ -299,12 +300,12 @@ def train(
                 flush=True,
             )
         xb, yb = tm.get_batch(train_data, train_gen)
-        n_steps = tm.draw_steps(r, steps_rng)
+        n_steps = r.draw_steps(steps_rng)
         probes = None
         if config.jacobian_frobenius > 0:
             probes = draw_probes(jax.random.fold_in(probe_key, it), step.config(n_steps), x_shape)
         teacher_probs = None
-        if teacher is not None:  # on the host, outside autograd, as train_mps's NgramTeacher.target
+        if teacher is not None:  # on the host, outside autograd, as levers.NgramTeacher.target
             teacher_probs = jnp.asarray(teacher_target(teacher, xb.numpy(), yb.numpy(), r.ngram_loo), param_dtype)
         params, opt_state, loss = step(n_steps, params, opt_state, as_jnp(xb), as_jnp(yb), probes, teacher_probs)
         if ema is not None:

@@ -157,12 +157,13 @@ from .runs import (
 from .specs import (
     FIXED,
     ROOT,
-    SOURCE_FILES,
     TIME_WEIGHT,
     BenchmarkError,
+    builtin_recipe_class,
     canonical_train_mps,
     check_train_mps,
     parse_config,
+    source_files,
     source_texts,
     sources_sha256,
 )
@@ -330,7 +331,7 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
     print_environment(env)
 
     tm = canonical_train_mps()
-    configs = [parse_config(spec, tm.Recipe) for spec in a.configs]
+    configs = [parse_config(spec, builtin_recipe_class()) for spec in a.configs]
     missing = [f for f in ("train.bin", "val.bin") if not (data_dir / f).is_file()]
     if missing:
         raise BenchmarkError(
@@ -373,7 +374,7 @@ def benchmark(a: argparse.Namespace, argv: list[str]) -> int:
                 "refused:\n  " + "\n  ".join(problems)
             )
         if from_snapshot:
-            current = {f: (Path(c.origin) / f).read_bytes() for f in SOURCE_FILES if (Path(c.origin) / f).is_file()}
+            current = {f: (Path(c.origin) / f).read_bytes() for f in source_files(c) if (Path(c.origin) / f).is_file()}
             if current != texts:
                 print(
                     f"[benchmark] WARNING: {c.origin} changed since the benchmark started; "

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .files import sha256
-from .specs import ROOT, SOURCE_FILES
+from .specs import LEVERS_FILE, ROOT, SOURCE_FILES
 
 
 def git_state() -> dict:
@@ -21,7 +21,7 @@ def git_state() -> dict:
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--", *SOURCE_FILES)
+        dirty = git("status", "--porcelain", "--", *SOURCE_FILES, LEVERS_FILE)
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": None, "git_dirty_sources": None}
     return {"git_commit": commit, "git_dirty_sources": bool(dirty) if dirty is not None else None}

@@ -12,7 +12,7 @@ from .files import atomic_write_json, load_record
 from .judge import judge_run, vloss_slack
 from .references import reference_losses
 from .report import render_markdown, write_reports
-from .specs import BenchmarkError, canonical_train_mps, recipe_drift
+from .specs import BenchmarkError, builtin_recipe_class, recipe_drift
 from .summary import summarize
 
 
@@ -93,7 +93,7 @@ def merge(a: argparse.Namespace, argv: list[str]) -> int:
     used = {(c, d) for (c, _), d in origin.items()}  # a folder's details count only where its runs are taken
     details = {label: [(d, det) for d, det in dets if (label, d) in used] for label, dets in details.items()}
     warnings = []
-    recipe_cls = canonical_train_mps().Recipe
+    recipe_cls = builtin_recipe_class()
     for (label, seed), r in runs.items():
         drift = recipe_drift(label, (r.get("metrics") or {}).get("recipe", {}), recipe_cls)  # none: original layout
         if drift:

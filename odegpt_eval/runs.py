@@ -24,7 +24,7 @@ from .files import atomic_write_bytes, atomic_write_json, load_record, sha256, s
 from .judge import VLOSS_SLACK, judge_run
 from .layout import prepare_candidate
 from .scoring import batch_floor, evaluations
-from .specs import FIXED, SOURCE_FILES, Config
+from .specs import FIXED, Config, source_files
 from .splits import heldout_halves
 
 FULL_TIMEOUT_MIN = 240.0  # a full run takes 10 to 40 min on a 2-core CPU
@@ -308,7 +308,7 @@ def execute_run(
         shutil.rmtree(rdir)
     rdir.mkdir(parents=True)
     source = out / "sources" / config.snapshot
-    snapshot_sha = {f: sha256(source / f) for f in SOURCE_FILES}
+    snapshot_sha = {f: sha256(source / f) for f in source_files(config)}
     changed = {f: h for f, h in (expected_sources or {}).items() if snapshot_sha.get(f) != h}
     with PREPARE_LOCK:
         folder, heldout, layout, adaptations = prepare_candidate(source, rdir, data_dir, max_iters)

@@ -28,7 +28,7 @@ BUILTIN_SOURCE = "canonical"  # the snapshot folder shared by baseline, canonica
 # splitting), nanoGPT's init with tied embeddings, vocab 50304, no bias, dropout 0; AdamW lr 3e-4, betas
 # (0.9, 0.95), weight decay 0.1 on >= 2-D parameters, clipping at 1.0, a constant learning rate, no warmup,
 # no EMA. Every Recipe field but the seed is pinned (a test checks), so a change of the canonical defaults
-# cannot move the baseline; muon_lr and decay_frac are unused under adamw / constant.
+# cannot move the baseline; decay_frac is unused under constant. levers.py's fields are absent: off.
 BASELINE_RECIPE = dict(
     vocab_size=50304,
     bias=False,
@@ -40,13 +40,8 @@ BASELINE_RECIPE = dict(
     shortlist=False,
     kinetic_energy=0.0,
     jacobian_frobenius=0.0,
-    ngram_buckets=0,
-    token_noise=0.0,
-    head_width=0,
-    optimizer="adamw",
     fused_optimizer=False,  # nanoGPT's configure_optimizers: AdamW's per-tensor loop on CPU and MPS
     learning_rate=3e-4,
-    muon_lr=0.02,
     min_lr=3e-4,
     schedule="constant",
     warmup_iters=0,
@@ -56,11 +51,7 @@ BASELINE_RECIPE = dict(
     beta2=0.95,
     grad_clip=1.0,
     ema_decay=0.0,
-    select_window=0,
-    ngram_distill=0.0,
-    ngram_loo=False,
     random_steps=0,
-    refine_prob=1.0,
 )
 
 
@@ -89,6 +80,32 @@ def canonical_train_mps():
     import train_mps
 
     return train_mps
+
+
+# Built-ins may set the fields of levers.py (canonical:ngram_distill=0.5,...), the off-by-default levers that live
+# beside the two files (which never import it). Such a built-in trains from its own snapshot, the two files and
+# levers.py, as levers.train(levers.LeverRecipe(**overrides)); every other configuration runs as before.
+LEVERS_FILE = "levers.py"
+LEVERS_SOURCE = "canonical-levers"  # the snapshot folder of the built-ins that set a lever
+
+
+def builtin_recipe_class():
+    """The class built-in specs are parsed against: levers.LeverRecipe, train_mps.Recipe and the levers' fields."""
+    canonical_train_mps()
+    import levers
+
+    return levers.LeverRecipe
+
+
+def builtin_snapshot(overrides: dict | None) -> str:
+    """BUILTIN_SOURCE, or LEVERS_SOURCE where the overrides set a field train_mps.Recipe lacks (a lever's)."""
+    plain = {f.name for f in dataclasses.fields(canonical_train_mps().Recipe)}
+    return LEVERS_SOURCE if set(overrides or {}) - plain else BUILTIN_SOURCE
+
+
+def source_files(config: Config) -> tuple[str, ...]:
+    """The files a configuration trains with: model.py and train_mps.py, and levers.py for a lever's built-in."""
+    return (*SOURCE_FILES, LEVERS_FILE) if config.snapshot == LEVERS_SOURCE else SOURCE_FILES
 
 
 def parse_value(field: str, text: str, kind):
@@ -144,9 +161,8 @@ def parse_config(spec: str, recipe_cls) -> Config:
     if spec == "canonical":
         return Config(spec, "builtin", canonical, BUILTIN_SOURCE, None)
     if spec.startswith("canonical:"):
-        return Config(
-            spec, "builtin", canonical, BUILTIN_SOURCE, parse_overrides(spec[len("canonical:") :], recipe_cls)
-        )
+        overrides = parse_overrides(spec[len("canonical:") :], recipe_cls)
+        return Config(spec, "builtin", canonical, builtin_snapshot(overrides), overrides)
     folder = Path(spec)
     if not folder.is_dir():
         raise BenchmarkError(
@@ -182,9 +198,9 @@ def check_train_mps(source: str, filename: str) -> list[str]:
 def source_texts(config: Config, out: Path, resume: bool) -> tuple[dict[str, bytes], bool]:
     """The two files a configuration trains with: on --resume the saved copy if there is one, else the origin."""
     snap = out / "sources" / config.snapshot
-    use_snapshot = resume and all((snap / f).is_file() for f in SOURCE_FILES)
+    use_snapshot = resume and all((snap / f).is_file() for f in source_files(config))
     folder = snap if use_snapshot else Path(config.origin)
-    return {f: (folder / f).read_bytes() for f in SOURCE_FILES}, use_snapshot
+    return {f: (folder / f).read_bytes() for f in source_files(config)}, use_snapshot
 
 
 def sources_sha256(texts: dict[str, bytes]) -> dict[str, str]:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import jax_impl
+import levers
 import model as torch_model
 import train_mps
 from jax_impl import optim as jax_optim
@@ -90,12 +91,12 @@ def tree_max_rel(jax_tree, torch_tree) -> float:
 
 def configs(solver, splitting, steps, **overrides):
     kw = {**TINY, "solver": solver, "splitting": splitting, "steps_per_layer": steps, **overrides}
-    return torch_model.GPTConfig(**kw), jax_impl.GPTConfig(**kw)
+    return levers.LeverConfig(**kw), jax_impl.GPTConfig(**kw)
 
 
 def torch_gpt(tconfig, dtype: str, seed: int = 0):
     torch.manual_seed(seed)
-    return torch_model.GPT(tconfig).to(TORCH_DTYPES[dtype])
+    return levers.LeverGPT(tconfig).to(TORCH_DTYPES[dtype])
 
 
 def batch(vocab: int = TINY["vocab_size"], seed: int = 0, b: int = BATCH, t: int = SEQ):
@@ -121,7 +122,7 @@ def torch_grads_as_params(model, jconfig):
 def shortlist_gpt(solver, splitting, steps, dtype: str, seed: int = 0, **overrides):
     """A torch shortlist model and its JAX config (config_from_torch: the ids from row_tokens). The
     shortlist is a random permutation's first k ids, so rows and ids differ and are not sorted."""
-    tconfig = torch_model.GPTConfig(
+    tconfig = levers.LeverConfig(
         **{**TINY, **SHORTLIST, "solver": solver, "splitting": splitting, "steps_per_layer": steps, **overrides}
     )
     model = torch_gpt(tconfig, dtype, seed)
@@ -295,7 +296,7 @@ def check_tableau(name) -> dict:
 
 
 def recipe(**overrides):
-    return replace(train_mps.Recipe(), **overrides)
+    return replace(levers.LeverRecipe(), **overrides)
 
 
 def check_lr(schedule: str) -> dict:
@@ -344,7 +345,7 @@ def check_optimizer(optimizer: str, dtype: str = "float64", ns: str = "float64",
     tconfig, jconfig = configs("euler", "lie", 1)
     model = torch_gpt(tconfig, dtype)
     params = jax_impl.params_from_torch(model.state_dict(), jconfig)
-    opts = train_mps.make_optimizers(model, r, "cpu")
+    opts = levers.make_optimizers(model, r, "cpu")
     base_lrs = [[g["lr"] for g in o.param_groups] for o in opts]
     tparams = [p for p in model.parameters() if p.requires_grad]
     tx = jax_optim.make_optimizer(r, params, total, muon_ns_dtype=jnp.float64 if ns == "float64" else None)
@@ -427,7 +428,7 @@ def check_training(
     tconfig, jconfig = configs(solver, splitting, steps, bias=False, **reg)
     model = torch_gpt(tconfig, dtype).train()
     params = jax_impl.params_from_torch(model.state_dict(), jconfig)
-    opts = train_mps.make_optimizers(model, r, "cpu")
+    opts = levers.make_optimizers(model, r, "cpu")
     base_lrs = [[g["lr"] for g in o.param_groups] for o in opts]
     tparams = [p for p in model.parameters() if p.requires_grad]
     ema_t = [p.detach().clone() for p in tparams]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import jax_impl
+import levers
 import model as torch_model
 from parity_tests import harness as H
 from parity_tests.tolerances import tol
@@ -64,7 +65,7 @@ def test_jax_only_options_are_validated(bad):
 def test_config_fields_and_defaults_match_torch():
     """Torch's fields in torch's order, but for `shortlist` (the ids) where torch has shortlist_size
     (a property of the JAX config: the ids' count)."""
-    t = {f.name: f.default for f in dataclasses.fields(torch_model.GPTConfig)}
+    t = {f.name: f.default for f in dataclasses.fields(levers.LeverConfig)}
     j_names = [f.name for f in dataclasses.fields(jax_impl.GPTConfig)]
     assert tuple(t) == jax_impl.TORCH_CONFIG_FIELDS
     assert j_names[: len(t)] == ["shortlist" if k == "shortlist_size" else k for k in t]
@@ -97,7 +98,7 @@ def test_config_fields_and_defaults_match_torch():
 )
 def test_config_is_validated_like_torch(bad):
     with pytest.raises(ValueError) as t_err:
-        torch_model.GPTConfig(**bad)
+        levers.LeverConfig(**bad)
     with pytest.raises(ValueError) as j_err:
         jax_impl.GPTConfig(**bad)
     if "solver" not in bad:  # the JAX list of valid solvers is longer
@@ -123,7 +124,7 @@ def test_shortlist_config_is_validated(bad_jax, bad_torch, same_message):
         jax_impl.GPTConfig(**{**H.TINY, **bad_jax})
     if bad_torch is not None:
         with pytest.raises(ValueError) as t_err:
-            torch_model.GPTConfig(**{**H.TINY, **bad_torch})
+            levers.LeverConfig(**{**H.TINY, **bad_torch})
         if same_message:
             assert str(j_err.value) == str(t_err.value)
 
@@ -154,7 +155,7 @@ def test_state_dict_round_trip_is_exact(bias):
     for k in sd:
         assert back[k].dtype == sd[k].dtype and torch.equal(back[k], sd[k]), k
     assert back["lm_head.weight"] is back["transformer.wte.weight"]
-    fresh = torch_model.GPT(tconfig).double()
+    fresh = levers.LeverGPT(tconfig).double()
     fresh.load_state_dict(back, strict=True)
     assert fresh.lm_head.weight.data_ptr() == fresh.transformer.wte.weight.data_ptr()
     kernel = params["h"]["attn"]["c_attn"]["kernel"]
@@ -172,7 +173,7 @@ def test_shortlist_state_dict_round_trip_is_exact():
     assert list(back) == list(sd)
     for k in sd:
         assert back[k].dtype == sd[k].dtype and torch.equal(back[k], sd[k]), k
-    fresh = torch_model.GPT(model.config).double()  # its buffers start as the shortlist 0..k-1
+    fresh = levers.LeverGPT(model.config).double()  # its buffers start as the shortlist 0..k-1
     fresh.load_state_dict(back, strict=True)
     assert torch.equal(fresh.row_tokens, model.row_tokens) and torch.equal(fresh.token_rows, model.token_rows)
 

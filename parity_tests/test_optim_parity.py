@@ -40,7 +40,7 @@ def test_training_steps_under_drawn_step_counts():
     both sides; 8 steps so that every count is drawn (checked)."""
     drawn = H.recipe(steps_per_layer=1, random_steps=3)
     rng = train_mps.steps_stream(drawn)
-    assert {train_mps.draw_steps(drawn, rng) for _ in range(8)} == {1, 2, 3}
+    assert {drawn.draw_steps(rng) for _ in range(8)} == {1, 2, 3}
     assert_within(
         H.check_training("heun", "parallel", 1, "adamw", False, "float64", n_steps=8, random_steps=3), "float64"
     )

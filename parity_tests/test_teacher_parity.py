@@ -1,8 +1,8 @@
 """The n-gram distillation teacher (Recipe.ngram_distill, Recipe.ngram_loo) on both sides: jax_impl.teacher, written
-apart from train_mps.NgramTeacher, gives its target; the JAX train step trains the same mixture as
-train_mps.train_step; `python -m jax_impl.train --ngram-distill A --ngram-loo` trains with it and records both.
+apart from levers.NgramTeacher, gives its target; the JAX train step trains the same mixture as
+levers.train_step; `python -m jax_impl.train --ngram-distill A --ngram-loo` trains with it and records both.
 
-train_mps.NgramTeacher keeps its counts in float32 whatever the model's dtype (its target is float32-rounded,
+levers.NgramTeacher keeps its counts in float32 whatever the model's dtype (its target is float32-rounded,
 ~1e-7 relative); the float64 comparisons run it on float64 copies of the same counts (`in_float64`), the shipped
 float32 teacher is compared at the float32 tolerance."""
 
@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import jax_impl
+import levers
 import train_mps
 from jax_impl import optim as jax_optim
 from jax_impl import teacher as jt
@@ -30,7 +31,7 @@ V = 20
 SHORTLIST_ROWS = np.concatenate([np.arange(12)[::-1], np.full(V - 12, 12)])
 
 
-def in_float64(teacher: train_mps.NgramTeacher) -> train_mps.NgramTeacher:
+def in_float64(teacher: levers.NgramTeacher) -> levers.NgramTeacher:
     """The same teacher with its float32 counts as float64 (every other value of target() is 0/1 or a Python
     float): torch's arithmetic, in the dtype of a float64 comparison."""
     for name, value in list(vars(teacher).items()):
@@ -43,7 +44,7 @@ def toy_split():
     """Tokens with contexts seen once, twice and often, and one trigram whose bigram and last token occur once
     (leave-one-out takes a type out of every level); windows over them (every trigram, most twice) and two
     windows of contexts never seen, with targets not in the counts. Every target is a token of the shortlist's rows,
-    as in training (train_mps.NgramTeacher's leave-one-out cannot take a target outside them: IndexError)."""
+    as in training (levers.NgramTeacher's leave-one-out cannot take a target outside them: IndexError)."""
     rng = np.random.default_rng(3)
     tokens = rng.integers(0, 8, size=80)
     tokens[20:23] = [9, 10, 11]
@@ -62,7 +63,7 @@ def test_the_teacher_target_is_torchs(shortlist, leave_one_out):
     rows, n_rows = (SHORTLIST_ROWS, 12) if shortlist else (None, 0)
     counts = jt.fit_teacher(tokens, V, rows, n_rows)
     got = jt.teacher_target(counts, xb, yb, leave_one_out)  # (P, n_rows)
-    shipped = train_mps.NgramTeacher(tokens, V, rows, n_rows, leave_one_out=leave_one_out)
+    shipped = levers.NgramTeacher(tokens, V, rows, n_rows, leave_one_out=leave_one_out)
     assert (counts.discount2, counts.discount3) == shipped.discounts
     want = shipped.target(torch.from_numpy(xb), torch.from_numpy(yb))
     assert got.shape == tuple(want.shape) == (xb.size, 12 if shortlist else V)
@@ -90,7 +91,7 @@ def _training_split(vocab: np.ndarray, n: int = 600, seed: int = 0) -> np.ndarra
 
 @pytest.mark.parametrize("shortlist", [True, False], ids=["shortlist", "full-softmax"])
 def test_distillation_training_steps(shortlist):
-    """6 steps of train_mps.train_step with its make_teacher (ngram_distill 0.3, leave-one-out) vs the JAX step
+    """6 steps of levers.train_step with its make_teacher (ngram_distill 0.3, leave-one-out) vs the JAX step
     with jax_impl.teacher's target, float64, from the same weights and batches: the (pure cross-entropy) losses
     and the parameters after every step."""
     dtype, n_steps = "float64", 6
@@ -104,8 +105,8 @@ def test_distillation_training_steps(shortlist):
     model.train()
     r = H.recipe(vocab_size=model.config.vocab_size, bias=False, warmup_iters=2, ngram_distill=0.3, ngram_loo=True)
     params = jax_impl.params_from_torch(model.state_dict(), jconfig)
-    torch_teacher = in_float64(train_mps.make_teacher(r, model, tokens, "cpu"))
-    opts = train_mps.make_optimizers(model, r, "cpu")
+    torch_teacher = in_float64(levers.make_teacher(r, model, tokens, "cpu"))
+    opts = levers.make_optimizers(model, r, "cpu")
     base_lrs = [[g["lr"] for g in o.param_groups] for o in opts]
     tparams = [p for p in model.parameters() if p.requires_grad]
     tx = jax_optim.make_optimizer(r, params, 10)
@@ -119,9 +120,7 @@ def test_distillation_training_steps(shortlist):
         xb = np.stack([tokens[s : s + H.SEQ] for s in starts])
         yb = np.stack([tokens[s + 1 : s + H.SEQ + 1] for s in starts])
         train_mps.set_lr(opts, base_lrs, train_mps.lr_at(it, 10, r))
-        loss_t = train_mps.train_step(
-            model, opts, tparams, torch.from_numpy(xb), torch.from_numpy(yb), r, torch_teacher
-        )
+        loss_t = levers.train_step(model, opts, tparams, torch.from_numpy(xb), torch.from_numpy(yb), r, torch_teacher)
         probs = jnp.asarray(jt.teacher_target(jax_teacher, xb, yb, r.ngram_loo))
         params, state, loss_j = step(1, params, state, jnp.asarray(xb), jnp.asarray(yb), None, probs)
         losses = max(losses, H.max_abs(loss_j, loss_t))

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import jax_impl
-import model as torch_model
+import levers
 import train_mps
 from jax_impl.train import full_split_loss
 from parity_tests import tolerances as T
@@ -35,7 +35,7 @@ def tiny_data(tmp_path):
 
 def _load(ckpt_path):
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    model = torch_model.GPT(torch_model.GPTConfig(**ckpt["model_args"]))
+    model = levers.model_from_args(ckpt["model_args"])
     model.load_state_dict(ckpt["model"], strict=True)
     return ckpt, model.eval()
 

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # scripts run as `python scripts/x.py` see only scripts/ on the path
     sys.path.insert(0, str(ROOT))
 
-from model import GPT, GPTConfig  # noqa: E402
+from levers import model_from_args  # noqa: E402
+from model import GPT  # noqa: E402
 
 DEFAULT_CKPT = ROOT / "out" / "ckpt.pt"
 DEFAULT_DATA_DIR = ROOT / "data" / "shakespeare"
@@ -106,7 +107,7 @@ def load_checkpoint(path: Path) -> tuple[GPT, dict]:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise StudyError(f"{path} is not a train_mps.py checkpoint (no 'model'/'model_args'); rerun `make train`")
-    model = GPT(GPTConfig(**ckpt["model_args"]))
+    model = model_from_args(ckpt["model_args"])
     model.load_state_dict(ckpt["model"])
     model.eval()
     model.requires_grad_(False)

@@ -118,22 +118,23 @@ def count_config(name: str, tokens, batch, val_batch, fused_field: bool = True) 
     fused_field=False counts the parallel field as attn + mlp (what Block.fused_field saves)."""
     import torch
 
+    import levers
     import train_mps as tm
 
-    r = replace(tm.Recipe(), **bench_integrators.parse_config(name))
+    r = replace(levers.LeverRecipe(), **bench_integrators.parse_config(name))
     torch.manual_seed(r.seed)
     model = tm.make_model(r, tokens)
     for block in model.transformer.h:
         block.fused = block.fused and fused_field
-    opts = tm.make_optimizers(model, r, "cpu")
+    opts = r.optimizers(model, "cpu")
     params = [p for p in model.parameters() if p.requires_grad]
     ema_model, ema_params = tm.make_ema(model) if r.ema_decay > 0 else (None, None)
     eval_model = ema_model if ema_model is not None else model
-    teacher = tm.make_teacher(r, model, tokens, "cpu")
+    teacher = levers.make_teacher(r, model, tokens, "cpu")
     xb, yb = batch
 
     def step():
-        tm.train_step(model, opts, params, xb, yb, r, teacher)
+        levers.train_step(model, opts, params, xb, yb, r, teacher)
         if ema_model is not None:
             with torch.profiler.record_function("odegpt::ema"):
                 tm.ema_update(ema_params, params, tm.ema_weight(1000, r.ema_decay))
@@ -149,7 +150,7 @@ def count_config(name: str, tokens, batch, val_batch, fused_field: bool = True) 
     torch.nn.utils.clip_grad_norm_ = labelled("clip", original_clip)
     try:
         per_count = {}
-        for n, prob in tm.step_counts(r).items():
+        for n, prob in levers.step_counts(r).items():
             model.set_integrator(steps_per_layer=n)  # as drawn_steps sets it for one step
             step()  # the first step creates the optimizer's state: not a step like the others
             per_count[n] = {"probability": prob, "sections": count_ops(step)}

@@ -59,11 +59,11 @@ STEP_VARIANTS = ("loss_only", "ce_on_logits")
 
 def mean_nfe(model, r) -> float:
     """Attention + MLP evaluations per training forward, all layers; under Recipe.random_steps the mean over the
-    drawn step counts (train_mps.step_counts), rounded to 4 digits (an integer where it is one)."""
-    import train_mps as tm
+    drawn step counts (levers.step_counts), rounded to 4 digits (an integer where it is one)."""
+    import levers
 
     per_step = sum(model.nfe().values()) / model.config.steps_per_layer
-    mean = round(per_step * sum(n * p for n, p in tm.step_counts(r).items()), 4)
+    mean = round(per_step * sum(n * p for n, p in levers.step_counts(r).items()), 4)
     return int(mean) if mean == int(mean) else mean
 
 
@@ -116,10 +116,10 @@ def parse_config(text: str) -> dict:
     if text == "canonical":
         return {}
     if text.startswith("canonical:"):
-        import train_mps
+        import levers
 
         try:
-            return parse_overrides(text.split(":", 1)[1], train_mps.Recipe)
+            return parse_overrides(text.split(":", 1)[1], levers.LeverRecipe)
         except BenchmarkError as e:
             raise SystemExit(f"error: config {text!r}: {e}") from None
     parts = text.split("/")
@@ -192,6 +192,7 @@ def main(argv=None):
     import numpy as np
     import torch
 
+    import levers
     import train_mps as tm
 
     parsed = [parse_config(split_variant(c)[0]) for c in a.configs]
@@ -214,10 +215,10 @@ def main(argv=None):
 
     runs = []
     for name, fields in zip(a.configs, parsed):
-        r = replace(tm.Recipe(), **fields)
+        r = replace(levers.LeverRecipe(), **fields)
         torch.manual_seed(r.seed)
         model = tm.make_model(r, tokens).to(device)
-        opts = tm.make_optimizers(model, r, device)
+        opts = r.optimizers(model, device)
         params = [q for q in model.parameters() if q.requires_grad]  # as train() passes them
         ema = tm.make_ema(model)[1] if r.ema_decay > 0 else None  # the averaged parameters
         variant = split_variant(name)[1]
@@ -226,7 +227,7 @@ def main(argv=None):
                 f"error: config {name!r}: a step variant computes its own loss, without the n-gram teacher"
             )
         forward = model if variant is None else VariantForward(model, variant)
-        teacher = tm.make_teacher(r, model, tokens, device)  # as train() builds it
+        teacher = levers.make_teacher(r, model, tokens, device)  # as train() builds it
         runs.append(
             dict(
                 name=name,
@@ -250,7 +251,7 @@ def main(argv=None):
             xb, yb = batches[run["it"] % len(batches)]
             r = run["recipe"]
             with tm.drawn_steps(run["model"], r, run["steps_rng"]):  # as train() draws them: the longer steps count
-                loss = tm.train_step(run["forward"], run["opts"], run["params"], xb, yb, r, run["teacher"])
+                loss = levers.train_step(run["forward"], run["opts"], run["params"], xb, yb, r, run["teacher"])
             if run["ema"] is not None:
                 tm.ema_update(run["ema"], run["params"], tm.ema_weight(run["it"], run["recipe"].ema_decay))
             run["it"] += 1

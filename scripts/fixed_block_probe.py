@@ -93,9 +93,11 @@ def prepare(a: argparse.Namespace):
     sets = parse_sets(a.set)
     data_dir = checked_data_dir(a)
     tm = load_probe_module(sets)
-    overrides = parse_overrides(a.recipe, tm.Recipe) if a.recipe else {}
+    import levers  # the recipe with the levers (off by default); the probe's train_mps trains it
+
+    overrides = parse_overrides(a.recipe, levers.LeverRecipe) if a.recipe else {}
     try:
-        recipe = tm.Recipe(**{**overrides, "seed": a.seed})
+        recipe = levers.LeverRecipe(**{**overrides, "seed": a.seed})
     except ValueError as e:
         raise ProbeError(str(e)) from None
     return tm, recipe, overrides, sets, data_dir

@@ -48,6 +48,7 @@ from _study_common import (
     write_json,
 )
 
+import levers
 import train_mps as tm
 
 STUDY = "flow_study"
@@ -270,7 +271,7 @@ def row_label(row: dict) -> str:
     recipe = row.get("recipe")
     if not isinstance(recipe, dict):
         return short_label(row["label"])
-    defaults = asdict(tm.Recipe())
+    defaults = asdict(levers.LeverRecipe())
     changed = [f"{k}={v}" for k, v in recipe.items() if k != "seed" and k in defaults and defaults[k] != v]
     return ", ".join(changed) or "canonical"
 

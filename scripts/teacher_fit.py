@@ -1,4 +1,4 @@
-"""How the n-gram teacher (train_mps.NgramTeacher, Recipe.ngram_distill) predicts the targets it teaches: its
+"""How the n-gram teacher (levers.NgramTeacher, LeverRecipe.ngram_distill) predicts the targets it teaches: its
 cross-entropy on training batches, with its counts as they are and with leave-one-out (Recipe.ngram_loo), beside
 its cross-entropy on validation batches, where it predicts text it never counted.
 
@@ -34,11 +34,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
+import levers  # noqa: E402
 import train_mps as tm  # noqa: E402
 from odegpt_eval.files import atomic_write_bytes  # noqa: E402
 
 
-def teacher_cross_entropy(teacher: tm.NgramTeacher, data: torch.Tensor, batches: int, seed: int) -> dict:
+def teacher_cross_entropy(teacher: levers.NgramTeacher, data: torch.Tensor, batches: int, seed: int) -> dict:
     """Over `batches` of get_batch's windows of `data`: the share of targets the teacher gives probability 0 (a
     token its counts never saw, or, under leave-one-out, saw only at that position: the teacher has no uniform
     floor, and the student's own cross-entropy term covers them), and the mean -log p_teacher(target) over the
@@ -54,7 +55,7 @@ def teacher_cross_entropy(teacher: tm.NgramTeacher, data: torch.Tensor, batches:
 
 
 @torch.no_grad()
-def student_fit(model, teacher: tm.NgramTeacher, data: torch.Tensor, batches: int, seed: int) -> dict:
+def student_fit(model, teacher: levers.NgramTeacher, data: torch.Tensor, batches: int, seed: int) -> dict:
     """Over the same batches as teacher_cross_entropy: the student's cross-entropy on the targets, and the mean over
     positions of KL(teacher || student) over the student's output rows (the teacher's zero rows add nothing)."""
     gen = torch.Generator().manual_seed(seed)
@@ -76,7 +77,7 @@ def run(data_dir: Path, batches: int, seed: int, ckpt=None) -> dict:
     train = tm.load_split(data_dir, "train", tm.Recipe().vocab_size)
     val = tm.load_split(data_dir, "val", tm.Recipe().vocab_size)
     V = tm.Recipe().vocab_size
-    plain, loo = tm.NgramTeacher(train, V), tm.NgramTeacher(train, V, leave_one_out=True)
+    plain, loo = levers.NgramTeacher(train, V), levers.NgramTeacher(train, V, leave_one_out=True)
     train_t, val_t = (torch.from_numpy(a.astype(np.int64)) for a in (train, val))
     out = {
         "data_dir": str(data_dir),
@@ -93,7 +94,7 @@ def run(data_dir: Path, batches: int, seed: int, ckpt=None) -> dict:
         model, _ = load_checkpoint(ckpt)
         k = model.config.shortlist_size
         rows = model.token_rows.cpu().numpy() if k else None
-        over_rows = {loo: tm.NgramTeacher(train, V, rows, k, leave_one_out=loo) for loo in (False, True)}
+        over_rows = {loo: levers.NgramTeacher(train, V, rows, k, leave_one_out=loo) for loo in (False, True)}
         out["student"] = {
             "ckpt": str(ckpt),
             "train_vs_leave_one_out_teacher": student_fit(model, over_rows[True], train_t, batches, seed),

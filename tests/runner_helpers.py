@@ -29,6 +29,8 @@ def run(root, name, train_mps=None, model=None, overrides=None, seed=0, data=Non
     snapshot.mkdir(parents=True, exist_ok=True)
     (snapshot / "train_mps.py").write_text(train_mps or source("train_mps.py"))
     (snapshot / "model.py").write_text(model or source("model.py"))
+    if overrides:  # a lever's fields (optimizer="muon") train through levers.py beside the two files
+        (snapshot / "levers.py").write_text(source("levers.py"))
     config = Config(name, "folder", str(snapshot), snapshot.name, overrides)
     max_iters = settings.pop("max_iters", MAX_ITERS)
     return execute_run(config, seed, 0, out, data, max_iters, **settings)

@@ -17,9 +17,10 @@ import pytest
 import torch
 from conftest import REPO, makefile_text
 
+import levers
 import train_mps
 from model import GPT
-from odegpt_eval import benchmark, signing
+from odegpt_eval import benchmark, signing, specs
 from odegpt_eval.files import sha256
 from odegpt_eval.layout import prepare_candidate
 from odegpt_eval.report import run_curve
@@ -253,6 +254,21 @@ def test_resume_says_when_a_kept_run_trained_with_other_files(finished, tmp_path
     assert "Kept by --resume from other sources" in md and md.count("was kept from an earlier run") == 4
 
 
+def test_a_builtin_that_sets_a_lever_trains_with_levers_py_beside_the_two_files(tmp_path):
+    """canonical:ngram_distill=... sets a field of levers.LeverRecipe: its snapshot holds levers.py too, and the child
+    trains it through levers.train; the built-ins without a lever keep the two files' snapshot as before."""
+    recipe = specs.builtin_recipe_class()
+    assert recipe is levers.LeverRecipe
+    plain = specs.parse_config("canonical:ema_decay=0.9", recipe)
+    lever = specs.parse_config("canonical:ngram_distill=0.5,ema_decay=0.9", recipe)
+    for c in (plain, specs.parse_config("canonical", recipe), specs.parse_config("baseline", recipe)):
+        assert c.snapshot == specs.BUILTIN_SOURCE and specs.source_files(c) == specs.SOURCE_FILES
+    assert lever.snapshot == specs.LEVERS_SOURCE
+    assert specs.source_files(lever) == ("model.py", "train_mps.py", "levers.py")
+    texts, _ = specs.source_texts(lever, tmp_path, resume=False)
+    assert texts["levers.py"] == (REPO / "levers.py").read_bytes()
+
+
 def test_baseline_recipe_is_the_seeds_starting_point():
     pinned = {f.name for f in fields(train_mps.Recipe)} - {"seed"}
     assert set(BASELINE_RECIPE) == pinned, "pin every Recipe field in BASELINE_RECIPE"
@@ -261,8 +277,8 @@ def test_baseline_recipe_is_the_seeds_starting_point():
     assert (r.solver, r.splitting, r.steps_per_layer) == ("euler", "lie", 1)
     assert (r.vocab_size, r.bias, r.dropout, r.zero_init_proj) == (50304, False, 0.0, False)
     assert r.kinetic_energy == 0.0 and r.jacobian_frobenius == 0.0
-    assert (r.optimizer, r.learning_rate, r.beta1, r.beta2, r.weight_decay) == ("adamw", 3e-4, 0.9, 0.95, 0.1)
-    assert r.grad_clip == 1.0 and r.ema_decay == 0.0 and r.select_window == 0
+    assert (r.learning_rate, r.beta1, r.beta2, r.weight_decay) == (3e-4, 0.9, 0.95, 0.1)
+    assert r.grad_clip == 1.0 and r.ema_decay == 0.0
     total = train_mps.max_iters
     for step in (0, 1, 2, 99, 199, 200, 201, 1000, total // 2, total - total // 5, total - 2, total - 1):
         assert train_mps.lr_at(step, total, r) == 1.0
@@ -455,8 +471,9 @@ def test_make_targets_name_valid_configurations(variable, head, reference):
     assert reference in specs and f"--baseline {reference} " in rule
     recipes = {}
     for spec in (s for s in [*specs, reference] if s != "baseline"):
-        recipes[spec] = replace(train_mps.Recipe(), **parse_config(spec, train_mps.Recipe).overrides)
-    assert recipes[reference] != train_mps.Recipe()  # the tables' reference is not today's canonical
+        recipe = levers.LeverRecipe  # the tables set levers.py's fields too (Muon, the teacher, ...)
+        recipes[spec] = replace(recipe(), **parse_config(spec, recipe).overrides)
+    assert recipes[reference] != levers.LeverRecipe()  # the tables' reference is not today's canonical
     for spec in (s for s in specs[len(head) :] if s not in ("baseline", reference)):
         assert recipes[spec] != recipes[reference]  # a real change of the recipe the table was measured on
 
@@ -480,12 +497,14 @@ def test_readme_reports_label_each_run_by_the_recipe_it_ran(report):
     drift = {
         (r["config"], r["seed"]): d
         for r in runs
-        if (d := recipe_drift(r["config"], r["metrics"]["recipe"], train_mps.Recipe))
+        if (d := recipe_drift(r["config"], r["metrics"]["recipe"], levers.LeverRecipe))
     }
     assert drift == {}
     # and the check can fail: under the previous default the adopted canonical is another recipe
     canonical = next(r for r in runs if r["config"].startswith("canonical"))
-    assert recipe_drift(canonical["config"], {**canonical["metrics"]["recipe"], "schedule": "x"}, train_mps.Recipe)
+    assert recipe_drift(
+        canonical["config"], {**canonical["metrics"]["recipe"], "schedule": "x"}, levers.LeverRecipe
+    )
 
 
 def test_merge_relabels_runs_made_under_an_older_default(finished, tmp_path, capsys):

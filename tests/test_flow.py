@@ -43,9 +43,9 @@ def test_bad_random_steps_are_refused_at_construction(fields):
 def test_draws_cover_steps_per_layer_to_random_steps_and_nothing_else():
     r = tm.Recipe(steps_per_layer=2, random_steps=5)
     rng = random.Random(0)
-    draws = [tm.draw_steps(r, rng) for _ in range(400)]
+    draws = [r.draw_steps(rng) for _ in range(400)]
     assert set(draws) == {2, 3, 4, 5}
-    assert tm.draw_steps(tm.Recipe(steps_per_layer=3, random_steps=0), rng) == 3  # off: the recipe's own count
+    assert tm.Recipe(steps_per_layer=3, random_steps=0).draw_steps(rng) == 3  # off: the recipe's own count
 
 
 def test_the_baseline_pins_the_switch_off():

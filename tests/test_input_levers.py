@@ -1,5 +1,5 @@
-"""Issue #16's input levers in model.py: hashed n-gram input embeddings (GPTConfig.ngram_buckets) and blank data
-noising (GPTConfig.token_noise). Small models on random tokens; each property is checked against an independent
+"""Issue #16's model levers in levers.py: hashed n-gram input embeddings (LeverConfig.ngram_buckets), blank data
+noising (LeverConfig.token_noise) and nonlinear output features (head_width). Small models on random tokens; each property is checked against an independent
 computation or against the model without the lever."""
 
 import math
@@ -7,15 +7,16 @@ import math
 import pytest
 import torch
 
-from model import GPT, GPTConfig
+import model
+from levers import LeverConfig, LeverGPT
 
 SMALL = dict(block_size=16, vocab_size=300, n_layer=2, n_head=2, n_embd=8, bias=False)
 SHORTLIST = dict(shortlist_size=200, unseen_mass=0.01)
 
 
-def model(**kw) -> GPT:
+def lever_model(**kw) -> LeverGPT:
     torch.manual_seed(0)
-    return GPT(GPTConfig(**{**SMALL, **kw}))
+    return LeverGPT(LeverConfig(**{**SMALL, **kw}))
 
 
 def tokens(b=3, t=16, high=200, seed=1):
@@ -49,7 +50,7 @@ def reference_rows(ids: list[int], k: int, base: int) -> list[list[int]]:
 
 @pytest.mark.parametrize("k", [7, 64, 1000])
 def test_ngram_rows_are_the_hash_of_the_bigram_and_trigram(k):
-    m = model(ngram_buckets=k)
+    m = lever_model(ngram_buckets=k)
     with torch.no_grad():
         m.transformer.wngram.weight.copy_(torch.arange(2 * k).float()[:, None].expand(2 * k, SMALL["n_embd"]))
         # a table whose row r is the constant r, summed over the rows each position selects
@@ -65,7 +66,7 @@ def test_ngram_rows_are_the_hash_of_the_bigram_and_trigram(k):
 
 def test_a_zero_table_is_the_model_without_it():
     """Zero-initialised: training starts from the plain model, same outputs for the same other weights."""
-    plain, with_ngrams = model(**SHORTLIST), model(**SHORTLIST, ngram_buckets=50)
+    plain, with_ngrams = lever_model(**SHORTLIST), lever_model(**SHORTLIST, ngram_buckets=50)
     assert torch.count_nonzero(with_ngrams.transformer.wngram.weight) == 0
     missing, unexpected = with_ngrams.load_state_dict(plain.state_dict(), strict=False)
     assert missing == ["transformer.wngram.weight"] and unexpected == []
@@ -75,7 +76,7 @@ def test_a_zero_table_is_the_model_without_it():
 
 
 def test_ngram_embeddings_are_causal():
-    m = model(**SHORTLIST, ngram_buckets=50).eval()
+    m = lever_model(**SHORTLIST, ngram_buckets=50).eval()
     with torch.no_grad():
         m.transformer.wngram.weight.normal_()
         ids = tokens()
@@ -88,7 +89,7 @@ def test_ngram_embeddings_are_causal():
 
 
 def test_the_table_learns():
-    m = model(**SHORTLIST, ngram_buckets=50)
+    m = lever_model(**SHORTLIST, ngram_buckets=50)
     ids = tokens()
     _, loss = m(ids, ids)
     loss.backward()
@@ -98,7 +99,7 @@ def test_the_table_learns():
 @pytest.mark.parametrize("shortlist", [True, False], ids=["shortlist", "full-softmax"])
 def test_token_noise_blanks_inputs_in_training_only(shortlist):
     kw = SHORTLIST if shortlist else {}
-    noisy, clean = model(**kw, token_noise=0.5), model(**kw)
+    noisy, clean = lever_model(**kw, token_noise=0.5), lever_model(**kw)
     ids = tokens(b=8)
     with torch.no_grad():
         noisy.eval(), clean.eval()
@@ -117,8 +118,8 @@ def test_token_noise_blanks_inputs_in_training_only(shortlist):
 def test_token_noise_leaves_the_targets_alone():
     """The loss is still the cross-entropy of the given targets: at noise ~1 every input is a blank, and the loss
     equals that of a model fed blanks explicitly."""
-    noisy = model(**SHORTLIST, token_noise=0.999999).train()
-    clean = model(**SHORTLIST).train()
+    noisy = lever_model(**SHORTLIST, token_noise=0.999999).train()
+    clean = lever_model(**SHORTLIST).train()
     ids = tokens()
     blank_token = 250  # outside the shortlist (tokens 0..199): the shared row
     torch.manual_seed(3)
@@ -140,7 +141,7 @@ def test_token_noise_leaves_the_targets_alone():
 )
 def test_bad_values_are_refused_at_construction(field, value):
     with pytest.raises(ValueError, match=field):
-        GPTConfig(**{**SMALL, field: value})
+        LeverConfig(**{**SMALL, field: value})
 
 
 # --- head_width: nonlinear output features beside the tied logits ------------------------------------------------
@@ -148,7 +149,7 @@ def test_bad_values_are_refused_at_construction(field, value):
 
 @pytest.mark.parametrize("kw", [SHORTLIST, {}], ids=["shortlist", "full-softmax"])
 def test_a_zero_wide_table_is_the_tied_output_layer(kw):
-    plain, wide = model(**kw), model(**kw, head_width=12)
+    plain, wide = lever_model(**kw), lever_model(**kw, head_width=12)
     assert torch.count_nonzero(wide.head_wide.weight) == 0
     missing, _ = wide.load_state_dict(plain.state_dict(), strict=False)
     assert sorted(missing) == ["head_up.weight", "head_wide.weight"]
@@ -160,19 +161,19 @@ def test_a_zero_wide_table_is_the_tied_output_layer(kw):
 
 @pytest.mark.parametrize("kw", [SHORTLIST, {}], ids=["shortlist", "full-softmax"])
 def test_wide_logits_are_the_formula_and_the_loss_their_cross_entropy(kw):
-    m = model(**kw, head_width=12).double().eval()  # float64: a formula, not rounding, is under test
+    m = lever_model(**kw, head_width=12).double().eval()  # float64: a formula, not rounding, is under test
     with torch.no_grad():
         m.head_wide.weight.normal_()
         ids = tokens()
         logits, loss = m(ids, ids)
         h = m.transformer.ln_f(m.integrate(m.embed(ids)))  # (b, t, C)
         raw = h @ m.lm_head.weight.T + torch.nn.functional.gelu(h @ m.head_up.weight.T) @ m.head_wide.weight.T
-    if kw:  # shortlist: the first k rows' softmax carries 1 - unseen_mass; logits are log p - log(1 - unseen_mass)
+    if kw:  # shortlist: the logits are log-probabilities less log(1 - unseen_mass), the same constant everywhere
         k = kw["shortlist_size"]
-        want = torch.log_softmax(raw[..., :k], -1) + math.log1p(-kw["unseen_mass"])
-        logp = torch.log_softmax(logits, -1)
-        assert torch.allclose(logp[..., m.row_tokens], want, rtol=0, atol=1e-12)
-        assert torch.allclose(logits - logp, torch.full_like(logits, -math.log1p(-kw["unseen_mass"])), atol=1e-12)
+        want = torch.log_softmax(raw[..., :k], -1)
+        full = torch.log_softmax(logits, -1)[..., m.row_tokens]  # the model's log-probabilities
+        assert torch.allclose(full, want + math.log1p(-kw["unseen_mass"]), rtol=0, atol=1e-12)
+        assert torch.allclose(logits[..., m.row_tokens], want, rtol=0, atol=1e-12)
     else:
         assert torch.allclose(logits, raw, rtol=0, atol=1e-12)
     ce = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), ids.view(-1))
@@ -184,7 +185,7 @@ def test_the_wide_features_lift_the_rank_of_the_log_probabilities():
     ids = tokens(b=16, t=16)
     ranks = {}
     for w in (0, 24):
-        m = model(**SHORTLIST, head_width=w).eval()
+        m = lever_model(**SHORTLIST, head_width=w).eval()
         with torch.no_grad():
             if w:
                 m.head_wide.weight.normal_()
@@ -196,4 +197,25 @@ def test_the_wide_features_lift_the_rank_of_the_log_probabilities():
 def test_bad_head_width_is_refused():
     for bad in (-1, 2.0, True):
         with pytest.raises(ValueError, match="head_width"):
-            GPTConfig(**{**SMALL, "head_width": bad})
+            LeverConfig(**{**SMALL, "head_width": bad})
+
+
+@pytest.mark.parametrize("kw", [{}, SHORTLIST], ids=["full-softmax", "shortlist"])
+def test_with_its_levers_off_a_lever_model_is_model_py_s(kw):
+    """LeverGPT adds its modules through GPT.add_modules: with every lever off it draws the same weights and computes
+    the same losses and gradients as model.GPT, bit for bit, in training (dropout, noise) and in evaluation."""
+    torch.manual_seed(0)
+    plain = model.GPT(model.GPTConfig(**{**SMALL, **kw}))
+    lever = lever_model(**kw)
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), lever.state_dict().values()))
+    idx = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(1))
+    for train in (True, False):
+        outs = []
+        for m in (plain, lever):
+            m.train(train)
+            m.zero_grad()
+            logits, loss = m(idx, idx)
+            loss.backward()
+            outs.append((logits, loss, [p.grad.clone() for p in m.parameters()]))
+        assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+        assert all(torch.equal(a, b) for a, b in zip(outs[0][2], outs[1][2]))

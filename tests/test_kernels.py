@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import write_bins
 
+import levers
 import model as M
 import train_mps as tm
 
@@ -108,19 +109,21 @@ def test_the_check_leaves_the_callers_random_stream_alone():
     ],
 )
 def test_draws_follow_step_counts(fields, want):
-    r = tm.Recipe(**fields)
-    assert tm.step_counts(r) == pytest.approx(want)
+    r = levers.LeverRecipe(**fields)
+    assert levers.step_counts(r) == pytest.approx(want)
     rng = random.Random(0)
-    draws = [tm.draw_steps(r, rng) for _ in range(6000)]
+    draws = [r.draw_steps(rng) for _ in range(6000)]
     for n, p in want.items():
         assert abs(draws.count(n) / len(draws) - p) < 0.03
     assert set(draws) == set(want)
 
 
 def test_refine_prob_one_draws_as_before_it_existed():
-    """refine_prob=1 keeps the random stream of the recipes recorded before it: one randint per step."""
-    r, rng, old = tm.Recipe(steps_per_layer=2, random_steps=4), random.Random(7), random.Random(7)
-    assert [tm.draw_steps(r, rng) for _ in range(50)] == [old.randint(2, 4) for _ in range(50)]
+    """refine_prob=1 keeps the random stream of the recipes recorded before it: one randint per step, as
+    train_mps.Recipe draws without levers.py."""
+    for recipe in (tm.Recipe, levers.LeverRecipe):
+        r, rng, old = recipe(steps_per_layer=2, random_steps=4), random.Random(7), random.Random(7)
+        assert [r.draw_steps(rng) for _ in range(50)] == [old.randint(2, 4) for _ in range(50)]
 
 
 @pytest.mark.parametrize(
@@ -128,7 +131,7 @@ def test_refine_prob_one_draws_as_before_it_existed():
 )
 def test_bad_refine_prob_is_refused(fields):
     with pytest.raises(ValueError, match="refine_prob"):
-        tm.Recipe(**fields)
+        levers.LeverRecipe(**fields)
 
 
 def test_the_fused_optimizer_takes_nanogpts_step():
@@ -191,7 +194,7 @@ def test_dispatch_counts_by_section(tmp_path, monkeypatch):
         assert c["sections"]["evaluation"]["kernels"] > 0 and c["step_views"] > 0
     # the draws' expectation: the mean over the counts of each step count's own count
     per = {n: sum(sum(ops.values()) for ops in by.values()) for n, by in drawn["by_step_count"].items()}
-    probs = {str(n): p for n, p in tm.step_counts(tm.Recipe()).items()}
+    probs = {str(n): p for n, p in levers.step_counts(tm.Recipe()).items()}
     assert drawn["step_kernels"] == pytest.approx(sum(probs[n] * per[n] for n in per))
     assert set(per) == set(probs) and len(per) > 1
 

@@ -1,4 +1,4 @@
-"""train_mps.NgramTeacher, the interpolated Kneser-Ney trigram used as a soft target (Recipe.ngram_distill).
+"""levers.NgramTeacher, the interpolated Kneser-Ney trigram used as a soft target (LeverRecipe.ngram_distill).
 
 Its sparse construction is checked against a direct computation of the formulas with Python counters, on toy data
 with and without a row map (the shortlist's); the training step's loss against the mixture it claims to be."""
@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import write_bins
 
+import levers
 import train_mps as tm
 from parity_tests import tolerances as T
 
@@ -55,7 +56,7 @@ def toy():
 
 
 def test_the_discounts_are_counts_of_counts():
-    assert tm.NgramTeacher.discount(np.array([1, 1, 1, 2, 3])) == pytest.approx(3 / (3 + 2 * 1))
+    assert levers.NgramTeacher.discount(np.array([1, 1, 1, 2, 3])) == pytest.approx(3 / (3 + 2 * 1))
 
 
 @pytest.mark.parametrize("shortlist", [False, True], ids=["token-ids", "shortlist-rows"])
@@ -64,9 +65,9 @@ def test_the_distribution_is_the_formulas(toy, shortlist):
     if shortlist:  # the shortlist's map: tokens 0..11 in reverse order, every other id on the shared row 12
         rows = np.full(V, 12)
         rows[np.arange(12)] = np.arange(12)[::-1]
-        teacher = tm.NgramTeacher(tokens, V, rows, 12)
+        teacher = levers.NgramTeacher(tokens, V, rows, 12)
     else:
-        rows, teacher = np.arange(V), tm.NgramTeacher(tokens, V)
+        rows, teacher = np.arange(V), levers.NgramTeacher(tokens, V)
     got = teacher.target(xb)  # (P, n_rows)
     d2, d3 = teacher.discounts
     toks = tokens.tolist()
@@ -94,7 +95,7 @@ def test_leave_one_out_is_the_formulas_on_the_counts_without_the_positions_own_t
         kw = dict(token_rows=rows, n_rows=12)
     else:
         rows, kw = np.arange(V), {}
-    teacher = tm.NgramTeacher(tokens, V, leave_one_out=True, **kw)
+    teacher = levers.NgramTeacher(tokens, V, leave_one_out=True, **kw)
     starts = list(range(0, 50, 2))  # overlapping windows: every trigram of the first 60 tokens, most twice
     xb = torch.as_tensor(np.stack([tokens[i : i + 10] for i in starts]))
     yb = torch.as_tensor(np.stack([tokens[i + 1 : i + 11] for i in starts]))
@@ -114,21 +115,21 @@ def test_leave_one_out_is_the_formulas_on_the_counts_without_the_positions_own_t
         assert want_rows[teacher.n_rows] == 0  # the tokens without a row get no probability
         assert np.allclose(got[p].numpy(), want_rows[:-1], rtol=0, atol=T.TEACHER), (i, j)
     assert vanished > 0  # the data reach the case where a type leaves the continuation counts
-    assert not torch.allclose(got, tm.NgramTeacher(tokens, V, **kw).target(xb))  # it is not the plain teacher
+    assert not torch.allclose(got, levers.NgramTeacher(tokens, V, **kw).target(xb))  # it is not the plain teacher
     with pytest.raises(ValueError, match="needs the targets"):
         teacher.target(xb)
 
 
 def test_ngram_loo_without_a_teacher_is_refused():
     with pytest.raises(ValueError, match="ngram_distill=0"):
-        tm.Recipe(ngram_loo=True)
+        levers.LeverRecipe(ngram_loo=True)
     with pytest.raises(ValueError, match="ngram_loo must be True or False"):
-        tm.Recipe(ngram_distill=0.3, ngram_loo=1)
+        levers.LeverRecipe(ngram_distill=0.3, ngram_loo=1)
 
 
 def test_cross_entropy_is_the_teachers_expected_log_loss(toy):
     tokens, xb = toy
-    teacher = tm.NgramTeacher(tokens, V)
+    teacher = levers.NgramTeacher(tokens, V)
     logp = torch.log_softmax(torch.randn(*xb.shape, V, generator=torch.Generator().manual_seed(1)), -1)
     want = -(teacher.target(xb) * logp.reshape(-1, V)).sum(1).mean()
     # float32, two orders of one sum of P * V terms of one sign (then / P): each within gamma(P * V + 1) of it
@@ -139,9 +140,9 @@ def test_cross_entropy_is_the_teachers_expected_log_loss(toy):
 
 def test_too_little_data_and_uncovered_rows_are_clear_errors():
     with pytest.raises(tm.DataError, match="at least 3"):
-        tm.NgramTeacher(np.array([1, 2]), V)
+        levers.NgramTeacher(np.array([1, 2]), V)
     with pytest.raises(ValueError, match="rows must cover"):
-        tm.NgramTeacher(np.array([1, 2, 3, 4]), V, np.arange(V), 3)
+        levers.NgramTeacher(np.array([1, 2, 3, 4]), V, np.arange(V), 3)
 
 
 def small_model(recipe, tokens, dtype=torch.float32):
@@ -155,16 +156,18 @@ def test_the_step_minimises_the_stated_mixture(shortlist, loo):
     """train_step's gradient is that of (1 - a) CE(targets) + a CE(teacher), computed here from the logits."""
     rng = np.random.default_rng(2)
     tokens = rng.integers(0, 400, size=4000)
-    r = replace(tm.Recipe(), ngram_distill=0.4, ngram_loo=loo, shortlist=shortlist, grad_clip=0.0, ema_decay=0.0)
+    r = replace(
+        levers.LeverRecipe(), ngram_distill=0.4, ngram_loo=loo, shortlist=shortlist, grad_clip=0.0, ema_decay=0.0
+    )
     data = torch.from_numpy(tokens)
     xb, yb = tm.get_batch(data, torch.Generator().manual_seed(0))
     grads = []
     for use_train_step in (True, False):
         m = small_model(r, tokens, torch.float64)  # float64: the mixture's formula, not rounding, is under test
-        teacher = tm.make_teacher(r, m, tokens, "cpu")
+        teacher = levers.make_teacher(r, m, tokens, "cpu")
         opt = torch.optim.SGD(m.parameters(), lr=0.0)  # a step that moves nothing: the gradients stay to read
         if use_train_step:
-            tm.train_step(m, [opt], list(m.parameters()), xb, yb, r, teacher)
+            levers.train_step(m, [opt], list(m.parameters()), xb, yb, r, teacher)
             assert m.last_log_probs is None  # released: the model can be deep-copied again
             copy.deepcopy(m)
         else:
@@ -184,7 +187,7 @@ def test_a_short_training_with_the_teacher_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("TRAIN_MPS_DATA_DIR", str(data))
     monkeypatch.setenv("TRAIN_MPS_OUT_DIR", str(tmp_path / "out"))
     monkeypatch.setenv("TRAIN_MPS_MAX_ITERS", "3")
-    best, minutes = tm.train(replace(tm.Recipe(), ngram_distill=0.3))
+    best, minutes = tm.train(replace(levers.LeverRecipe(), ngram_distill=0.3))
     assert np.isfinite(best) and np.isfinite(minutes)
 
 
@@ -198,13 +201,13 @@ def test_make_teacher_table_names_a_valid_teacher_recipe_on_both_corpora():
     text = makefile_text()
     spec = next(line for line in text.splitlines() if line.startswith("TEACHER :=")).split(":=", 1)[1].strip()
     euler = next(line for line in text.splitlines() if line.startswith("EULER :=")).split(":=", 1)[1].strip()
-    config = parse_config(spec, tm.Recipe)
+    config = parse_config(spec, levers.LeverRecipe)
     assert config.overrides["ngram_loo"] is True and 0 < config.overrides["ngram_distill"] < 1
-    base = parse_config(euler, tm.Recipe).overrides
+    base = parse_config(euler, levers.LeverRecipe).overrides
     extra = {
         k: v for k, v in config.overrides.items() if k not in base
     }  # what the teacher adds to the canonical of its time
-    assert extra and all(getattr(tm.Recipe(), k) != v for k, v in extra.items())
+    assert extra and all(getattr(levers.LeverRecipe(), k) != v for k, v in extra.items())
     assert spec.startswith(euler + ",")  # measured on the canonical of its time
     rule = " ".join(text.split("\nteacher-table:", 1)[1].split("\n\n", 1)[0].split())  # whitespace runs as one space
     for data in ("data/tinyshakespeare", "data/pypi"):
@@ -250,13 +253,13 @@ def test_teacher_fit_compares_a_trained_student_with_the_teacher(tmp_path, monke
     monkeypatch.setenv("TRAIN_MPS_DATA_DIR", str(data))
     monkeypatch.setenv("TRAIN_MPS_OUT_DIR", str(tmp_path / "out"))
     monkeypatch.setenv("TRAIN_MPS_MAX_ITERS", "3")
-    tm.train(tm.Recipe())
+    tm.train(levers.LeverRecipe())
     ckpt, out = tmp_path / "out" / "ckpt.pt", tmp_path / "fit.json"
     assert teacher_fit.main(["--data-dir", str(data), "--batches", "2", "--ckpt", str(ckpt), "--out", str(out)]) == 0
     got = json.loads(out.read_text())["student"]["val_vs_counted_teacher"]
     model, _ = load_checkpoint(ckpt)
     train = np.fromfile(data / "train.bin", dtype=np.uint16)
-    teacher = tm.NgramTeacher(train, 50304, model.token_rows.numpy(), model.config.shortlist_size)
+    teacher = levers.NgramTeacher(train, 50304, model.token_rows.numpy(), model.config.shortlist_size)
     val = torch.from_numpy(np.fromfile(data / "val.bin", dtype=np.uint16).astype(np.int64))
     gen, ce, kl = torch.Generator().manual_seed(0), 0.0, 0.0
     model.keep_log_probs = True

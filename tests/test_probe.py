@@ -11,6 +11,7 @@ from conftest import REPO, write_bins
 sys.path.insert(0, str(REPO / "scripts"))
 import fixed_block_probe as probe  # noqa: E402
 
+import levers  # noqa: E402
 import train_mps  # noqa: E402
 
 
@@ -95,8 +96,8 @@ def test_make_probes_probes_the_deciding_tables_recipe():
     lines = [line for line in make("-n", "probes", "PROBE_OUT=/nowhere").stdout.splitlines() if "--recipe" in line]
     assert len(lines) == 4
     (recipe,) = {line.split("--recipe ")[1].split()[0] for line in lines}
-    expected = parse_config(teacher, train_mps.Recipe).overrides
-    assert expected and parse_overrides(recipe, train_mps.Recipe) == expected
+    expected = parse_config(teacher, levers.LeverRecipe).overrides
+    assert expected and parse_overrides(recipe, levers.LeverRecipe) == expected
     assert sorted(line.split("--set ")[1].split()[0] for line in lines if "--set" in line) == [
         "max_iters=20002",
         "n_embd=128",

@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import REPO, write_bins
 
+import levers
 import train_mps
 from model import GPTConfig
 
@@ -381,8 +382,9 @@ def test_config_rejects_what_the_model_cannot_run(bad, message):
     ],
 )
 def test_recipe_rejects_what_train_cannot_run(bad, message):
+    lever = not set(bad) <= set(train_mps.Recipe.__dataclass_fields__)  # optimizer, muon_lr: levers.py's fields
     with pytest.raises(ValueError, match=message):
-        train_mps.Recipe(**bad)
+        (levers.LeverRecipe if lever else train_mps.Recipe)(**bad)
 
 
 def test_recipe_accepts_edge_values():

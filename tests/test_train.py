@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import REPO, write_bins
 
+import levers
 import train_mps
 from model import GPT, GPTConfig
 from parity_tests import tolerances as T
@@ -30,7 +31,8 @@ def test_harness_imports_copied_files_alone(synthetic_data, tmp_path):
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import train_mps; "
         "assert train_mps.__file__.startswith(sys.argv[1]); r = train_mps.train(); "
-        "assert type(r) is tuple and len(r) == 2 and all(type(v) is float for v in r), r; print('RESULT', r)"
+        "assert type(r) is tuple and len(r) == 2 and all(type(v) is float for v in r), r; "
+        "assert 'levers' not in sys.modules; print('RESULT', r)"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, str(candidate)], cwd=tmp_path, env=env, capture_output=True, text=True
@@ -99,7 +101,7 @@ def test_metrics_and_checkpoint_reproduce_the_whole_split_loss(run_env, syntheti
     ids=["muon-ema", "heun-regularized", "cosine-zeroinit-noclip"],
 )
 def test_recipe_switches_train(run_env, recipe):
-    best, minutes = train_mps.train(replace(train_mps.Recipe(), **recipe))
+    best, minutes = train_mps.train(replace(levers.LeverRecipe(), **recipe))
     assert np.isfinite(best) and minutes > 0
 
 
@@ -179,7 +181,7 @@ def test_write_bins_helper_matches_the_format(tmp_path):
 
 def test_model_selection_ends_with_the_weights_of_the_best_window(run_env, monkeypatch):
     monkeypatch.setattr(train_mps, "eval_interval", 3)  # 12 iterations: evaluations at 0, 3, 6, 9
-    train_mps.train(replace(train_mps.Recipe(), select_window=2, learning_rate=3e-2))
+    levers.train(replace(levers.LeverRecipe(), select_window=2, learning_rate=3e-2))
     m = json.loads((run_env / "metrics.json").read_text())
     v = [h["val_loss"] for h in m["history"]]
     means = {h["iter"]: (v[i - 1] + v[i]) / 2 for i, h in enumerate(m["history"]) if i >= 1}
@@ -192,7 +194,7 @@ def test_model_selection_ends_with_the_weights_of_the_best_window(run_env, monke
 
 def test_no_model_selection_ends_with_the_last_weights(run_env, monkeypatch):
     monkeypatch.setattr(train_mps, "eval_interval", 3)
-    train_mps.train(replace(train_mps.Recipe(), select_window=0))
+    levers.train(replace(levers.LeverRecipe(), select_window=0))
     m = json.loads((run_env / "metrics.json").read_text())
     assert m["selected_iter"] == int(SHORT)
     assert m["val_loss_full"] == m["val_loss_full_last_weights"]
@@ -201,4 +203,4 @@ def test_no_model_selection_ends_with_the_last_weights(run_env, monkeypatch):
 @pytest.mark.parametrize("bad", [-1, 2.5, True])
 def test_bad_select_window_is_a_clear_error(bad):
     with pytest.raises(ValueError, match="select_window must be an integer >= 0"):
-        train_mps.Recipe(select_window=bad)
+        levers.LeverRecipe(select_window=bad)

@@ -208,8 +208,8 @@ SHORTENED = {
         "optimizer steps",
     ),
     "shrunken_batch": (
-        "loss = train_step(model, optimizers, params, xb, yb, r, ngram_teacher)",
-        "loss = train_step(model, optimizers, params, xb[:2], yb[:2], r, ngram_teacher)",
+        "loss = train_step(model, optimizers, params, xb, yb, r, extra_loss)",
+        "loss = train_step(model, optimizers, params, xb[:2], yb[:2], r, extra_loss)",
         "training batches of shape {'2x64': 6}",
     ),
 }
@@ -237,7 +237,8 @@ def test_patching_time_in_model_py_does_not_reach_the_runners_clock(tmp_path, da
 
 
 def test_resetting_t0_after_the_loop_is_a_violation(tmp_path, data, strict_clock):
-    text = edit(source("train_mps.py"), "    last_state = None\n", "    t0 = time.time()\n    last_state = None\n")
+    anchor = '    if dev == "mps":\n        torch.mps.synchronize()\n'  # after the loop, before the clock stops
+    text = edit(source("train_mps.py"), anchor, "    t0 = time.time()\n" + anchor)
     r = run(tmp_path, "reset_t0", train_mps=text, data=data)
     assert any("below the runner's clock" in v for v in r["violations"]), r["violations"]
     assert r["elapsed_min"] < 0.01 < r["trusted_elapsed_min"]

@@ -11,6 +11,7 @@ values, the hooks' findings and the model). Standard library, numpy and torch on
 in the sandbox.
 """
 
+import dataclasses
 import gc
 import io
 import json
@@ -274,7 +275,14 @@ def main(argv: list[str]) -> int:
     import train_mps
 
     wire.write_frame(fd, {"kind": "call", "clock": clock()})
-    result = train_mps.train() if overrides is None else train_mps.train(train_mps.Recipe(**overrides))
+    if overrides is None:
+        result = train_mps.train()
+    elif set(overrides) <= {f.name for f in dataclasses.fields(train_mps.Recipe)}:
+        result = train_mps.train(train_mps.Recipe(**overrides))
+    else:  # a built-in that sets a lever: levers.py beside train_mps (the run's folder leads sys.path)
+        import levers
+
+        result = levers.train(levers.LeverRecipe(**overrides))
     t_return = clock()
     monitor.paused = True
     found = monitor.findings()

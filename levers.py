@@ -1,0 +1,491 @@
+"""Levers off by default, for benchmarks and studies: the n-gram teacher (ngram_distill, ngram_loo), the input and
+output levers (ngram_buckets, token_noise, head_width), Muon, model selection (select_window) and refine_prob.
+
+train_mps.py and model.py run without this file (the harness copies those two alone). Beside them, it extends
+them through their seams: LeverConfig / LeverGPT subclass GPTConfig / GPT (GPT.add_modules), and LeverRecipe
+subclasses Recipe (its fields, RULES, model_classes, optimizers, extra_loss, selection, draw_steps). With every
+lever off, train(LeverRecipe(...)) trains exactly as train_mps.train(Recipe(...)); with a lever on, exactly as
+train_mps.py did when it held the lever (checked bit for bit on short runs).
+"""
+
+import math
+import random
+from collections import deque
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+import train_mps as tm
+
+GPT, GPTConfig = tm.GPT, tm.GPTConfig
+OPTIMIZERS = ("adamw", "muon")
+
+# ---------------------------------------------------------------------------------------------
+# model levers
+
+
+@dataclass
+class LeverConfig(GPTConfig):
+    # input features (issue #16). k > 0: each position's token embedding gets two more rows added, from k-row tables
+    # indexed by a hash of the bigram (t-1, t) and of the trigram (t-2, t-1, t) ending there (hash embeddings: the
+    # context a Kneser-Ney trigram conditions on, as an input). Zero-initialised, so training starts from the plain
+    # model; positions without the whole n-gram inside the window get none.
+    ngram_buckets: int = 0
+    # data noising (Xie et al., ICLR 2017, "blank" noising): while training, each input token is replaced with this
+    # probability by a blank (the shortlist's shared row; a uniformly drawn token under the full softmax). Inputs
+    # only, targets untouched; evaluation never noises. 0 = off.
+    token_noise: float = 0.0
+    # the softmax bottleneck (Yang et al. 2018): tied logits E h are linear in the n_embd-wide final state, so the
+    # log-probability matrix has rank <= n_embd + 1. w > 0 adds w nonlinear features to the output layer only,
+    # logits = E h + U gelu(A h) (A: n_embd -> w; U: an untied, zero-initialised rows x w table), rank up to
+    # n_embd + w. The output matmul grows by a factor (n_embd + w) / n_embd. 0 = nanoGPT's tied layer.
+    head_width: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not tm._is_int(self.ngram_buckets) or self.ngram_buckets < 0:
+            raise ValueError(f"ngram_buckets must be an integer >= 0 (0 = off), got {self.ngram_buckets!r}")
+        if not tm._is_real(self.token_noise) or not 0 <= self.token_noise < 1:
+            raise ValueError(f"token_noise must be a number in [0, 1) (0 = off), got {self.token_noise!r}")
+        if not tm._is_int(self.head_width) or self.head_width < 0:
+            raise ValueError(f"head_width must be an integer >= 0 (0 = the tied output layer), got {self.head_width!r}")
+
+
+class LeverGPT(GPT):
+    """GPT with LeverConfig's levers, and the output rows' log-probabilities kept on request (keep_log_probs)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        if config.ngram_buckets:
+            torch.nn.init.zeros_(self.transformer.wngram.weight)
+        if config.head_width:
+            torch.nn.init.zeros_(self.head_wide.weight)
+        # opt-in: the log-probabilities of the output rows in the last forward with targets, (b, t, k) under a
+        # shortlist, else (b, t, vocab), for a loss on them (the n-gram teacher) without another pass over the
+        # vocabulary. Off by default: a module holding a non-leaf tensor cannot be deep-copied
+        self.keep_log_probs = False
+        self.last_log_probs = None
+
+    def add_modules(self, n_rows):
+        """GPT.__init__'s seam: the levers' modules, created where GPT created them (the same random stream)."""
+        c = self.config
+        if c.ngram_buckets:
+            # rows [0, k) for bigrams, [k, 2k) for trigrams
+            self.transformer["wngram"] = nn.Embedding(2 * c.ngram_buckets, c.n_embd)
+        if c.head_width:
+            self.head_up = nn.Linear(c.n_embd, c.head_width, bias=False)  # A
+            self.head_wide = nn.Linear(c.head_width, n_rows, bias=False)  # U
+
+    def embed(self, idx):
+        b, t = idx.size()
+        if t > self.config.block_size:
+            raise ValueError(f"cannot forward a sequence of length {t}, block size is {self.config.block_size}")
+        c = self.config
+        pos = torch.arange(0, t, dtype=torch.long, device=idx.device)  # (t,)
+        blank = None
+        if self.training and c.token_noise > 0:
+            blank = torch.rand(b, t, device=idx.device) < c.token_noise  # (b, t)
+        rows = self.token_rows[idx] if c.shortlist_size else idx  # (b, t)
+        if blank is not None:
+            filler = c.shortlist_size if c.shortlist_size else torch.randint_like(idx, c.vocab_size)
+            rows = torch.where(blank, filler, rows)
+        tok_emb = self.transformer.wte(rows)  # (b, t, n_embd)
+        pos_emb = self.transformer.wpe(pos)  # (t, n_embd)
+        x = tok_emb + pos_emb
+        if c.ngram_buckets:
+            ids = idx if blank is None else idx.masked_fill(blank, c.vocab_size)  # a blank is its own symbol
+            x = x + self.ngram_embedding(ids)
+        return self.transformer.drop(x) if c.dropout else x  # (b, t, n_embd)
+
+    def ngram_embedding(self, ids):
+        """ids (b, t) in [0, vocab_size] -> (b, t, n_embd): the bigram and trigram table rows of each position."""
+        c = self.config
+        k, base = c.ngram_buckets, c.vocab_size + 1
+        b, t = ids.shape
+        out = ids.new_zeros(()).float().expand(b, t, c.n_embd)
+        key = ids
+        for order in (2, 3):
+            if t < order:
+                break
+            key = key[:, :-1] * base + ids[:, order - 1 :]  # (b, t - order + 1): the n-gram's id, < base**3 < 2**63
+            # multiplicative hashing (Knuth): the id times an odd constant, its high bits folded into the low ones
+            h = key * 0x9E3779B1
+            h = (h ^ (h >> 29)) % k + (order - 2) * k  # (b, t - order + 1), non-negative
+            rows = self.transformer.wngram(h)  # (b, t - order + 1, n_embd)
+            out = out + F.pad(rows, (0, 0, order - 1, 0))  # positions before the first whole n-gram get 0
+        return out
+
+    def head(self, x, targets=None):
+        """Final states x (b, t, C) -> (logits, loss), nanoGPT's output layer: with targets, the logits
+        of every position (b, t, vocab_size) and their mean cross-entropy over targets != -1; without,
+        the logits of the last position (b, 1, vocab_size) and None."""
+        x = self.transformer.ln_f(x)
+        if targets is None:
+            return self.logits(x[:, [-1], :]), None  # (b, 1, vocab): inference needs the last position only
+        if not self.config.shortlist_size:
+            logits = self.raw_logits(x)  # (b, t, vocab)
+            if self.keep_log_probs:  # the loss read off the kept log-probabilities: one log_softmax, not two
+                self.last_log_probs = F.log_softmax(logits, dim=-1)
+                logp = self.last_log_probs.view(-1, logits.size(-1))
+                return logits, F.nll_loss(logp, targets.reshape(-1), ignore_index=-1)
+            return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        ls = F.log_softmax(
+            self.raw_logits(x, self.config.shortlist_size), dim=-1
+        )  # log P(token | shortlist), (b, t, k)
+        if self.keep_log_probs:
+            self.last_log_probs = ls + math.log1p(-self.config.unseen_mass)
+        # the loss is F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1),
+        # read off the shortlist's k columns instead of all vocab_size (a test checks they agree)
+        return self.full_logits(ls), self.shortlist_loss(ls, targets)
+
+    def shortlist_log_probs(self, x):
+        """x: (b, t, C) after ln_f -> log P(token) of the k shortlisted tokens, in row order (b, t, k)."""
+        c = self.config
+        log_in = math.log1p(-c.unseen_mass)  # log P(token in the shortlist)
+        return F.log_softmax(self.raw_logits(x, c.shortlist_size), dim=-1) + log_in
+
+    def raw_logits(self, x, rows=None):
+        """x: (b, t, C) after ln_f -> the output layer's logits of its first `rows` rows (all if None), (b, t, rows):
+        E h, plus U gelu(A h) under head_width."""
+        logits = F.linear(x, self.lm_head.weight[:rows])  # (b, t, rows)
+        if self.config.head_width:
+            z = F.gelu(self.head_up(x))  # (b, t, w)
+            logits = logits + F.linear(z, self.head_wide.weight[:rows])
+        return logits
+
+
+def model_from_args(model_args: dict) -> LeverGPT:
+    """The model of a checkpoint's model_args (model.py's GPTConfig fields, and any lever's): a LeverGPT, which with
+    its levers off computes what GPT does."""
+    return LeverGPT(LeverConfig(**model_args))
+
+
+# ---------------------------------------------------------------------------------------------
+# the n-gram teacher (Recipe.ngram_distill)
+
+
+class NgramTeacher:
+    """An interpolated Kneser-Ney trigram (Chen & Goodman 1998, one absolute discount per order from counts of
+    counts, D = n1 / (n1 + 2 n2)) fitted on the training tokens, used as a soft target (Recipe.ngram_distill):
+
+        p3(w | u v) = max(c(uvw) - D3, 0) / c(uv.) + D3 N1+(uv.) / c(uv.) * p2(w | v)
+        p2(w | v)   = max(N1+(.vw) - D2, 0) / N1+(.v.) + D2 N1+(v.) / N1+(.v.) * p1(w)
+        p1(w)       = N1+(.w) / N1+(..)
+
+    over the model's output rows (`token_rows`: token id -> row, the shortlist's; None: rows are token ids). The
+    context of position j is xb[j - 1], xb[j] (the bigram alone at j = 0, where the window starts). Its counts are
+    this split's: the teacher has seen every training target, which makes it a smoothing of the targets by their
+    contexts (Xie et al. 2017 relate data noising to Kneser-Ney smoothing) rather than an independent model.
+
+    leave_one_out=True (Recipe.ngram_loo) takes the position's own trigram occurrence (u, v, y) out of every count
+    before predicting it, the discounts kept: c(uvy) and c(uv.) lose 1, and where that was the type's only
+    occurrence, N1+(uv.), N1+(.vy), N1+(.v.) lose 1 (and N1+(v.), N1+(.y), N1+(..) where the bigram type (v, y)
+    goes too). On training text the teacher then predicts as it would on new text (a context seen once is a
+    context never seen), which is what a held-out model needs to learn from it. Positions with no u in the window
+    (j = 0) keep the full counts: their trigram is not in the batch."""
+
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        vocab_size: int,
+        token_rows=None,
+        n_rows: int = 0,
+        on="cpu",
+        leave_one_out: bool = False,
+    ):
+        t = np.asarray(tokens, dtype=np.int64)
+        if len(t) < 3:
+            raise tm.DataError(f"the n-gram teacher needs at least 3 training tokens, got {len(t)}; {tm.PREPARE_HINT}")
+        V = self.V = vocab_size
+        self.leave_one_out = leave_one_out
+        rows = np.arange(V) if token_rows is None else np.asarray(token_rows, dtype=np.int64)
+        self.n_rows = n_rows or V
+        if int(rows[t].max()) >= self.n_rows:
+            raise ValueError(f"a training token maps to a row >= n_rows {self.n_rows}: the rows must cover train.bin")
+        u, v, w = np.lib.stride_tricks.sliding_window_view(t, 3).T  # every trigram of the split
+        tri, tri_count = np.unique((u * V + v) * V + w, return_counts=True)  # sorted (u, v, w)
+        # trigram level: contexts (u, v), their successors w and counts
+        ctx3, start3 = np.unique(tri // V, return_index=True)
+        ptr3 = np.append(start3, len(tri))  # context i's successors: tri[ptr3[i]:ptr3[i + 1]]
+        len3 = np.diff(ptr3)  # N1+(uv.)
+        total3 = np.add.reduceat(tri_count, start3)  # c(uv.)
+        d3 = self.discount(tri_count)
+        # bigram level, continuation counts: N1+(.vw) = the distinct u before (v, w)
+        vw, n_vw = np.unique(tri % (V * V), return_counts=True)  # sorted (v, w)
+        v_of, w_of = vw // V, vw % V
+        d2 = self.discount(n_vw)
+        s_v = np.bincount(v_of, weights=n_vw, minlength=V)  # N1+(.v.)
+        succ_v = np.bincount(v_of, minlength=V)  # N1+(v.)
+        # unigram level: N1+(.w) over rows, and N1+(..)
+        n_w = np.bincount(rows[w_of], minlength=self.n_rows)
+        as_t = lambda a, dtype=torch.float32: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=on)
+        self.ctx3, self.ptr3 = as_t(ctx3, torch.long), as_t(ptr3, torch.long)
+        self.w3 = as_t(rows[tri % V], torch.long)
+        self.c3 = as_t(tri_count)  # c(uvw), in the order of w3
+        self.len3, self.total3 = as_t(len3), as_t(total3)
+        self.ptr2 = as_t(np.concatenate([[0], np.cumsum(succ_v)]), torch.long)
+        self.w2 = as_t(rows[w_of], torch.long)
+        self.n2 = as_t(n_vw)  # N1+(.vw), in the order of w2
+        self.s_v, self.succ_v = as_t(s_v), as_t(succ_v)
+        self.n_w, self.n_types = as_t(n_w), float(len(vw))
+        self.tri, self.vw = as_t(tri, torch.long), as_t(vw, torch.long)  # sorted keys, for a position's own counts
+        self.token_rows = as_t(rows, torch.long)
+        self.discounts = (float(d2), float(d3))
+
+    @staticmethod
+    def discount(counts: np.ndarray) -> float:
+        n1, n2 = int(np.sum(counts == 1)), int(np.sum(counts == 2))
+        return n1 / (n1 + 2 * n2) if n1 + n2 else 0.5
+
+    @staticmethod
+    def _lookup(keys: torch.Tensor, counts: torch.Tensor, query: torch.Tensor):
+        """The entry of each query key in the sorted `keys` (clamped) and its count, 0 where the key is absent."""
+        i = torch.searchsorted(keys, query).clamp_max(len(keys) - 1)
+        return i, torch.where(keys[i] == query, counts[i], torch.zeros_like(counts[i]))
+
+    @torch.no_grad()
+    def target(self, xb: torch.Tensor, yb: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """xb: (b, t) inputs, yb: (b, t) their targets (needed under leave_one_out) -> the teacher's next-row
+        distribution at each position, (b * t, n_rows)."""
+        if self.leave_one_out and yb is None:
+            raise ValueError(
+                "a leave-one-out teacher needs the targets yb: each position's own occurrence is taken out"
+            )
+        b, t = xb.shape
+        d2, d3 = self.discounts
+        V = self.V
+        v = xb.reshape(-1)  # (P,) the last context token of each position
+        u = torch.cat([xb.new_full((b, 1), -1), xb[:, :-1]], dim=1).reshape(-1)  # (P,) -1: none in the window
+        c, total = self._lookup(self.ctx3, self.total3, u * V + v)
+        total = total.masked_fill(u < 0, 0.0)  # c(uv.), 0: no trigram context
+        n3, s, succ, n_types = self.len3[c], self.s_v[v], self.succ_v[v], self.n_types
+        if self.leave_one_out:
+            y = yb.reshape(-1)
+            taken = (u >= 0).float()  # 1 where the position's own trigram is taken out
+            _, cy = self._lookup(self.tri, self.c3, (u * V + v) * V + y)
+            taken = taken * (cy > 0).float()  # a trigram not in the counts (not training text) has nothing to take out
+            _, ny = self._lookup(self.vw, self.n2, v * V + y)
+            gone3 = taken * (cy == 1).float()  # the trigram type (u, v, y) goes: continuation counts lose it
+            gone2 = gone3 * (ny == 1).float()  # and with it the bigram type (v, y)
+            total, n3 = total - taken, n3 - gone3
+            s, succ, n_types = s - gone3, succ - gone2, n_types - gone2
+        seen = total > 0  # (P,) positions whose trigram context is seen
+        inv3 = torch.where(seen, 1.0 / total.clamp_min(1.0), torch.zeros_like(total))
+        gamma3 = torch.where(seen, d3 * n3 * inv3, torch.ones_like(total))  # weight of p2 (all of it: no context)
+        has2 = s > 0
+        inv2 = torch.where(has2, 1.0 / s.clamp_min(1.0), torch.zeros_like(s))
+        gamma2 = torch.where(has2, d2 * succ * inv2, torch.ones_like(s))  # a v never seen: p1 alone
+        out = torch.outer(gamma3 * gamma2 / n_types, self.n_w)  # (P, n_rows): the lowest order, scaled
+        rows3, idx3 = self._successors(self.ptr3, c, seen)
+        out.index_put_((rows3, self.w3[idx3]), (self.c3[idx3] - d3).clamp_min(0) * inv3[rows3], accumulate=True)
+        rows2, idx2 = self._successors(self.ptr2, v, has2)
+        p2 = (self.n2[idx2] - d2).clamp_min(0) * inv2[rows2]
+        out.index_put_((rows2, self.w2[idx2]), gamma3[rows2] * p2, accumulate=True)
+        if self.leave_one_out:  # y's own entries, each level's count one lower than what was added above
+            fix = inv3 * ((cy - taken - d3).clamp_min(0) - (cy - d3).clamp_min(0))
+            fix = fix + gamma3 * inv2 * ((ny - gone3 - d2).clamp_min(0) - (ny - d2).clamp_min(0))
+            fix = fix - gamma3 * gamma2 * gone2 / n_types
+            at = self.token_rows[y].clamp_max(self.n_rows - 1)  # fix is 0 where y is not in the counts (no row)
+            out.index_put_((torch.arange(len(y), device=y.device), at), fix, accumulate=True)
+            out.clamp_min_(0.0)  # a count taken to 0 leaves a float rounding of 0 (~1e-10) at y, either sign
+        return out
+
+    def cross_entropy(self, logp: torch.Tensor, xb: torch.Tensor, yb: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """logp: (b, t, n_rows) log-probabilities of the next row; xb, yb: (b, t) the inputs and targets -> the mean
+        over positions of -sum_rows teacher * logp, a scalar."""
+        return -(self.target(xb, yb) * logp.reshape(-1, logp.size(-1))).sum() / xb.numel()
+
+    @staticmethod
+    def _successors(ptr: torch.Tensor, context: torch.Tensor, keep: torch.Tensor):
+        """(position, entry) index pairs of every successor entry ptr[context]..ptr[context + 1] of the kept
+        positions."""
+        start, end = ptr[context], ptr[context + 1]
+        n = torch.where(keep, end - start, torch.zeros_like(start))  # (P,)
+        positions = torch.repeat_interleave(torch.arange(len(context), device=context.device), n)
+        first = torch.cumsum(n, 0) - n  # where each position's run starts in the flat list
+        idx = torch.arange(int(n.sum()), device=context.device) - first[positions] + start[positions]
+        return positions, idx
+
+
+def make_teacher(r: "LeverRecipe", model: "LeverGPT", train_tokens: np.ndarray, on) -> Optional[NgramTeacher]:
+    """The recipe's n-gram teacher over the model's output rows, or None when ngram_distill is 0."""
+    if r.ngram_distill == 0:
+        return None
+    k = model.config.shortlist_size
+    model.keep_log_probs = True  # train_step reads the output rows' log-probabilities from the forward
+    rows = model.token_rows.cpu().numpy() if k else None
+    return NgramTeacher(train_tokens, r.vocab_size, rows, k, on, leave_one_out=r.ngram_loo)
+
+
+def distill_term(model: LeverGPT, ngram_teacher: NgramTeacher, weight: float):
+    """train_step's extra loss: weight * (CE(teacher) - CE(targets)), so that the loss is (1 - a) CE + a CE(teacher)."""
+
+    def term(xb, yb, loss):
+        logp, model.last_log_probs = model.last_log_probs, None  # released: the graph keeps what backward needs
+        return weight * (ngram_teacher.cross_entropy(logp, xb, yb) - loss)
+
+    return term
+
+
+def train_step(model, optimizers, params, xb, yb, r, ngram_teacher: Optional[NgramTeacher] = None):
+    """train_mps.train_step with the recipe's n-gram teacher (from make_teacher), or none."""
+    term = None if ngram_teacher is None else distill_term(model, ngram_teacher, r.ngram_distill)
+    return tm.train_step(model, optimizers, params, xb, yb, r, term)
+
+
+# ---------------------------------------------------------------------------------------------
+# training levers
+
+
+def make_optimizers(model: GPT, r, device_type: str):
+    """AdamW on everything (nanoGPT groups), or Muon on hidden 2-D matrices + AdamW on the rest."""
+    if r.optimizer == "adamw":
+        return tm.make_optimizers(model, r, device_type)
+    if r.optimizer == "muon":
+        if not hasattr(torch.optim, "Muon"):
+            raise RuntimeError(
+                f"optimizer='muon' needs torch >= 2.9 (torch.optim.Muon); this is torch {torch.__version__}"
+            )
+        hidden = [p for n, p in model.named_parameters() if p.dim() == 2 and ".h." in n]
+        hidden_ids = {id(p) for p in hidden}
+        rest = [p for p in model.parameters() if id(p) not in hidden_ids]
+        muon = torch.optim.Muon(hidden, lr=r.muon_lr, weight_decay=r.weight_decay, adjust_lr_fn="match_rms_adamw")
+        return [muon, tm.adamw(rest, r)]
+    raise ValueError(f"unknown optimizer {r.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+
+
+def window_best(recent: deque, vloss: float, best: float, window: int) -> Optional[float]:
+    """Model selection's rule: record vloss; return the mean of the last `window` evaluations when the
+    window is full and the mean beats `best` (the caller then keeps the current weights), else None."""
+    recent.append(vloss)
+    mean = sum(recent) / len(recent)
+    return mean if window > 0 and len(recent) == recent.maxlen and mean < best else None
+
+
+class WindowSelection:
+    """Recipe.select_window > 0: keep the weights whose mean val loss over the last `window` evaluations is lowest
+    and end train() with them (early stopping; a copy per new best); 0: end with the last weights."""
+
+    def __init__(self, window: int, n_iters: int):
+        self.window, self.n_iters = window, n_iters
+        self.recent = deque(maxlen=max(1, window))
+        self.best, self.iter, self.state, self.last = float("inf"), None, None, None
+
+    def observe(self, it: int, vloss: float, model) -> None:
+        sel = window_best(self.recent, vloss, self.best, self.window)
+        if sel is not None:
+            self.best, self.iter = sel, it
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def restore(self, model) -> None:
+        """End with the selected weights, keeping the last ones for report."""
+        if self.state is not None:
+            self.last = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(self.state)
+
+    def report(self, model, evaluate, val_full: float) -> dict:
+        """What the last weights would have given (for the ablation), and the iteration of the selected ones."""
+        val_full_last = val_full
+        if self.last is not None:
+            model.load_state_dict(self.last)
+            val_full_last = evaluate()  # the whole-split loss of the model as loaded
+            model.load_state_dict(self.state)
+        selected_iter = self.iter if self.state is not None else self.n_iters
+        return {"val_loss_full_last_weights": val_full_last, "selected_iter": selected_iter}
+
+
+def step_counts(r) -> dict:
+    """The distribution of a training step's step count, {steps_per_layer: probability}: uniform over
+    steps_per_layer..random_steps on a share refine_prob of the steps (all of them for a train_mps.Recipe),
+    steps_per_layer on the others."""
+    if not r.random_steps:
+        return {r.steps_per_layer: 1.0}
+    refine_prob = getattr(r, "refine_prob", 1.0)
+    span = range(r.steps_per_layer, r.random_steps + 1)
+    probs = {n: refine_prob / len(span) for n in span}
+    probs[r.steps_per_layer] += 1.0 - refine_prob
+    return probs
+
+
+def draw_steps(r, rng: random.Random) -> int:
+    """One draw from step_counts(r), the step count of the next training step. Its own stream: the draws never
+    perturb the batches (and with refine_prob 1 it is one randint per step, as before refine_prob existed)."""
+    if not r.random_steps or (r.refine_prob < 1.0 and rng.random() >= r.refine_prob):
+        return r.steps_per_layer
+    return rng.randint(r.steps_per_layer, r.random_steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# the recipe
+
+LEVER_RULES = (
+    ("optimizer", lambda v: v in OPTIMIZERS, "one of " + ", ".join(OPTIMIZERS)),
+    ("muon_lr", lambda v: tm._is_real(v) and v > 0, "a finite number > 0"),
+    ("select_window", lambda v: tm._is_int(v) and v >= 0, "an integer >= 0 (0 ends with the last weights)"),
+    ("ngram_distill", tm._is_unit, "a number in [0, 1) (0 = no teacher)"),
+    ("ngram_loo", lambda v: isinstance(v, bool), "True or False"),
+    ("refine_prob", lambda v: tm._is_real(v) and 0 <= v <= 1, "a number in [0, 1] (1 = every step draws)"),
+)
+
+
+@dataclass(frozen=True)
+class LeverRecipe(tm.Recipe):
+    """Recipe with the levers, each off by default."""
+
+    ngram_buckets: int = LeverConfig.ngram_buckets  # hashed bigram + trigram input embeddings; 0 = off
+    token_noise: float = LeverConfig.token_noise  # data noising: probability of a blank input token; 0 = off
+    head_width: int = LeverConfig.head_width  # nonlinear output features beside the tied logits; 0 = off
+    # loss design (issue #16): the training loss is (1 - a) * CE(targets) + a * CE(teacher), the teacher an
+    # interpolated Kneser-Ney trigram fitted on train.bin (NgramTeacher); training only, the model stays a network.
+    ngram_distill: float = 0.0
+    # True: the teacher leaves each position's own trigram occurrence out of its counts (NgramTeacher), so that on
+    # training text it predicts as on new text
+    ngram_loo: bool = False
+    # the share of training steps that draw their step count (from steps_per_layer..random_steps); the others train at
+    # steps_per_layer. 1.0 = every step draws. Below 1, the finer integrator runs on a fraction of the steps only
+    # (after Ott et al. 2021, "ResNet after all?"), for fewer field evaluations per step on average (step_counts).
+    refine_prob: float = 1.0
+    optimizer: str = "adamw"  # adamw | muon (Muon on hidden matrices, AdamW on the rest)
+    muon_lr: float = 0.02
+    # model selection (WindowSelection): > 0 ends train() with the weights of the best window of evaluations
+    select_window: int = 0
+
+    RULES = tm.RECIPE_RULES + LEVER_RULES
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.refine_prob != 1.0 and not self.random_steps:
+            raise ValueError(
+                "refine_prob is the share of steps that draw from random_steps, which is 0 (off): set both"
+            )
+        if self.ngram_loo and not self.ngram_distill:
+            raise ValueError("ngram_loo=True changes the n-gram teacher, which ngram_distill=0 leaves off: set both")
+
+    def model_classes(self):
+        return LeverGPT, LeverConfig
+
+    def optimizers(self, model, device_type: str) -> list:
+        return make_optimizers(model, self, device_type)
+
+    def extra_loss(self, model, train_tokens: np.ndarray, on):
+        ngram_teacher = make_teacher(self, model, train_tokens, on)
+        return None if ngram_teacher is None else distill_term(model, ngram_teacher, self.ngram_distill)
+
+    def selection(self, n_iters: int):
+        return WindowSelection(self.select_window, n_iters)
+
+    def draw_steps(self, rng: random.Random) -> int:
+        return draw_steps(self, rng)
+
+
+def make_model(r: LeverRecipe, train_tokens: np.ndarray) -> LeverGPT:
+    return tm.make_model(r, train_tokens)
+
+
+def train(recipe: Optional[LeverRecipe] = None):
+    """train_mps.train with the levers: the harness's entry point, for a LeverRecipe."""
+    return tm.train(recipe or LeverRecipe())
