@@ -33,8 +33,9 @@ that runs candidate code (odegpt_eval/, README "Benchmark"):
              training mode with gradients on it is a training forward (its batch shape recorded), else an
              evaluation forward. Optimizer steps: every step() of every torch.optim optimizer; a run's step count
              is that of the optimizer holding the largest share of the trained model's parameters (the Muon recipe
-             steps Muon and AdamW each iteration: one step). Below them, parameters' version counters bound the
-             steps taken. What the child reports arrives on a pipe as evidence, never as a ranked figure.
+             steps Muon and AdamW each iteration: one step). Below them, parameters' version counters and values
+             (fused optimizers bump no counter) bound the steps taken. What the child reports arrives on a pipe as
+             evidence, never as a ranked figure.
   the model  the trained model is the module with the most training forwards; the model scored is the module of
              the last evaluation forward when it has the trained model's architecture (an EMA copy, as train()
              evaluates and ends with), else the trained model. The child exports it (pickled) to the runner.

@@ -146,11 +146,19 @@ def judge_run(
     if updates:
         abs_slack, rel_slack = monitor["updates"].get("slack") or (0, 0.0)
         if updates["steps_lower_bound"] > expected_iters * (1 + rel_slack) + abs_slack:
+            if updates.get("basis") == "values":  # what a fused optimizer's writes leave: the values, not versions
+                seen = (
+                    f"parameter {updates['param']} changed in {updates['counted_steps']} optimizer steps the hooks "
+                    f"counted and {updates['changed_between_steps']} times between them"
+                )
+            else:
+                seen = (
+                    f"parameter {updates['param']} was written in place {updates['writes']} times, "
+                    f"{updates['writes_per_step']:g} per optimizer step the hooks counted ({updates['counted_steps']})"
+                )
             violations.append(
-                f"parameter {updates['param']} was written in place {updates['writes']} times, "
-                f"{updates['writes_per_step']:g} per optimizer step the hooks counted ({updates['counted_steps']}): at "
-                f"least {updates['steps_lower_bound']} optimizer steps for {expected_iters} iterations (steps the "
-                "hooks did not see, or a second optimizer)"
+                f"{seen}: at least {updates['steps_lower_bound']} optimizer steps for {expected_iters} iterations "
+                "(steps the hooks did not see, or a second optimizer)"
             )
     other = monitor.get("other_trained") or {}
     if other.get("parameters"):

@@ -397,14 +397,18 @@ HIDDEN = {
 @pytest.mark.parametrize("attack", list(HIDDEN))
 def test_training_work_out_of_the_hooks_sight_is_flagged(attack, tmp_path, data):
     anchor, replacement, reason = HIDDEN[attack]
-    r = run(tmp_path, attack, train_mps=edit(source("train_mps.py"), anchor, replacement), data=data)
+    # 6 iterations: a hidden step after the last counted one shows in no value check, so the paused monitor's
+    # bound is 2 x 6 - 1 = 11, past the slack (6 x 1.01 + 2); at 3 iterations it would be 5, within it
+    r = run(tmp_path, attack, train_mps=edit(source("train_mps.py"), anchor, replacement), data=data, max_iters=6)
     assert r["status"] == "ok", r.get("error")
     assert any(reason in v for v in r["violations"]), r["violations"]
 
 
 def test_the_canonical_writes_its_parameters_once_per_step(canonical):
+    """The canonical's AdamW is fused (issue #32), which bumps no version counter: the bound is the values'."""
     worst = canonical["monitor"]["updates"]["worst"]
-    assert worst["steps_lower_bound"] <= MAX_ITERS + 1 and worst["counted_steps"] == MAX_ITERS
+    assert worst["basis"] == "values" and worst["changed_between_steps"] == 0
+    assert worst["steps_lower_bound"] == worst["counted_steps"] == MAX_ITERS
     assert canonical["monitor"]["other_trained"] == {"parameters": 0, "max_updates": 0}
 
 
