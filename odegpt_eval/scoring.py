@@ -112,6 +112,15 @@ def nll_of_logits(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return (torch.logsumexp(last, dim=-1) - last.gather(1, t)[:, 0]).double().numpy()
 
 
+def candidate_modules(model_py: Path, module: str) -> tuple[str, ...]:
+    """The candidate's files the scoring child reads: model.py, and where the pickled classes live in another file
+    of its folder (levers.py, which imports train_mps), that file and train_mps.py."""
+    beside = Path(model_py).parent / f"{module}.py"
+    if module == "model" or not beside.is_file():
+        return (str(model_py),)
+    return tuple(str(p) for p in (Path(model_py), beside, Path(model_py).parent / "train_mps.py") if p.is_file())
+
+
 class ScoringProcess:
     """One sandboxed scoring child and the two pipes to it; frames from it are read by a thread into a queue, so
     a child that stops mid-frame cannot hang the runner past its deadline."""
@@ -123,7 +132,7 @@ class ScoringProcess:
         argv += [module, device, str(threads), str(req_r), str(resp_w)]
         env = {**base_env(), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         box = Confinement(
-            read_only=(str(model_py), str(weights), str(CHILDREN), *python_paths()),
+            read_only=(*candidate_modules(model_py, module), str(weights), str(CHILDREN), *python_paths()),
             env=tuple(env.items()),
             fresh_tmp=False,
         )

@@ -30,11 +30,21 @@ def load(model_py: str, weights: str, module_name: str, device: str):
 
     import torch
 
-    spec = importlib.util.spec_from_file_location(module_name, model_py)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # pickle finds the classes by this name
-    sys.modules.setdefault("model", module)
-    spec.loader.exec_module(module)
+    folder = os.path.dirname(os.path.abspath(model_py))
+    if module_name != "model" and os.path.isfile(os.path.join(folder, module_name + ".py")):
+        # the pickled classes live in another file of the candidate's folder (levers.py's LeverGPT, which extends
+        # model.py through train_mps): model.py as `model`, then that module from the folder
+        spec = importlib.util.spec_from_file_location("model", model_py)
+        sys.modules["model"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["model"])
+        sys.path.insert(0, folder)
+        importlib.import_module(module_name)
+    else:
+        spec = importlib.util.spec_from_file_location(module_name, model_py)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # pickle finds the classes by this name
+        sys.modules.setdefault("model", module)
+        spec.loader.exec_module(module)
     model = torch.load(weights, map_location=device, weights_only=False)
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"the exported model is a {type(model).__qualname__}, not a torch.nn.Module")
