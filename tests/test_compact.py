@@ -17,9 +17,10 @@ BOUND = 16_900
 
 def gpt2_tokens(name: str) -> int:
     cache = REPO / "data" / ".cache"
-    if not (cache / prep.WHISPER_SDIST.filename).is_file():
-        pytest.skip(f"the GPT-2 encoding's offline copy is not in {cache} (`make data` fetches it)")
-    encoding = prep.load_offline_gpt2_encoding(cache)  # the same BPE as tiktoken's gpt2 (check_gpt2_encoding)
+    try:  # the same BPE as tiktoken's gpt2 (check_gpt2_encoding); fetched from PyPI into the cache where missing
+        encoding = prep.load_offline_gpt2_encoding(cache)
+    except Exception as e:  # no PyPI (CI has it): nothing to count with
+        pytest.skip(f"the GPT-2 encoding's offline copy is not in {cache} and could not be fetched: {e}")
     return len(encoding.encode((REPO / name).read_text(), disallowed_special=()))
 
 
