@@ -44,15 +44,104 @@ class LeverConfig(GPTConfig):
     # logits = E h + U gelu(A h) (A: n_embd -> w; U: an untied, zero-initialised rows x w table), rank up to
     # n_embd + w. The output matmul grows by a factor (n_embd + w) / n_embd. 0 = nanoGPT's tied layer.
     head_width: int = 0
+    # capacity around the 32-wide stream (issue #35): what reads and writes the residual stream may be wider than it.
+    # mlp_width: the MLP's hidden width (0 = nanoGPT's 4 n_embd); glu: a gated MLP, act(x W) * (x V) with the gelu
+    # (geglu) or silu (swiglu) gate (Shazeer 2020), at mlp_width hidden units; head_dim: the query/key/value width per
+    # head (0 = n_embd / n_head), n_head heads, the output projection back to n_embd; norm: "rms" replaces every
+    # LayerNorm with RMSNorm; qk_norm: RMSNorm on each head's queries and keys, with learned gains (Dehghani et al.
+    # 2023). Each off by default; mlp_width and head_dim alone keep the fused parallel field (Block.fused_field).
+    mlp_width: int = 0
+    glu: str = ""
+    head_dim: int = 0
+    norm: str = "layer"
+    qk_norm: bool = False
 
     def __post_init__(self):
         super().__post_init__()
+        for name in ("mlp_width", "head_dim"):
+            value = getattr(self, name)
+            if not tm._is_int(value) or value < 0 or (name == "mlp_width" and value % self.n_head):
+                raise ValueError(
+                    f"{name} must be an integer >= 0 (0 = nanoGPT's), a multiple of n_head for mlp_width, got {value!r}"
+                )
+        if self.glu not in GATES:
+            raise ValueError(f"glu must be one of {sorted(GATES)} ('' = nanoGPT's ungated MLP), got {self.glu!r}")
+        if self.norm not in ("layer", "rms"):
+            raise ValueError(f"norm must be 'layer' or 'rms', got {self.norm!r}")
+        if not isinstance(self.qk_norm, bool):
+            raise ValueError(f"qk_norm must be True or False, got {self.qk_norm!r}")
         if not tm._is_int(self.ngram_buckets) or self.ngram_buckets < 0:
             raise ValueError(f"ngram_buckets must be an integer >= 0 (0 = off), got {self.ngram_buckets!r}")
         if not tm._is_real(self.token_noise) or not 0 <= self.token_noise < 1:
             raise ValueError(f"token_noise must be a number in [0, 1) (0 = off), got {self.token_noise!r}")
         if not tm._is_int(self.head_width) or self.head_width < 0:
             raise ValueError(f"head_width must be an integer >= 0 (0 = the tied output layer), got {self.head_width!r}")
+
+
+GATES = {"": None, "geglu": F.gelu, "swiglu": F.silu}
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight over the last dimension (Zhang & Sennrich 2019), LayerNorm's eps."""
+
+    def __init__(self, ndim):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * self.weight
+
+
+class WideMLP(nn.Module):
+    """model.MLP at mlp_width hidden units, gated under glu. x: (B, T, C) -> (B, T, C)."""
+
+    def __init__(self, config):
+        super().__init__()
+        hidden = config.mlp_width or 4 * config.n_embd
+        self.gate = GATES[config.glu]
+        self.c_fc = nn.Linear(config.n_embd, hidden * (2 if self.gate else 1), bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        u = self.c_fc(x)  # (B, T, H) or (B, T, 2H) gated
+        if self.gate is None:
+            u = F.gelu(u)
+        else:
+            a, g = u.chunk(2, dim=-1)  # (B, T, H) each
+            u = self.gate(a) * g
+        x = self.c_proj(u)  # (B, T, C)
+        return self.dropout(x) if self.dropout.p else x
+
+
+class WideAttention(tm._model.CausalSelfAttention):
+    """model.CausalSelfAttention with head_dim-wide heads (queries, keys, values) and QK-norm under qk_norm."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.hs = config.head_dim or config.n_embd // config.n_head
+        width = self.n_head * self.hs
+        self.c_attn = nn.Linear(config.n_embd, 3 * width, bias=config.bias)
+        self.c_proj = nn.Linear(width, config.n_embd, bias=config.bias)
+        if config.qk_norm:
+            self.q_norm, self.k_norm = RMSNorm(self.hs), RMSNorm(self.hs)
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_head * self.hs, dim=2)  # (B, T, nh hs) each
+        q, k, v = (t.view(B, T, self.n_head, self.hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=None, dropout_p=self.dropout if self.training else 0, is_causal=True
+        )  # (B, nh, T, hs)
+        y = self.c_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, C)
+        return self.resid_dropout(y) if self.dropout else y
+
+
+def widened(c) -> bool:
+    """Whether a capacity lever (issue #35) is on."""
+    return bool(c.mlp_width or c.glu or c.head_dim or c.qk_norm or c.norm != "layer")
 
 
 class LeverGPT(GPT):
@@ -73,6 +162,14 @@ class LeverGPT(GPT):
     def add_modules(self, n_rows):
         """GPT.__init__'s seam: the levers' modules, created where GPT created them (the same random stream)."""
         c = self.config
+        if widened(c):
+            for block in self.transformer.h:
+                block.attn, block.mlp = WideAttention(c), WideMLP(c)
+                if c.norm == "rms":
+                    block.ln_1, block.ln_2 = RMSNorm(c.n_embd), RMSNorm(c.n_embd)
+                block.fusable = not (c.glu or c.qk_norm or c.norm == "rms")
+            if c.norm == "rms":
+                self.transformer.ln_f = RMSNorm(c.n_embd)
         if c.ngram_buckets:
             # rows [0, k) for bigrams, [k, 2k) for trigrams
             self.transformer["wngram"] = nn.Embedding(2 * c.ngram_buckets, c.n_embd)
@@ -439,6 +536,11 @@ class LeverRecipe(tm.Recipe):
     ngram_buckets: int = LeverConfig.ngram_buckets  # hashed bigram + trigram input embeddings; 0 = off
     token_noise: float = LeverConfig.token_noise  # data noising: probability of a blank input token; 0 = off
     head_width: int = LeverConfig.head_width  # nonlinear output features beside the tied logits; 0 = off
+    mlp_width: int = LeverConfig.mlp_width  # the MLP's hidden width; 0 = 4 n_embd
+    glu: str = LeverConfig.glu  # '' | geglu | swiglu: a gated MLP
+    head_dim: int = LeverConfig.head_dim  # query/key/value width per head; 0 = n_embd / n_head
+    norm: str = LeverConfig.norm  # layer | rms
+    qk_norm: bool = LeverConfig.qk_norm  # RMSNorm on queries and keys
     # loss design (issue #16): the training loss is (1 - a) * CE(targets) + a * CE(teacher), the teacher an
     # interpolated Kneser-Ney trigram fitted on train.bin (NgramTeacher); training only, the model stays a network.
     ngram_distill: float = 0.0

@@ -265,6 +265,7 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
         self.fused = False  # integrate the parallel field by fused_field; GPT sets it where fused_field_agrees
+        self.fusable = True  # False: modules fused_field does not compute (a lever's, levers.py)
 
     def attn_field(self, x):
         return self.attn(self.ln_1(x))  # A(x), (B, T, C)
@@ -278,7 +279,7 @@ class Block(nn.Module):
     # F = A + M as one LayerNorm, one input and one output projection (the parallel block of GPT-J), on the same
     # weights; used only where fused_field_agrees (an edit of the modules makes both_field run instead)
     def fused_weights(self):
-        """(w_in (7C, C), w_out (C, 5C)): LN gains folded into c_attn and c_fc; the c_proj side by side per head."""
+        """(w_in (3D + H, C), w_out (C, D + H)): LN gains folded into c_attn and c_fc; the c_proj side by side per head."""
         C, nh = self.config.n_embd, self.config.n_head
         w_in = torch.cat([self.attn.c_attn.weight * self.ln_1.weight, self.mlp.c_fc.weight * self.ln_2.weight])
         w_out = torch.cat([self.attn.c_proj.weight.view(C, nh, -1), self.mlp.c_proj.weight.view(C, nh, -1)], dim=2)
@@ -288,12 +289,12 @@ class Block(nn.Module):
         """F = A + M as both_field computes it (bias-free, no dropout), from fused_weights(). x: (B, T, C)."""
         w_in, w_out = weights
         B, T, C = x.size()
-        nh = self.config.n_head
-        u = F.linear(F.layer_norm(x, (C,), eps=1e-5), w_in)  # (B, T, 7C): q, k, v and the MLP's hidden layer
-        q, k, v, hidden = u.split([C, C, C, 4 * C], dim=2)
-        q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        nh, D, H = self.config.n_head, self.attn.c_attn.out_features // 3, self.mlp.c_fc.out_features  # C, 4C
+        u = F.linear(F.layer_norm(x, (C,), eps=1e-5), w_in)  # (B, T, 3D + H): q, k, v and the MLP's hidden layer
+        q, k, v, hidden = u.split([D, D, D, H], dim=2)
+        q, k, v = (t.view(B, T, nh, D // nh).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
-        z = torch.cat([y.transpose(1, 2), F.gelu(hidden).view(B, T, nh, -1)], dim=3)  # (B, T, nh, hs + 4C/nh)
+        z = torch.cat([y.transpose(1, 2), F.gelu(hidden).view(B, T, nh, -1)], dim=3)  # (B, T, nh, hs + H/nh)
         return F.linear(z.view(B, T, -1), w_out)  # (B, T, C)
 
     def forward(self, x, stats=None):
@@ -314,7 +315,7 @@ class Block(nn.Module):
 def fused_field_agrees(block: Block) -> bool:
     """Whether fused_field equals this code's both_field, on a perturbed float64 copy (its own random stream)."""
     c = block.config
-    if c.bias or c.dropout:
+    if c.bias or c.dropout or not block.fusable:
         return False
     probe = copy.deepcopy(block).double()
     with torch.random.fork_rng(devices=[]), torch.no_grad():
