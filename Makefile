@@ -8,7 +8,7 @@ EXTRAS ?= dev,data,plots,jax
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),_,$(EXTRAS))
 
-.PHONY: setup sandbox data data-tinyshakespeare data-pypi train test lint clean ablations lr-sweep candidates levers kneser-ney tinyshakespeare-table rerank-gen1 dreamteam-checkout flow canonical-table speed teacher-table probes tradeoff
+.PHONY: setup sandbox data data-tinyshakespeare data-pypi train test lint clean ablations lr-sweep candidates levers kneser-ney tinyshakespeare-table rerank-gen1 dreamteam-checkout flow canonical-table speed capacity-screen capacity-table teacher-table probes tradeoff
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -221,6 +221,28 @@ canonical-table: data-tinyshakespeare
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python scripts/benchmark.py --configs canonical $(FLOW) \
 		--baseline $(FLOW) --seeds $(FLOW_SEEDS) --jobs 2 --data-dir $(TINY_DIR) --out $(CANONICAL_OUT) $(RESUME)
 	$(BIN)/python scripts/flow_study.py --runs $(CANONICAL_OUT) --data-dir $(TINY_DIR) --out-dir $(CANONICAL_OUT) $(RESUME)
+
+# Issue #35: capacity around the 32-wide stream (levers.py: mlp_width, glu, head_dim, norm, qk_norm; head_width and
+# the n-gram teacher beside them). capacity-screen: each lever on today's canonical, seed 0, 2000 iterations, two at
+# a time with one thread each (about 45 minutes on 2 cores). capacity-table: the gated MLP (GLU) at 3 seeds on both
+# corpora, three at a time (about 2.5 hours on 2 cores), then the flow study of the tinyshakespeare checkpoints.
+GLU := canonical:glu=geglu,mlp_width=256
+CAPACITY_SCREEN := canonical canonical:mlp_width=512 canonical:head_dim=32 $(GLU) canonical:norm=rms \
+	canonical:qk_norm=True canonical:mlp_width=512,head_dim=32 canonical:ngram_distill=0.3 canonical:head_width=96 \
+	canonical:glu=swiglu,mlp_width=256
+CAPACITY_OUT ?= results/benchmark/capacity-$(TINY_STAMP)
+
+capacity-screen: data-tinyshakespeare
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python scripts/benchmark.py --configs $(CAPACITY_SCREEN) \
+		--baseline canonical --seeds 0 --max-iters 2000 --jobs 2 --data-dir $(TINY_DIR) --out $(CAPACITY_OUT)/screen $(RESUME)
+
+capacity-table: data-tinyshakespeare data-pypi
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python scripts/benchmark.py --configs $(GLU) --seeds $(FLOW_SEEDS) \
+		--jobs 3 --data-dir $(TINY_DIR) --out $(CAPACITY_OUT)/tinyshakespeare $(RESUME)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python scripts/benchmark.py --configs $(GLU) --seeds $(FLOW_SEEDS) \
+		--jobs 3 --data-dir data/pypi --out $(CAPACITY_OUT)/pypi $(RESUME)
+	$(BIN)/python scripts/flow_study.py --runs $(CAPACITY_OUT)/tinyshakespeare --data-dir $(TINY_DIR) \
+		--out-dir $(CAPACITY_OUT)/tinyshakespeare $(RESUME)
 
 # Issue #32's speed tables (the README's "Speed"): kernels dispatched per training step and per evaluation, by
 # section (deterministic, seconds), then the time of an iteration of train() itself, side by side, 5 interleaved
