@@ -12,6 +12,7 @@ import torch
 
 import jax_impl
 import levers
+import train_mps
 from jax_impl import model as jax_model
 from parity_tests import harness as H
 from parity_tests.tolerances import tol
@@ -106,6 +107,9 @@ def test_logits_loss_and_gradients(case):
 def test_training_steps_with_every_lever(optimizer):
     """The canonical integrator with its drawn step counts (1..2): the optimizers' groups over the levers' parameters
     (RMSNorm gains are 1-D: no decay, AdamW under Muon; the wider matrices are Muon's, non-square)."""
+    drawn = H.recipe(steps_per_layer=1, random_steps=2)
+    rng = train_mps.steps_stream(drawn)
+    assert {drawn.draw_steps(rng) for _ in range(6)} == {1, 2}  # both step counts are trained
     case = ("heun", "parallel", 1, optimizer, False, "float64")
     assert_within(H.check_training(*case, n_steps=6, random_steps=2, lever="all"), "float64")
 
