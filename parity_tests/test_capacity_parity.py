@@ -114,6 +114,34 @@ def test_training_steps_with_every_lever(optimizer):
     assert_within(H.check_training(*case, n_steps=6, random_steps=2, lever="all"), "float64")
 
 
+def test_a_trained_checkpoint_gives_the_torch_loss_through_jax(tmp_path, monkeypatch):
+    """levers.train with every lever (n_embd 32: D = 4 x 16, H = 64) writes a checkpoint; config_from_torch and
+    params_from_torch take it (shortlist, levers and all), and in float64 its loss on a val batch is torch's."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4000), ("val", 1000)):
+        rng.integers(0, 50257, n).astype(np.uint16).tofile(data / f"{split}.bin")
+    monkeypatch.setenv("TRAIN_MPS_DATA_DIR", str(data))
+    monkeypatch.setenv("TRAIN_MPS_OUT_DIR", str(tmp_path / "out"))
+    monkeypatch.setenv("TRAIN_MPS_MAX_ITERS", "6")
+    monkeypatch.delenv("TRAIN_MPS_SEED", raising=False)
+    levers.train(levers.LeverRecipe(**H.CAPACITY_LEVERS["all"]))
+    ckpt = torch.load(tmp_path / "out" / "ckpt.pt", map_location="cpu", weights_only=False)
+    model = levers.model_from_args(ckpt["model_args"])
+    model.load_state_dict(ckpt["model"], strict=True)
+    model = model.double().eval()
+    jconfig = jax_impl.config_from_torch(ckpt["model_args"], ckpt["model"])
+    assert jconfig.shortlist and (jconfig.glu, jconfig.norm, jconfig.qk_norm) == ("swiglu", "rms", True)
+    params = jax_impl.params_from_torch(model.state_dict(), jconfig)
+    val = np.fromfile(data / "val.bin", dtype=np.uint16).astype(np.int64)[: 4 * 64 + 1]
+    x, y = val[:-1].reshape(4, 64), val[1:].reshape(4, 64)
+    with torch.no_grad():
+        _, loss_t = model(torch.from_numpy(x), torch.from_numpy(y))
+    _, loss_j = jax_impl.forward(params, jconfig, jax.numpy.asarray(x), jax.numpy.asarray(y))
+    assert_within({"loss": H.max_abs(loss_j, loss_t)}, "float64")
+
+
 # -- the checks can fail ----------------------------------------------------------------------------
 
 
