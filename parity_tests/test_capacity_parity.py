@@ -15,7 +15,7 @@ import levers
 import train_mps
 from jax_impl import model as jax_model
 from parity_tests import harness as H
-from parity_tests.tolerances import tol
+from parity_tests.tolerances import TOLERANCES, chain_widths, float32_table, tol
 
 
 def assert_within(diffs: dict, dtype: str):
@@ -101,6 +101,19 @@ def test_checkpoint_args_convert_both_ways():
 @pytest.mark.parametrize("case", H.CAPACITY_GRID, ids=_id)
 def test_logits_loss_and_gradients(case):
     assert_within(H.check_capacity(*case), case[-1])
+
+
+def test_the_float32_table_bounds_the_capacity_case():
+    """TOLERANCES["float32"] is derived for TINY's worst nanoGPT case (18 sub-field evaluations of the nanoGPT chain);
+    the capacity levers' float32 cases evaluate wider chains fewer times, and their own bounds (the same derivation,
+    tolerances.float32_table, with their widths and evaluation counts) lie below the table: it applies to them."""
+    cases = [c for c in H.CAPACITY_GRID if c[-1] == "float32"]
+    assert cases
+    for _, lever, solver, splitting, steps, bias, _ in cases:
+        tconfig, _ = H.configs(solver, splitting, steps, bias=bias, **H.CAPACITY_LEVERS[lever])
+        evaluations = sum(levers.LeverGPT(tconfig).nfe().values())
+        own = float32_table(evaluations, **chain_widths(tconfig))
+        assert all(own[q] <= TOLERANCES["float32"][q] for q in own), (own, TOLERANCES["float32"])
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
