@@ -197,9 +197,19 @@ class GPTConfig:
         return self.mlp_width or 4 * self.n_embd
 
     @property
+    def fc_width(self) -> int:
+        """c_fc's output width: H, or 2H under glu (the activation's input a and the gate g, in that order)."""
+        return 2 * self.mlp_hidden if self.glu else self.mlp_hidden
+
+    @property
     def head_size(self) -> int:
         """Query/key/value width per head: head_dim, or nanoGPT's n_embd / n_head."""
         return self.head_dim or self.n_embd // self.n_head
+
+    @property
+    def attn_width(self) -> int:
+        """D = n_head * head_size: the width of q, k and v each, and c_proj's input (n_embd by default)."""
+        return self.n_head * self.head_size
 
     @property
     def norm_bias(self) -> bool:
@@ -313,7 +323,7 @@ class CausalSelfAttention(nn.Module):
         c = self.config
         B, T, C = x.shape
         hs = c.head_size  # C / nh, or head_dim
-        q, k, v = jnp.split(_dense(3 * c.n_head * hs, c, "c_attn", 0.02)(x), 3, axis=-1)  # (B, T, nh hs) each
+        q, k, v = jnp.split(_dense(3 * c.attn_width, c, "c_attn", 0.02)(x), 3, axis=-1)  # (B, T, nh hs) each
         q = q.reshape(B, T, c.n_head, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
         k = k.reshape(B, T, c.n_head, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
         v = v.reshape(B, T, c.n_head, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
@@ -322,7 +332,7 @@ class CausalSelfAttention(nn.Module):
         att = (q @ k.swapaxes(-1, -2)) * (1.0 / math.sqrt(hs))  # (B, nh, T, T)
         causal = jnp.tril(jnp.ones((T, T), dtype=bool))  # the diagonal is kept: no fully masked row
         att = jax.nn.softmax(jnp.where(causal, att, -jnp.inf), axis=-1)
-        y = (att @ v).transpose(0, 2, 1, 3).reshape(B, T, c.n_head * hs)  # (B, T, nh hs)
+        y = (att @ v).transpose(0, 2, 1, 3).reshape(B, T, c.attn_width)  # (B, T, nh hs)
         return _dense(C, c, "c_proj", _proj_std(c))(y)  # (B, T, C)
 
 
@@ -333,7 +343,7 @@ class MLP(nn.Module):
     def __call__(self, x):
         c = self.config
         gate = GATES[c.glu]
-        u = _dense(c.mlp_hidden * (2 if gate else 1), c, "c_fc", 0.02)(x)  # (B, T, H), or (B, T, 2H) gated
+        u = _dense(c.fc_width, c, "c_fc", 0.02)(x)  # (B, T, H), or (B, T, 2H) gated
         if gate is None:
             h = jax.nn.gelu(u, approximate=False)  # exact (erf) GELU
         else:
@@ -390,11 +400,10 @@ LINEAR_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
 def _block_map(config: GPTConfig):
     """(torch name within a block, JAX path within params["h"], torch shape) for one layer, in torch's order.
 
-    Widths: D = n_head * head_size (q, k, v each), H = mlp_hidden (c_fc writes 2H under glu); RMSNorm (ln_1, ln_2
-    under norm="rms"; q_norm, k_norm under qk_norm) has a gain and no bias."""
-    C, D, hs = config.n_embd, config.n_head * config.head_size, config.head_size
-    H = config.mlp_hidden
-    H_in = 2 * H if config.glu else H
+    Widths: D = attn_width (q, k, v each), H = mlp_hidden, c_fc's H_in = fc_width (2H under glu); RMSNorm (ln_1,
+    ln_2 under norm="rms"; q_norm, k_norm under qk_norm) has a gain and no bias."""
+    C, D, hs = config.n_embd, config.attn_width, config.head_size
+    H, H_in = config.mlp_hidden, config.fc_width
     rows = [
         ("ln_1.weight", ("ln_1", "scale"), (C,)),
         ("ln_1.bias", ("ln_1", "bias"), (C,)),
