@@ -18,6 +18,10 @@ stacked layers needs (one trace of the solve for all layers).
         "ln_f": {"scale", "bias"},
     }
 
+Issue #35's capacity levers (levers.py's WideMLP, WideAttention, RMSNorm) change widths, not names:
+c_attn (C, 3 nh hs), c_proj (nh hs, C) under head_dim; c_fc (C, H or 2H), c_proj (H, C) under mlp_width and
+glu; under norm="rms" the norms keep "scale" and lose "bias"; qk_norm adds attn's "q_norm" and "k_norm" {"scale"}.
+
 Kernels are (in, out); torch's Linear weights are (out, in): `params_from_torch` and
 `params_to_torch` convert through one name map and transpose the names in `LINEAR_WEIGHTS` only.
 A shortlist's token ids are not parameters: they live in the (static) config, and the converters
@@ -41,6 +45,9 @@ import numpy as np
 from .solvers import SPLITTING_SCHEMES, SPLITTINGS, SplitRK, evals_per_step, get_method
 
 ADJOINTS = ("recursive", "backsolve")
+# levers.GATES: the gated MLP's activation on its first half (exact erf GELU, as torch's F.gelu; SiLU); "" = ungated
+GATES = {"": None, "geglu": partial(jax.nn.gelu, approximate=False), "swiglu": jax.nn.silu}
+NORMS = ("layer", "rms")
 
 # ---------------------------------------------------------------------------------------------
 # Config
@@ -86,6 +93,14 @@ class GPTConfig:
     ngram_buckets: int = 0
     token_noise: float = 0.0
     head_width: int = 0
+    # issue #35's capacity levers (levers.LeverConfig; 0, "" and "layer" are nanoGPT's): the MLP's hidden width
+    # (0 = 4 n_embd), a gated MLP (glu: "geglu" | "swiglu"), the query/key/value width per head (0 = n_embd / n_head),
+    # RMSNorm for every LayerNorm (norm="rms"), RMSNorm with gains on each head's queries and keys (qk_norm)
+    mlp_width: int = 0
+    glu: str = ""
+    head_dim: int = 0
+    norm: str = "layer"
+    qk_norm: bool = False
     # --- JAX only (not in model.GPTConfig; dropped when a checkpoint is written) ---
     rtol: float = 1e-3  # adaptive methods: PIDController tolerances
     atol: float = 1e-6
@@ -112,6 +127,18 @@ class GPTConfig:
         if not _is_real(self.unseen_mass):
             raise ValueError(f"unseen_mass must be a finite number, got {self.unseen_mass!r}")
         self._validate_shortlist()
+        for name in ("mlp_width", "head_dim"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0 or (name == "mlp_width" and value % self.n_head):
+                raise ValueError(
+                    f"{name} must be an integer >= 0 (0 = nanoGPT's), a multiple of n_head for mlp_width, got {value!r}"
+                )
+        if self.glu not in GATES:
+            raise ValueError(f"glu must be one of {sorted(GATES)} ('' = nanoGPT's ungated MLP), got {self.glu!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be 'layer' or 'rms', got {self.norm!r}")
+        if not isinstance(self.qk_norm, bool):
+            raise ValueError(f"qk_norm must be True or False, got {self.qk_norm!r}")
         if not _is_int(self.ngram_buckets) or self.ngram_buckets < 0:
             raise ValueError(f"ngram_buckets must be an integer >= 0 (0 = off), got {self.ngram_buckets!r}")
         if not _is_real(self.token_noise) or not 0 <= self.token_noise < 1:
@@ -165,6 +192,31 @@ class GPTConfig:
         return len(self.shortlist)
 
     @property
+    def mlp_hidden(self) -> int:
+        """The MLP's hidden width H: mlp_width, or nanoGPT's 4 n_embd (c_fc writes 2H under glu: act(a) * g)."""
+        return self.mlp_width or 4 * self.n_embd
+
+    @property
+    def fc_width(self) -> int:
+        """c_fc's output width: H, or 2H under glu (the activation's input a and the gate g, in that order)."""
+        return 2 * self.mlp_hidden if self.glu else self.mlp_hidden
+
+    @property
+    def head_size(self) -> int:
+        """Query/key/value width per head: head_dim, or nanoGPT's n_embd / n_head."""
+        return self.head_dim or self.n_embd // self.n_head
+
+    @property
+    def attn_width(self) -> int:
+        """D = n_head * head_size: the width of q, k and v each, and c_proj's input (n_embd by default)."""
+        return self.n_head * self.head_size
+
+    @property
+    def norm_bias(self) -> bool:
+        """Whether the stream's norms (ln_1, ln_2, ln_f) have a bias: LayerNorm under bias; RMSNorm never."""
+        return self.bias and self.norm == "layer"
+
+    @property
     def embedding_rows(self) -> int:
         """Rows of wte: one per token, or one per shortlisted token + one shared by all the others."""
         return self.shortlist_size + 1 if self.shortlist else self.vocab_size
@@ -189,6 +241,11 @@ TORCH_CONFIG_FIELDS = (
     "ngram_buckets",
     "token_noise",
     "head_width",
+    "mlp_width",
+    "glu",
+    "head_dim",
+    "norm",
+    "qk_norm",
 )
 
 
@@ -244,6 +301,16 @@ def _layer_norm(config, name=None):
     return nn.LayerNorm(epsilon=1e-5, use_bias=config.bias, use_fast_variance=False, name=name)
 
 
+def _rms_norm(name=None):
+    # levers.RMSNorm: x * rsqrt(mean(x^2) + 1e-5) * weight, no bias (flax's default epsilon is 1e-6)
+    return nn.RMSNorm(epsilon=1e-5, name=name)
+
+
+def _norm(config, name=None):
+    """The residual stream's norm (ln_1, ln_2, ln_f): LayerNorm, or RMSNorm under norm="rms"."""
+    return _rms_norm(name) if config.norm == "rms" else _layer_norm(config, name)
+
+
 def _proj_std(config) -> float:
     return 0.0 if config.zero_init_proj else 0.02 / math.sqrt(2 * config.n_layer)
 
@@ -255,16 +322,18 @@ class CausalSelfAttention(nn.Module):
     def __call__(self, x):
         c = self.config
         B, T, C = x.shape
-        hs = C // c.n_head
-        q, k, v = jnp.split(_dense(3 * C, c, "c_attn", 0.02)(x), 3, axis=-1)  # (B, T, C) each
+        hs = c.head_size  # C / nh, or head_dim
+        q, k, v = jnp.split(_dense(3 * c.attn_width, c, "c_attn", 0.02)(x), 3, axis=-1)  # (B, T, nh hs) each
         q = q.reshape(B, T, c.n_head, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
         k = k.reshape(B, T, c.n_head, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
         v = v.reshape(B, T, c.n_head, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
+        if c.qk_norm:  # per head, over hs, gains (hs,) shared by the heads (levers.WideAttention)
+            q, k = _rms_norm("q_norm")(q), _rms_norm("k_norm")(k)
         att = (q @ k.swapaxes(-1, -2)) * (1.0 / math.sqrt(hs))  # (B, nh, T, T)
         causal = jnp.tril(jnp.ones((T, T), dtype=bool))  # the diagonal is kept: no fully masked row
         att = jax.nn.softmax(jnp.where(causal, att, -jnp.inf), axis=-1)
-        y = (att @ v).transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, T, C)
-        return _dense(C, c, "c_proj", _proj_std(c))(y)
+        y = (att @ v).transpose(0, 2, 1, 3).reshape(B, T, c.attn_width)  # (B, T, nh hs)
+        return _dense(C, c, "c_proj", _proj_std(c))(y)  # (B, T, C)
 
 
 class MLP(nn.Module):
@@ -273,7 +342,13 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = self.config
-        h = jax.nn.gelu(_dense(4 * c.n_embd, c, "c_fc", 0.02)(x), approximate=False)  # exact (erf) GELU
+        gate = GATES[c.glu]
+        u = _dense(c.fc_width, c, "c_fc", 0.02)(x)  # (B, T, H), or (B, T, 2H) gated
+        if gate is None:
+            h = jax.nn.gelu(u, approximate=False)  # exact (erf) GELU
+        else:
+            a, g = jnp.split(u, 2, axis=-1)  # (B, T, H) each: torch's chunk(2)
+            h = gate(a) * g
         return _dense(c.n_embd, c, "c_proj", _proj_std(c))(h)  # (B, T, C)
 
 
@@ -283,9 +358,9 @@ class Block(nn.Module):
     config: GPTConfig
 
     def setup(self):
-        self.ln_1 = _layer_norm(self.config, "ln_1")
+        self.ln_1 = _norm(self.config, "ln_1")
         self.attn = CausalSelfAttention(self.config)
-        self.ln_2 = _layer_norm(self.config, "ln_2")
+        self.ln_2 = _norm(self.config, "ln_2")
         self.mlp = MLP(self.config)
 
     def attn_field(self, x):
@@ -308,7 +383,7 @@ def init_params(key, config: GPTConfig, dtype=jnp.float32) -> dict:
     k_wte, k_wpe, k_h = jax.random.split(key, 3)
     x = jnp.zeros((1, 1, config.n_embd), dtype)
     h = jax.vmap(lambda k: Block(config).init(k, x)["params"])(jax.random.split(k_h, config.n_layer))
-    ln_f = _layer_norm(config).init(k_h, x)["params"]
+    ln_f = _norm(config).init(k_h, x)["params"]
     params = {
         "wte": 0.02 * jax.random.normal(k_wte, (config.embedding_rows, config.n_embd)),
         "wpe": 0.02 * jax.random.normal(k_wpe, (config.block_size, config.n_embd)),
@@ -323,23 +398,37 @@ LINEAR_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
 
 
 def _block_map(config: GPTConfig):
-    """(torch name within a block, JAX path within params["h"], torch shape) for one layer."""
-    C = config.n_embd
+    """(torch name within a block, JAX path within params["h"], torch shape) for one layer, in torch's order.
+
+    Widths: D = attn_width (q, k, v each), H = mlp_hidden, c_fc's H_in = fc_width (2H under glu); RMSNorm (ln_1,
+    ln_2 under norm="rms"; q_norm, k_norm under qk_norm) has a gain and no bias."""
+    C, D, hs = config.n_embd, config.attn_width, config.head_size
+    H, H_in = config.mlp_hidden, config.fc_width
     rows = [
         ("ln_1.weight", ("ln_1", "scale"), (C,)),
         ("ln_1.bias", ("ln_1", "bias"), (C,)),
-        ("attn.c_attn.weight", ("attn", "c_attn", "kernel"), (3 * C, C)),
-        ("attn.c_attn.bias", ("attn", "c_attn", "bias"), (3 * C,)),
-        ("attn.c_proj.weight", ("attn", "c_proj", "kernel"), (C, C)),
+        ("attn.c_attn.weight", ("attn", "c_attn", "kernel"), (3 * D, C)),
+        ("attn.c_attn.bias", ("attn", "c_attn", "bias"), (3 * D,)),
+        ("attn.c_proj.weight", ("attn", "c_proj", "kernel"), (C, D)),
         ("attn.c_proj.bias", ("attn", "c_proj", "bias"), (C,)),
+        ("attn.q_norm.weight", ("attn", "q_norm", "scale"), (hs,)),
+        ("attn.k_norm.weight", ("attn", "k_norm", "scale"), (hs,)),
         ("ln_2.weight", ("ln_2", "scale"), (C,)),
         ("ln_2.bias", ("ln_2", "bias"), (C,)),
-        ("mlp.c_fc.weight", ("mlp", "c_fc", "kernel"), (4 * C, C)),
-        ("mlp.c_fc.bias", ("mlp", "c_fc", "bias"), (4 * C,)),
-        ("mlp.c_proj.weight", ("mlp", "c_proj", "kernel"), (C, 4 * C)),
+        ("mlp.c_fc.weight", ("mlp", "c_fc", "kernel"), (H_in, C)),
+        ("mlp.c_fc.bias", ("mlp", "c_fc", "bias"), (H_in,)),
+        ("mlp.c_proj.weight", ("mlp", "c_proj", "kernel"), (C, H)),
         ("mlp.c_proj.bias", ("mlp", "c_proj", "bias"), (C,)),
     ]
-    return [r for r in rows if config.bias or not r[0].endswith(".bias")]
+    return [r for r in rows if _mapped(r[0], config)]
+
+
+def _mapped(name: str, config: GPTConfig) -> bool:
+    """Whether torch has this parameter under config: biases under bias (the norms' only under LayerNorm),
+    q_norm / k_norm under qk_norm."""
+    if name.endswith(".bias"):
+        return config.norm_bias if name.split(".")[-2].startswith("ln_") else config.bias
+    return config.qk_norm or not name.startswith(("attn.q_norm", "attn.k_norm"))
 
 
 def _top_map(config: GPTConfig):
@@ -350,7 +439,7 @@ def _top_map(config: GPTConfig):
         ("transformer.ln_f.weight", ("ln_f", "scale"), (C,)),
         ("transformer.ln_f.bias", ("ln_f", "bias"), (C,)),
     ]
-    return [r for r in rows if config.bias or not r[0].endswith(".bias")]
+    return [r for r in rows if _mapped(r[0], config)]
 
 
 def _set(tree, path, value):
@@ -393,6 +482,7 @@ def params_from_torch(state_dict, config: GPTConfig) -> dict:
         used.add(name)
     params = {}
     for name, path, shape in _top_map(config):
+        assert name in sd, f"{name} missing: the state_dict is another config's model"
         assert sd[name].shape == shape, f"{name}: {sd[name].shape} != {shape}"
         _set(params, path, jnp.asarray(sd[name]))
         used.add(name)
@@ -402,6 +492,7 @@ def params_from_torch(state_dict, config: GPTConfig) -> dict:
         layers = []
         for layer in range(config.n_layer):
             full = f"transformer.h.{layer}.{name}"
+            assert full in sd, f"{full} missing: the state_dict is another config's model"
             w = sd[full]
             assert w.shape == shape, f"{full}: {w.shape} != {shape}"
             layers.append(w.T if name in LINEAR_WEIGHTS else w)
@@ -579,7 +670,7 @@ def _head(params, config, x, targets):
     """Final states x (b, t, C) -> (logits, loss) as model.GPT.head: targets None -> the last
     position's logits (b, 1, vocab) and None; else the logits (b, t, vocab) and the mean
     cross-entropy over targets != -1. Under a shortlist see _shortlist_head."""
-    x = _layer_norm(config).apply({"params": params["ln_f"]}, x)
+    x = _norm(config).apply({"params": params["ln_f"]}, x)
     if targets is None:
         x = x[:, -1:, :]  # inference needs the last position only
     if config.shortlist:

@@ -55,6 +55,29 @@ REGULARIZER_GRID = [
 # integrator, so two float64 cases and the float32 one
 SHORTLIST = dict(vocab_size=64, shortlist_size=40, unseen_mass=0.05)
 SHORTLIST_GRID = [("euler", "lie", 1, "float64"), ("rk4", "strang", 1, "float64"), ("euler", "lie", 1, "float32")]
+# issue #35's capacity levers (levers.LeverConfig), each alone and all together, on TINY (n_embd 16, 2 heads: nanoGPT's
+# widths are H = 64, hs = 8). The widths differ from those, so a mirror that ignored a field fails the conversion.
+CAPACITY_LEVERS = {
+    "mlp_width": dict(mlp_width=48),
+    "geglu": dict(glu="geglu"),
+    "swiglu": dict(glu="swiglu"),
+    "head_dim": dict(head_dim=12),
+    "rms": dict(norm="rms"),
+    "qk_norm": dict(qk_norm=True),
+    "all": dict(mlp_width=64, head_dim=16, glu="swiglu", norm="rms", qk_norm=True),
+}
+# (check, lever, solver, splitting, steps, bias, dtype). Every lever under the canonical recipe's integrator and
+# bias (heun, parallel, 1 step, no bias: torch integrates mlp_width and head_dim by Block.fused_field there); all of
+# them together also at the 2 steps its random_steps draws, under the shortlist head (the canonical softmax), under
+# nanoGPT's block (euler, lie) and strang with biases, and with both regularizers (second order through the norms)
+CAPACITY_GRID = [("forward", lever, "heun", "parallel", 1, False, "float64") for lever in CAPACITY_LEVERS] + [
+    ("forward", "all", "heun", "parallel", 2, False, "float64"),
+    ("forward", "all", "euler", "lie", 1, True, "float64"),
+    ("forward", "all", "rk4", "strang", 1, True, "float64"),
+    ("shortlist", "all", "heun", "parallel", 2, False, "float64"),
+    ("regularizers", "all", "heun", "strang", 1, True, "float64"),
+    ("forward", "all", "heun", "parallel", 1, False, "float32"),  # within TOLERANCES["float32"] (a test shows why)
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,6 +120,17 @@ def configs(solver, splitting, steps, **overrides):
 def torch_gpt(tconfig, dtype: str, seed: int = 0):
     torch.manual_seed(seed)
     return levers.LeverGPT(tconfig).to(TORCH_DTYPES[dtype])
+
+
+@torch.no_grad()
+def perturb(model, seed: int = 0, scale: float = 0.1):
+    """Every parameter moved by scale * N(0, 1), on its own random stream (as model.fused_field_agrees probes): at init
+    every norm's gain is 1 and every bias 0, so a mirror that dropped a gain or a bias would still agree."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return model
 
 
 def batch(vocab: int = TINY["vocab_size"], seed: int = 0, b: int = BATCH, t: int = SEQ):
@@ -175,7 +209,11 @@ def _jax_loss_logits_grads(params, config, idx, targets):
 def check_forward(solver, splitting, steps, dtype) -> dict:
     """Logits (all positions), loss and every parameter's gradient."""
     tconfig, jconfig = configs(solver, splitting, steps)
-    model = torch_gpt(tconfig, dtype)
+    return forward_diffs(torch_gpt(tconfig, dtype), jconfig)
+
+
+def forward_diffs(model, jconfig) -> dict:
+    """check_forward's comparison of a torch model and its JAX config, from the model's weights."""
     params = jax_impl.params_from_torch(model.state_dict(), jconfig)
     idx, targets = batch()
     logits_t, loss_t = model(idx, targets)
@@ -222,7 +260,11 @@ def check_shortlist(solver, splitting, steps, dtype) -> dict:
     """The shortlist head: the loss (inputs and targets inside and outside the shortlist, one target
     -1), every parameter's gradient (wte's shared row k gets its gradient from the inputs only), and
     inference's logits over the whole vocabulary (b, 1, vocab; log-probabilities up to one constant)."""
-    model, jconfig = shortlist_gpt(solver, splitting, steps, dtype)
+    return shortlist_diffs(*shortlist_gpt(solver, splitting, steps, dtype))
+
+
+def shortlist_diffs(model, jconfig) -> dict:
+    """check_shortlist's comparison of a torch shortlist model and its JAX config, from the model's weights."""
     params = jax_impl.params_from_torch(model.state_dict(), jconfig)
     idx, targets = batch(vocab=jconfig.vocab_size)
     outside = ~torch.isin(targets, model.row_tokens) & (targets >= 0)
@@ -252,14 +294,30 @@ def _jax_regularized(params, config, idx, targets, probes):
     return total, loss, terms, grads
 
 
-def check_regularizers(solver, splitting, steps, dtype, kinetic_energy=0.3, jacobian_frobenius=0.2) -> dict:
+REGULARIZER_WEIGHTS = dict(kinetic_energy=0.3, jacobian_frobenius=0.2)
+
+
+def check_regularizers(
+    solver,
+    splitting,
+    steps,
+    dtype,
+    kinetic_energy=REGULARIZER_WEIGHTS["kinetic_energy"],
+    jacobian_frobenius=REGULARIZER_WEIGHTS["jacobian_frobenius"],
+) -> dict:
     """Kinetic energy and Hutchinson Jacobian-Frobenius terms with the same probes, the
     regularized training loss and its gradient (second order through the VJPs, as torch's
     create_graph=True)."""
     tconfig, jconfig = configs(
         solver, splitting, steps, kinetic_energy=kinetic_energy, jacobian_frobenius=jacobian_frobenius
     )
-    model = torch_gpt(tconfig, dtype).train()
+    return regularizer_diffs(torch_gpt(tconfig, dtype), jconfig)
+
+
+def regularizer_diffs(model, jconfig) -> dict:
+    """check_regularizers' comparison of a regularized torch model and its JAX config, from the model's weights."""
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    model.train()
     params = jax_impl.params_from_torch(model.state_dict(), jconfig)
     idx, targets = batch()
     probes = jax_impl.draw_probes(jax.random.PRNGKey(7), jconfig, (BATCH, SEQ, TINY["n_embd"]), jnp.dtype(dtype))
@@ -277,6 +335,24 @@ def check_regularizers(solver, splitting, steps, dtype, kinetic_energy=0.3, jaco
         ),
         "grads": tree_max_rel(grads_j, torch_grads_as_params(model, jconfig)),
     }
+
+
+CAPACITY_CHECKS = {"forward": forward_diffs, "shortlist": shortlist_diffs, "regularizers": regularizer_diffs}
+
+
+def check_capacity(check, lever, solver, splitting, steps, bias, dtype) -> dict:
+    """A CAPACITY_GRID case: CAPACITY_LEVERS[lever] on TINY (bias as given), compared by the forward, shortlist or
+    regularizer check; in float64 on perturbed torch weights, in float32 on the untrained ones whose logits
+    tolerances.float32_table assumes within +-1."""
+    overrides = {**CAPACITY_LEVERS[lever], "bias": bias}
+    if check == "shortlist":
+        model, jconfig = shortlist_gpt(solver, splitting, steps, dtype, **overrides)
+    else:
+        if check == "regularizers":
+            overrides.update(REGULARIZER_WEIGHTS)
+        tconfig, jconfig = configs(solver, splitting, steps, **overrides)
+        model = torch_gpt(tconfig, dtype)
+    return CAPACITY_CHECKS[check](perturb(model) if dtype == "float64" else model, jconfig)
 
 
 def check_tableau(name) -> dict:
@@ -406,12 +482,13 @@ TRAINING_GRID = [
 
 
 def check_training(
-    solver, splitting, steps, optimizer, regularized, dtype, n_steps: int = 5, random_steps: int = 0
+    solver, splitting, steps, optimizer, regularized, dtype, n_steps: int = 5, random_steps: int = 0, lever: str = ""
 ) -> dict:
     """n_steps of train_mps.train_step (set_lr, make_optimizers, ema_update) vs the JAX train step
     from the same initialization and batches: the losses and the parameters (and EMA) after. random_steps > 0:
     each step's count drawn as train() draws it (train_mps.drawn_steps), JAX's step compiled for it by
-    jax_impl.train.TrainSteps."""
+    jax_impl.train.TrainSteps. lever: a CAPACITY_LEVERS name (the optimizers' groups over its parameters)."""
+    widths = CAPACITY_LEVERS[lever] if lever else {}
     total = 10
     reg = dict(kinetic_energy=0.1, jacobian_frobenius=0.05) if regularized else {}
     r = recipe(
@@ -424,8 +501,9 @@ def check_training(
         steps_per_layer=steps,
         random_steps=random_steps,
         **reg,
+        **widths,
     )
-    tconfig, jconfig = configs(solver, splitting, steps, bias=False, **reg)
+    tconfig, jconfig = configs(solver, splitting, steps, bias=False, **reg, **widths)
     model = torch_gpt(tconfig, dtype).train()
     params = jax_impl.params_from_torch(model.state_dict(), jconfig)
     opts = levers.make_optimizers(model, r, "cpu")

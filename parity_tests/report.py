@@ -26,6 +26,7 @@ def _cases(quick: bool):
     yield "inference logits", [("rk4", "strang", 2, "float64")], H.check_inference_logits
     yield "shortlist head", pick(H.SHORTLIST_GRID), H.check_shortlist
     yield "regularizers", pick(H.REGULARIZER_GRID), H.check_regularizers
+    yield "capacity levers", pick(H.CAPACITY_GRID), H.check_capacity
     yield "lr schedule", [(s,) for s in pick(["constant", "cosine", "wsd"])], H.check_lr
     yield "adamw 20 steps", [("adamw", "float64", "float64")], H.check_optimizer
     yield "muon 20 steps (f64 NS)", [("muon", "float64", "float64")], H.check_optimizer

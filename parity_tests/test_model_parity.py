@@ -94,6 +94,15 @@ def test_config_fields_and_defaults_match_torch():
         {"ngram_buckets": -1},
         {"token_noise": 1.0},
         {"head_width": 2.0},
+        {"mlp_width": -1},  # issue #35's capacity levers
+        {"mlp_width": 100},  # not a multiple of n_head (12)
+        {"mlp_width": 96.0},
+        {"head_dim": True},
+        {"head_dim": -8},
+        {"glu": "reglu"},
+        {"glu": None},
+        {"norm": "batch"},
+        {"qk_norm": 1},
     ],
 )
 def test_config_is_validated_like_torch(bad):

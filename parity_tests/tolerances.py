@@ -63,28 +63,48 @@ def gamma_prob(n: float) -> float:
     return math.expm1(LAMBDA * math.sqrt(n) * U32 + n * U32**2 / (1 - U32))
 
 
-def field_chain(n_embd: int, n_head: int, seq: int) -> int:
+def field_chain(
+    n_embd: int, n_head: int, seq: int, mlp_hidden: int = 0, head_size: int = 0, qk_norm=False, gated=False
+) -> int:
     """The reduction lengths one evaluation of a layer's attention + MLP chains, summed: LayerNorm (C) and the q, k, v
-    projection (C), the scores (head size), softmax and the weighted values (2 T), the output projection (C);
-    LayerNorm (C), the MLP's input (C) and output (4 C) projections. A sub-field alone (under lie or strang) costs
-    less; counting each as a whole evaluation keeps the bound an upper one."""
-    return 9 * n_embd + n_embd // n_head + 2 * seq
+    projection (C), the scores (head size hs), softmax and the weighted values (2 T), the output projection (its
+    input width n_head hs, C by default); LayerNorm (C), the MLP's input (C) and output (its hidden width H, 4 C by
+    default) projections. Issue #35's levers (chain_widths) set H and hs, and add QK-norm's RMSNorm over hs and the
+    gated MLP's product (1 rounding); RMSNorm reduces over C as LayerNorm. A sub-field alone (under lie or strang)
+    costs less; counting each as a whole evaluation keeps the bound an upper one."""
+    hs = head_size or n_embd // n_head
+    H = mlp_hidden or 4 * n_embd
+    return 4 * n_embd + n_head * hs + H + hs + 2 * seq + (hs if qk_norm else 0) + (1 if gated else 0)
 
 
-def forward_rel(n_embd: int, n_head: int, seq: int, evaluations: float, rounding=gamma) -> float:
+def chain_widths(config) -> dict:
+    """field_chain's widths of a config (levers.LeverConfig, model.GPTConfig or jax_impl.GPTConfig): nanoGPT's where a
+    config has no capacity levers (issue #35)."""
+    return {
+        "mlp_hidden": getattr(config, "mlp_width", 0) or 4 * config.n_embd,
+        "head_size": getattr(config, "head_dim", 0) or config.n_embd // config.n_head,
+        "qk_norm": bool(getattr(config, "qk_norm", False)),
+        "gated": bool(getattr(config, "glu", "")),
+    }
+
+
+def forward_rel(n_embd: int, n_head: int, seq: int, evaluations: float, rounding=gamma, **widths) -> float:
     """Relative error bound of a float32 forward pass to the logits, to first order: `evaluations` field evaluations
     (attention and MLP counted apart, as GPT.nfe does: every sub-field evaluation is charged a whole field_chain),
     then the final LayerNorm and the logits' dot products (2 C). Rounding errors add along the residual stream;
-    the bound takes the layers' gain on them as 1 (the tiny models here are near the identity per step)."""
-    return rounding(evaluations * field_chain(n_embd, n_head, seq) + 2 * n_embd)
+    the bound takes the layers' gain on them as 1 (the tiny models here are near the identity per step).
+    widths: field_chain's (chain_widths), nanoGPT's by default."""
+    return rounding(evaluations * field_chain(n_embd, n_head, seq, **widths) + 2 * n_embd)
 
 
 def logit_scale(model) -> float:
     """An upper bound on |logit| of a model.py GPT from its weights: the largest output row's norm times the largest
-    norm a LayerNorm'd state can have (sqrt(C) max |weight| + |bias|), plus the head_width features' share."""
+    norm a LayerNorm'd (or RMSNorm'd) state can have (sqrt(C) max |weight| + |bias|), plus the head_width features'
+    share."""
     ln = model.transformer.ln_f
     state = math.sqrt(ln.weight.numel()) * ln.weight.abs().max().item()
-    state += ln.bias.norm().item() if ln.bias is not None else 0.0
+    bias = getattr(ln, "bias", None)  # levers.RMSNorm has none
+    state += bias.norm().item() if bias is not None else 0.0
     rows = model.lm_head.weight.norm(dim=1).max().item()
     if getattr(model.config, "head_width", 0):
         wide = model.head_wide.weight.norm(dim=1).max().item() * model.head_up.weight.norm(dim=1).max().item()
@@ -92,20 +112,21 @@ def logit_scale(model) -> float:
     return rows * state
 
 
-def loss_bound(n_embd, n_head, seq, evaluations, n_classes, n_positions, loss, scale) -> float:
+def loss_bound(n_embd, n_head, seq, evaluations, n_classes, n_positions, loss, scale, **widths) -> float:
     """Absolute bound (nats) on a float32 mean cross-entropy against its exact value: the forward's relative error
     (forward_rel, probabilistic: a forward pass is a long chain) on logits of magnitude <= scale, twice (the
     target's logit and the log-sum-exp), then nll over n_classes. Two float32 computations of one such loss (other
     batch shapes, so other GEMM blocking; another thread split; another order of the mean) differ by at most twice
-    this."""
-    rel = forward_rel(n_embd, n_head, seq, evaluations, rounding=gamma_prob)
+    this. widths: field_chain's (chain_widths)."""
+    rel = forward_rel(n_embd, n_head, seq, evaluations, rounding=gamma_prob, **widths)
     return 2 * rel * scale + nll(n_classes, n_positions, loss, rounding=gamma_prob)
 
 
 def model_log_probs(model) -> float:
     """Absolute bound on one float32 log-probability of a model.py GPT (its logit and its row's log-sum-exp)."""
     c = model.config
-    rel = forward_rel(c.n_embd, c.n_head, c.block_size, sum(model.nfe().values()), rounding=gamma_prob)
+    evaluations = sum(model.nfe().values())
+    rel = forward_rel(c.n_embd, c.n_head, c.block_size, evaluations, rounding=gamma_prob, **chain_widths(c))
     return 2 * rel * logit_scale(model) + gamma_prob((c.shortlist_size or c.vocab_size) + 3)
 
 
@@ -114,7 +135,10 @@ def model_loss(model, n_positions: int, loss: float) -> float:
     c = model.config
     evaluations = sum(model.nfe().values())
     classes = c.shortlist_size or c.vocab_size
-    return loss_bound(c.n_embd, c.n_head, c.block_size, evaluations, classes, n_positions, loss, logit_scale(model))
+    scale = logit_scale(model)
+    return loss_bound(
+        c.n_embd, c.n_head, c.block_size, evaluations, classes, n_positions, loss, scale, **chain_widths(c)
+    )
 
 
 def nll(n_classes: int, n_positions: int, loss: float, rounding=gamma) -> float:
@@ -130,15 +154,17 @@ def nll(n_classes: int, n_positions: int, loss: float, rounding=gamma) -> float:
 TEACHER = gamma(14)
 
 
-def float32_table() -> dict:
+def float32_table(evaluations: int = 18, **widths) -> dict:
     """TOLERANCES['float32'] for the parity grids' float32 cases (harness.TINY: n_embd 16, 2 heads, 2 layers,
     sequences of 8, vocabulary 128), from their worst case: bosh3 under strang, 1 step (3 stages of M/2, A, M/2 per
     layer: 18 sub-field evaluations); logits of these untrained models lie within +-1 (N(0, 0.02) weights on
     LayerNorm'd states), so an absolute bound on them is the relative one. A backward pass runs the chain again in
     reverse and sums each weight's gradient over the batch's positions (2 x 8); an optimizer step adds a few
-    roundings per element (AdamW: ~10), a training step is a forward, a backward and a step."""
+    roundings per element (AdamW: ~10), a training step is a forward, a backward and a step.
+    evaluations, widths: another case's sub-field evaluations and field_chain widths (a test checks that the table
+    bounds the capacity levers' float32 case)."""
     n_embd, n_head, seq, vocab, positions = 16, 2, 8, 128, 16
-    forward = forward_rel(n_embd, n_head, seq, evaluations=18)
+    forward = forward_rel(n_embd, n_head, seq, evaluations=evaluations, **widths)
     backward = 2 * forward + gamma(positions)
     return {
         "logits": forward,
