@@ -49,7 +49,7 @@ class LeverConfig(GPTConfig):
     # (geglu) or silu (swiglu) gate (Shazeer 2020), at mlp_width hidden units; head_dim: the query/key/value width per
     # head (0 = n_embd / n_head), n_head heads, the output projection back to n_embd; norm: "rms" replaces every
     # LayerNorm with RMSNorm; qk_norm: RMSNorm on each head's queries and keys, with learned gains (Dehghani et al.
-    # 2023). Each off by default; mlp_width and head_dim alone keep the fused parallel field (Block.fused_field).
+    # 2023). Each off by default; mlp_width, glu and head_dim keep the fused parallel field (Block.fused_field).
     mlp_width: int = 0
     glu: str = ""
     head_dim: int = 0
@@ -103,14 +103,15 @@ class WideMLP(nn.Module):
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x):
-        u = self.c_fc(x)  # (B, T, H) or (B, T, 2H) gated
+    def act(self, u):
+        """c_fc's output (B, T, H), or (B, T, 2H) gated -> the hidden layer (B, T, H); fused_field calls it too."""
         if self.gate is None:
-            u = F.gelu(u)
-        else:
-            a, g = u.chunk(2, dim=-1)  # (B, T, H) each
-            u = self.gate(a) * g
-        x = self.c_proj(u)  # (B, T, C)
+            return F.gelu(u)
+        a, g = u.chunk(2, dim=-1)  # (B, T, H) each
+        return self.gate(a) * g
+
+    def forward(self, x):
+        x = self.c_proj(self.act(self.c_fc(x)))  # (B, T, C)
         return self.dropout(x) if self.dropout.p else x
 
 
@@ -167,7 +168,7 @@ class LeverGPT(GPT):
                 block.attn, block.mlp = WideAttention(c), WideMLP(c)
                 if c.norm == "rms":
                     block.ln_1, block.ln_2 = RMSNorm(c.n_embd), RMSNorm(c.n_embd)
-                block.fusable = not (c.glu or c.qk_norm or c.norm == "rms")
+                block.fusable = not (c.qk_norm or c.norm == "rms")
             if c.norm == "rms":
                 self.transformer.ln_f = RMSNorm(c.n_embd)
         if c.ngram_buckets:

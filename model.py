@@ -249,8 +249,11 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
+    def act(self, u):
+        return self.gelu(u)  # the hidden layer from c_fc's output (fused_field calls it too)
+
     def forward(self, x):
-        x = self.c_proj(self.gelu(self.c_fc(x)))  # (B, T, C)
+        x = self.c_proj(self.act(self.c_fc(x)))  # (B, T, C)
         return self.dropout(x) if self.dropout.p else x  # dropout 0 dispatches nothing
 
 
@@ -294,7 +297,7 @@ class Block(nn.Module):
         q, k, v, hidden = u.split([D, D, D, H], dim=2)
         q, k, v = (t.view(B, T, nh, D // nh).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
-        z = torch.cat([y.transpose(1, 2), F.gelu(hidden).view(B, T, nh, -1)], dim=3)  # (B, T, nh, hs + H/nh)
+        z = torch.cat([y.transpose(1, 2), self.mlp.act(hidden).view(B, T, nh, -1)], dim=3)  # (B, T, nh, hs + H/nh)
         return F.linear(z.view(B, T, -1), w_out)  # (B, T, C)
 
     def forward(self, x, stats=None):

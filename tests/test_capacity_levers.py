@@ -1,5 +1,5 @@
 """Issue #35's capacity levers in levers.py (LeverConfig.mlp_width, glu, head_dim, norm, qk_norm): off, a lever model
-is model.py's; their configs are validated; the widths keep Block.fused_field, the other levers opt out of it without
+is model.py's; their configs are validated; the widths and the gate keep Block.fused_field, the others opt out of it without
 the edit warning; parameter counts; a short train() through train_mps and its checkpoint reloaded. Their torch <-> JAX
 parity is in parity_tests/test_capacity_parity.py."""
 
@@ -104,11 +104,20 @@ def test_bad_values_name_the_field_and_the_fix(field, value, message):
 
 
 @pytest.mark.parametrize(
-    "widths", [dict(mlp_width=24), dict(head_dim=12), dict(mlp_width=48, head_dim=2)], ids=lambda w: str(w)
+    "widths",
+    [
+        dict(mlp_width=24),
+        dict(head_dim=12),
+        dict(mlp_width=48, head_dim=2),
+        dict(glu="geglu"),
+        dict(glu="swiglu", mlp_width=24, head_dim=12),
+    ],
+    ids=lambda w: str(w),
 )
 def test_widths_keep_the_fused_field_and_it_agrees(widths, capsys):
-    """Block.fused_field reads D and H off the modules: a model with other widths still fuses (no warning), and
-    its loss and gradients fused and unfused agree in float64 on perturbed weights (every block, every step)."""
+    """Block.fused_field reads D and H off the modules and the hidden layer off MLP.act (the gate under glu): a
+    model with other widths or a gated MLP still fuses (no warning), and its loss and gradients fused and unfused
+    agree in float64 on perturbed weights (every block, every step)."""
     m = lever_model(**widths, solver="heun", splitting="parallel", steps_per_layer=2).double()
     assert all(b.fused for b in m.transformer.h)
     assert "fused_field" not in capsys.readouterr().err
@@ -126,9 +135,9 @@ def test_widths_keep_the_fused_field_and_it_agrees(widths, capsys):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
 
 
-@pytest.mark.parametrize("lever", [dict(glu="geglu"), dict(glu="swiglu"), dict(norm="rms"), dict(qk_norm=True), ALL])
+@pytest.mark.parametrize("lever", [dict(norm="rms"), dict(qk_norm=True), ALL])
 def test_other_levers_opt_out_of_the_fused_field_silently(lever, capsys):
-    """glu, norm="rms" and qk_norm compute what fused_field does not: Block.fusable False, so every block integrates
+    """norm="rms" and qk_norm compute what fused_field does not: Block.fusable False, so every block integrates
     attn + mlp itself, and model.py's "was edited" warning is not printed (it is for edits, not levers)."""
     m = lever_model(**lever)
     assert [(b.fusable, b.fused) for b in m.transformer.h] == [(False, False)] * SMALL["n_layer"]
