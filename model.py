@@ -15,6 +15,19 @@ from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # 2.0 and True are no sizes or step counts
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check(ok, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
 @dataclass(frozen=True)
 class ButcherTableau:
     """Explicit Runge-Kutta method: k_i = f(x + h sum_{j<i} a_ij k_j), x' = x + h sum_i b_i k_i."""
@@ -26,15 +39,12 @@ class ButcherTableau:
     c: tuple
 
     def __post_init__(self):
-        if not len(self.a) == len(self.b) == len(self.c):
-            raise ValueError(f"{self.name}: a, b, c must all have {len(self.b)} stages")
+        _check(len(self.a) == len(self.b) == len(self.c), f"{self.name}: a, b, c must all have {len(self.b)} stages")
         for i, row in enumerate(self.a):
-            if len(row) != i:
-                raise ValueError(f"{self.name}: row {i} of a must have {i} entries (explicit method)")
-            if not math.isclose(sum(row), self.c[i], abs_tol=1e-12):
-                raise ValueError(f"{self.name}: row {i} of a sums to {sum(row)}, expected c[{i}]={self.c[i]}")
-        if not math.isclose(sum(self.b), 1.0, abs_tol=1e-12):
-            raise ValueError(f"{self.name}: b sums to {sum(self.b)}, expected 1")
+            _check(len(row) == i, f"{self.name}: row {i} of a must have {i} entries (explicit method)")
+            s = f"{self.name}: row {i} of a sums to {sum(row)}, expected c[{i}]={self.c[i]}"
+            _check(math.isclose(sum(row), self.c[i], abs_tol=1e-12), s)
+        _check(math.isclose(sum(self.b), 1.0, abs_tol=1e-12), f"{self.name}: b sums to {sum(self.b)}, expected 1")
 
     @property
     def stages(self) -> int:
@@ -102,14 +112,6 @@ def rk_step(f, x, h: float, tableau: ButcherTableau, stats=None):
     return _combine(x, h, tableau.b, ks)
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)  # 2.0 and True are no sizes or step counts
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 @dataclass
 class GPTConfig:
     block_size: int = 1024
@@ -127,35 +129,27 @@ class GPTConfig:
     kinetic_energy: float = 0.0  # lambda_K on int ||F(x)||^2 dt
     jacobian_frobenius: float = 0.0  # lambda_J on int ||dF/dx||_F^2 dt
     zero_init_proj: bool = False  # zero c_proj: every layer's flow starts as the identity
-    # k > 0: a softmax over k tokens (set_shortlist) with mass 1 - unseen_mass, the other vocab_size - k sharing
-    # unseen_mass uniformly; the embedding has k + 1 rows, the last shared by the others
+    # k > 0: a softmax over k tokens (set_shortlist) with mass 1 - unseen_mass; the others share unseen_mass and a row
     shortlist_size: int = 0
     unseen_mass: float = 0.0
 
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "steps_per_layer"):
-            if not _is_int(v := getattr(self, name)) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if self.solver not in TABLEAUX:
-            raise ValueError(f"unknown solver {self.solver!r}; valid solvers: {', '.join(TABLEAUX)}")
-        if self.splitting not in SPLITTINGS:
-            raise ValueError(f"unknown splitting {self.splitting!r}; valid splittings: {', '.join(SPLITTINGS)}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not _is_real(self.dropout) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+            _check(_is_int(v := getattr(self, name)) and v >= 1, f"{name} must be a positive integer, got {v!r}")
+        _check(self.solver in TABLEAUX, f"unknown solver {self.solver!r}; valid solvers: {', '.join(TABLEAUX)}")
+        s = self.splitting
+        _check(s in SPLITTINGS, f"unknown splitting {s!r}; valid splittings: {', '.join(SPLITTINGS)}")
+        _check(self.n_embd % self.n_head == 0, f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        d = self.dropout
+        _check(_is_real(d) and 0 <= d < 1, f"dropout must be a number in [0, 1), got {d!r}")
         for name in ("kinetic_energy", "jacobian_frobenius"):
-            if not _is_real(v := getattr(self, name)) or v < 0:
-                raise ValueError(f"regularization weight {name} must be a finite number >= 0 (0 = off), got {v!r}")
+            v, rule = getattr(self, name), "a finite number >= 0 (0 = off)"
+            _check(_is_real(v) and v >= 0, f"regularization weight {name} must be {rule}, got {v!r}")
         k, p = self.shortlist_size, self.unseen_mass
-        if not _is_int(k) or not 0 <= k < self.vocab_size:
-            raise ValueError(f"shortlist_size must be 0 (full softmax) or an integer in [1, vocab_size - 1], got {k!r}")
-        if not _is_real(p):
-            raise ValueError(f"unseen_mass must be a finite number, got {p!r}")
-        if k and not 0 < p < 1:
-            raise ValueError(f"a shortlist needs 0 < unseen_mass < 1 (the probability outside it), got {p!r}")
-        if not k and p:
-            raise ValueError("unseen_mass is the shortlist's tail probability: set shortlist_size > 0 or leave it 0")
+        _check(_is_int(k) and 0 <= k < self.vocab_size, f"shortlist_size must be 0 or in [1, vocab_size), got {k!r}")
+        _check(_is_real(p), f"unseen_mass must be a finite number, got {p!r}")
+        _check(not k or 0 < p < 1, f"a shortlist needs 0 < unseen_mass < 1 (the probability outside it), got {p!r}")
+        _check(k or not p, "unseen_mass is the shortlist's tail probability: set shortlist_size > 0 or leave it 0")
 
 
 class LayerNorm(nn.Module):
@@ -356,14 +350,12 @@ class GPT(nn.Module):
     def set_shortlist(self, token_ids):
         """The shortlisted token ids (distinct, in [0, vocab_size)), one per softmax row, in row order."""
         c, ids = self.config, torch.as_tensor(token_ids, dtype=torch.long).flatten()
-        if not c.shortlist_size:
-            raise ValueError("this model has a full softmax (shortlist_size=0); build it with shortlist_size > 0")
-        if ids.numel() != c.shortlist_size:
-            raise ValueError(f"got {ids.numel()} token ids for a shortlist of {c.shortlist_size}")
-        if int(ids.min()) < 0 or int(ids.max()) >= c.vocab_size:
-            raise ValueError(f"shortlist token ids must lie in [0, {c.vocab_size})")
-        if torch.unique(ids).numel() != ids.numel():
-            raise ValueError("shortlist token ids must be distinct")
+        _check(c.shortlist_size, "this model has a full softmax (shortlist_size=0); build it with shortlist_size > 0")
+        _check(ids.numel() == c.shortlist_size, f"got {ids.numel()} token ids for a shortlist of {c.shortlist_size}")
+        _check(
+            0 <= int(ids.min()) <= int(ids.max()) < c.vocab_size, f"shortlist token ids must lie in [0, {c.vocab_size})"
+        )
+        _check(torch.unique(ids).numel() == ids.numel(), "shortlist token ids must be distinct")
         self.row_tokens.copy_(ids)
         self.token_rows.fill_(c.shortlist_size)[self.row_tokens] = torch.arange(len(ids)).to(self.row_tokens)
         return self
@@ -403,7 +395,6 @@ class GPT(nn.Module):
         return self.transformer.drop(x) if self.config.dropout else x
 
     def integrate(self, x, stats=None):
-        """Flow the residual stream through depth, x: (B, T, C) -> (B, T, C)."""
         for block in self.transformer.h:
             x = block(x) if stats is None else block(x, stats)  # block(x): a nanoGPT-style Block.forward(self, x) too
         return x
@@ -424,8 +415,7 @@ class GPT(nn.Module):
         return logits, loss
 
     def head(self, x, targets=None):
-        """Final states (b, t, C) -> nanoGPT's (logits, loss): with targets, (b, t, vocab) logits and the mean
-        cross-entropy over targets != -1; without, the last position's (b, 1, vocab) and None."""
+        """(b, t, C) -> nanoGPT's (logits, loss): with targets, (b, t, vocab) and the loss; else (b, 1, vocab), None."""
         x = self.transformer.ln_f(x)
         if targets is None:
             return self.logits(x[:, [-1], :]), None
@@ -442,7 +432,6 @@ class GPT(nn.Module):
         return self.full_logits(F.log_softmax(self.raw_logits(x, self.config.shortlist_size), -1))
 
     def raw_logits(self, x, rows=None):
-        """x: (b, t, C) after ln_f -> the tied output layer's first `rows` rows' logits (all if None)."""
         return F.linear(x, self.lm_head.weight[:rows])  # (b, t, rows)
 
     def unseen_log_prob(self) -> float:
@@ -450,8 +439,7 @@ class GPT(nn.Module):
         return math.log(self.config.unseen_mass / (self.config.vocab_size - self.config.shortlist_size))
 
     def full_logits(self, ls):
-        """log P(token | shortlist) (b, t, k) -> logits over the vocabulary (b, t, vocab): log-probabilities minus
-        log P(shortlist), one constant, so no pass adds it to the (b, t, k) tensor."""
+        """log P(token | shortlist) (b, t, k) -> (b, t, vocab) logits: log-probabilities less one constant."""
         fill = self.unseen_log_prob() - math.log1p(-self.config.unseen_mass)
         full = self.vocab_memory.take((*ls.shape[:-1], self.config.vocab_size), fill, ls)
         full.index_copy_(-1, self.row_tokens, ls)
@@ -467,7 +455,7 @@ class GPT(nn.Module):
         return (nll * valid).sum() / valid.sum()
 
     def regularization_loss(self):
-        """lambda_K K + lambda_J J of the last training forward (0.0 when off); the training loop adds it."""
+        """lambda_K K + lambda_J J of the last training forward (0.0 when off), for the training loop to add."""
         if not self.last_terms:
             return 0.0
         c, t = self.config, self.last_terms

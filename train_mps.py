@@ -1,9 +1,8 @@
 import copy
 
-# Train the odegpt model under the harness contract: the harness imports this file beside model.py, calls train() and
+# Trains the odegpt model under the harness contract: the harness imports this file beside model.py, calls train() and
 # ranks by the returned (best_vloss, elapsed_min). The fixed block is the contract; Recipe is ours (levers.py extends
-# it through its seams). Environment (the harness sets none): TRAIN_MPS_DATA_DIR, TRAIN_MPS_OUT_DIR, TRAIN_MPS_SEED,
-# TRAIN_MPS_MAX_ITERS (a short run, announced). Self-contained: stdlib, numpy, torch and the model.py beside it.
+# it). The harness sets none of TRAIN_MPS_DATA_DIR, TRAIN_MPS_OUT_DIR, TRAIN_MPS_SEED, TRAIN_MPS_MAX_ITERS (README).
 import hashlib
 import importlib
 import importlib.util
@@ -66,21 +65,22 @@ SCHEDULES = ("constant", "cosine", "wsd")
 _is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # 2.0 and True are no counts
 _is_real = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 _is_unit = lambda v: _is_real(v) and 0 <= v < 1
+_count, _nonneg = lambda v: _is_int(v) and v >= 0, lambda v: _is_real(v) and v >= 0
 
 # (field, test, what it must be), checked when a Recipe is built
 RECIPE_RULES = (
     ("seed", lambda v: _is_int(v) and 0 <= v < 2**63, "an integer in [0, 2**63)"),
     ("learning_rate", lambda v: _is_real(v) and v > 0, "a finite number > 0"),
-    ("min_lr", lambda v: _is_real(v) and v >= 0, "a finite number >= 0"),
+    ("min_lr", _nonneg, "a finite number >= 0"),
     ("schedule", lambda v: v in SCHEDULES, "one of " + ", ".join(SCHEDULES) + " (lower case)"),
-    ("warmup_iters", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    ("warmup_iters", _count, "an integer >= 0"),
     ("decay_frac", lambda v: _is_real(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    ("weight_decay", lambda v: _is_real(v) and v >= 0, "a finite number >= 0"),
+    ("weight_decay", _nonneg, "a finite number >= 0"),
     ("beta1", _is_unit, "a number in [0, 1)"),
     ("beta2", _is_unit, "a number in [0, 1)"),
-    ("grad_clip", lambda v: _is_real(v) and v >= 0, "a finite number >= 0 (0 disables clipping)"),
+    ("grad_clip", _nonneg, "a finite number >= 0 (0 disables clipping)"),
     ("ema_decay", _is_unit, "a number in [0, 1) (0 disables the EMA)"),
-    ("random_steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 = train with steps_per_layer only)"),
+    ("random_steps", _count, "an integer >= 0 (0 = train with steps_per_layer only)"),
     ("fused_optimizer", lambda v: isinstance(v, bool), "True or False"),
 )
 
@@ -98,15 +98,13 @@ class Recipe:
     steps_per_layer: int = GPTConfig.steps_per_layer
     splitting: str = GPTConfig.splitting
     zero_init_proj: bool = GPTConfig.zero_init_proj
-    # softmax over the tokens seen in train.bin (~11.5k of 50304), the others sharing their Good-Turing mass
-    shortlist: bool = True
+    shortlist: bool = True  # softmax over train.bin's tokens (~11.5k of 50304), the others share their Good-Turing mass
     kinetic_energy: float = GPTConfig.kinetic_energy
     jacobian_frobenius: float = GPTConfig.jacobian_frobenius
     # K > 0: each training step integrates with a step count drawn from steps_per_layer..K, so that the weights
-    # become a flow, not one step size's fit (issue #14); evaluation keeps steps_per_layer. 0 = off
+    # become a flow, not one step size's fit (issue #14); evaluation keeps steps_per_layer
     random_steps: int = 2
-    # AdamW as one kernel per parameter group (fused, else foreach); False: nanoGPT's configure_optimizers
-    fused_optimizer: bool = True
+    fused_optimizer: bool = True  # AdamW fused (else foreach) per group; False: nanoGPT's configure_optimizers
     learning_rate: float = 3e-3  # peak
     min_lr: float = 3e-4
     schedule: str = "wsd"  # constant | cosine | wsd (peak until the last decay_frac of the run, then linear)
@@ -127,8 +125,7 @@ class Recipe:
             raise ValueError(f"min_lr ({self.min_lr!r}) must be <= learning_rate ({self.learning_rate!r}): its floor")
         if self.random_steps and self.random_steps < self.steps_per_layer:
             raise ValueError(
-                f"random_steps ({self.random_steps!r}) is the largest step count drawn, from steps_per_layer "
-                f"({self.steps_per_layer!r}) up: give 0 (off) or a value >= steps_per_layer"
+                f"random_steps ({self.random_steps!r}) must be 0 (off) or >= steps_per_layer, the least drawn"
             )
 
     # seams: levers.py's LeverRecipe adds fields and rules and overrides these
@@ -152,25 +149,20 @@ class Recipe:
 
 
 def train_vocabulary(tokens: np.ndarray, vocab_size: int) -> tuple:
-    """The shortlist of a training split: the token ids it holds (ascending), and the probability left for all the
-    others, Good-Turing's N1 / N (the share seen once) within [1/N, 1 - 1/N]."""
+    """A split's token ids (ascending) and the probability left to all others: Good-Turing's N1 / N in [1/N, 1 - 1/N]."""
     counts = np.bincount(np.asarray(tokens, dtype=np.int64), minlength=vocab_size)
-    if len(counts) > vocab_size:
-        raise DataError(f"token id {len(counts) - 1} >= vocab_size {vocab_size}: not GPT-2 BPE; {PREPARE_HINT}")
+    _data_check(len(counts) == vocab_size, f"token id {len(counts) - 1} >= vocab_size {vocab_size}: not GPT-2 BPE", "")
     n, n_once = int(counts.sum()), int((counts == 1).sum())
-    if n < 2:
-        raise DataError(f"a shortlist needs at least 2 training tokens, got {n}; {PREPARE_HINT}")
+    _data_check(n >= 2, f"a shortlist needs at least 2 training tokens, got {n}", "")
     return np.flatnonzero(counts), min(max(n_once, 1), n - 1) / n
 
 
 def model_fields(r: Recipe) -> dict:
-    """The recipe's model config fields but its shortlist: the fixed block's sizes, the recipe's rest."""
     sizes = dict(block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
     return {**{k: getattr(r, k) for k in r.model_classes()[1].__dataclass_fields__ if hasattr(r, k)}, **sizes}
 
 
 def model_config(r: Recipe, vocabulary: Optional[tuple] = None) -> GPTConfig:
-    """The model train() builds; a shortlist needs the training split's vocabulary (train_vocabulary)."""
     shortlist_size, unseen_mass = 0, 0.0
     if r.shortlist:
         if vocabulary is None:
@@ -189,7 +181,7 @@ def make_model(r: Recipe, train_tokens: np.ndarray) -> GPT:
 
 
 def lr_at(step: int, total: int, r: Recipe) -> float:
-    """Learning rate multiplier in [0, 1] relative to the peak, a pure function of the step."""
+    """The learning rate relative to the peak, a pure function of the step."""
     if r.schedule == "constant":
         return 1.0
     if step < r.warmup_iters:
@@ -210,9 +202,13 @@ class DataError(RuntimeError):
     """The training data is missing or malformed; the message names the fix."""
 
 
+def _data_check(ok, problem: str, force: str = " --force") -> None:
+    if not ok:
+        raise DataError(f"{problem}; {PREPARE_HINT}{force}")
+
+
 def data_dir_candidates() -> list:
-    """TRAIN_MPS_DATA_DIR (the folder or its parent), else data/shakespeare here, in the working directory, or above
-    either (DreamTeam keeps its data at the repository root)."""
+    """TRAIN_MPS_DATA_DIR or its shakespeare/, else data/shakespeare here, in the working directory or above either."""
     if env := os.environ.get("TRAIN_MPS_DATA_DIR"):
         return [Path(env), Path(env) / "shakespeare"]
     starts = (Path(__file__).resolve().parent, Path.cwd().resolve())
@@ -225,38 +221,30 @@ def find_data_dir() -> Path:
         if (d / "train.bin").is_file() and (d / "val.bin").is_file():
             return d
     tried = "\n  ".join(map(str, candidates))
-    raise DataError(
-        f"no train.bin/val.bin found; tried:\n  {tried}\n{PREPARE_HINT}, or set TRAIN_MPS_DATA_DIR to their folder"
-    )
+    raise DataError(f"no train.bin/val.bin found; tried:\n  {tried}\n{PREPARE_HINT}, or set TRAIN_MPS_DATA_DIR")
 
 
 def load_split(data_dir: Path, split: str, vocab_size: int) -> np.ndarray:
-    """A uint16 token file, checked before any training: its size, its place in the set that meta.json records
-    (where there is one: DreamTeam's data has none), its token ids."""
-    path, fix = data_dir / f"{split}.bin", f"; {PREPARE_HINT}"
-    if not path.exists():
-        raise DataError(f"{path} is missing{fix}")
-    if path.stat().st_size % 2:
-        raise DataError(f"{path} has an odd size ({path.stat().st_size} bytes), so it is truncated{fix} --force")
-    meta_path = data_dir / "meta.json"
+    """A uint16 token file, checked before any training, against meta.json too where there is one."""
+    path, meta_path = data_dir / f"{split}.bin", data_dir / "meta.json"
+    _data_check(path.exists(), f"{path} is missing", "")
+    size = path.stat().st_size
+    _data_check(size % 2 == 0, f"{path} has an odd size ({size} bytes), so it is truncated")
     try:
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     except (OSError, ValueError) as e:
-        raise DataError(f"{meta_path} is unreadable ({e}){fix} --force") from None
-    if not isinstance(meta, dict):
-        raise DataError(f"{meta_path} is not a JSON object{fix} --force")
-    expected, n_tokens = meta.get(f"{split}_tokens"), path.stat().st_size // 2
-    if expected is not None and expected != n_tokens:
-        raise DataError(
-            f"{path} holds {n_tokens} tokens but meta.json says {expected}: truncated or stale{fix} --force"
-        )
-    if (digest := meta.get(f"{split}_bin_sha256")) is not None and digest != file_sha256(path):
-        raise DataError(f"{path} is not the file meta.json records (a stale or mixed set){fix} --force")
+        raise DataError(f"{meta_path} is unreadable ({e}); {PREPARE_HINT} --force") from None
+    _data_check(isinstance(meta, dict), f"{meta_path} is not a JSON object")
+    n = meta.get(f"{split}_tokens")
+    _data_check(n in (None, size // 2), f"{path} holds {size // 2} tokens, meta.json says {n}: truncated or stale")
+    digest = meta.get(f"{split}_bin_sha256")
+    _data_check(
+        digest is None or digest == file_sha256(path), f"{path} is not the file meta.json records (stale, mixed)"
+    )
     tokens = np.fromfile(path, dtype=np.uint16)
-    if len(tokens) < block_size + 2:
-        raise DataError(f"{path} holds {len(tokens)} tokens, fewer than block_size + 2{fix}")
-    if (top := int(tokens.max())) >= vocab_size:
-        raise DataError(f"{path} holds token id {top} >= vocab_size {vocab_size}: not GPT-2 BPE{fix}")
+    _data_check(len(tokens) >= block_size + 2, f"{path} holds {len(tokens)} tokens, fewer than block_size + 2", "")
+    top = int(tokens.max())
+    _data_check(top < vocab_size, f"{path} holds token id {top} >= vocab_size {vocab_size}: not GPT-2 BPE", "")
     return tokens
 
 
@@ -297,7 +285,6 @@ def env_int(name: str, fix: str) -> Optional[int]:
 
 
 def seed_from_env(r: Recipe) -> Recipe:
-    """The recipe with TRAIN_MPS_SEED's seed, if set (Recipe judges its range)."""
     seed = env_int("TRAIN_MPS_SEED", "give a whole number such as 0, or unset it")
     try:
         return r if seed is None else replace(r, seed=seed)
@@ -306,7 +293,6 @@ def seed_from_env(r: Recipe) -> Recipe:
 
 
 def iters_from_env() -> int:
-    """max_iters, or TRAIN_MPS_MAX_ITERS's run of N >= 1 iterations."""
     n = env_int("TRAIN_MPS_MAX_ITERS", ITERS_FIX)
     if n is None:
         return max_iters
@@ -316,7 +302,7 @@ def iters_from_env() -> int:
 
 
 def check_out_dir(out_dir: Path) -> None:
-    """Fail before training where write_pair could not write: a writable folder where symlinks can be made."""
+    """Fail before training where write_pair could not write (a writable folder where links can be made)."""
     fix = "set TRAIN_MPS_OUT_DIR to a writable folder"
     for path in (out_dir / name for name in (LATEST, *PAIR)):
         if path.is_dir() and not path.is_symlink():
@@ -383,13 +369,12 @@ def train_step(model: GPT, optimizers, params, xb, yb, r: Recipe, extra_loss=Non
 
 
 def steps_stream(r: Recipe) -> random.Random:
-    """The random stream of Recipe.random_steps' draws, seeded apart from the batches' and the weights'."""
     return random.Random(r.seed + 2_000_003)
 
 
 @contextmanager
 def drawn_steps(model: GPT, r: Recipe, rng: random.Random):
-    """Around one training step: the model integrates with r.draw_steps' count, then with steps_per_layer again."""
+    """Around a training step: the model integrates with r.draw_steps' count, then steps_per_layer again."""
     if not r.random_steps:
         yield r.steps_per_layer
         return
@@ -401,14 +386,14 @@ def drawn_steps(model: GPT, r: Recipe, rng: random.Random):
 
 
 def make_ema(model: GPT) -> tuple:
-    """A frozen copy of `model` (buffers included) and its trainable parameters, for ema_update."""
+    """A frozen copy of `model` (buffers included) and its parameters, for ema_update."""
     ema = copy.deepcopy(model)
     ema_params = [p.requires_grad_(False) for p in ema.parameters() if p.requires_grad]
     return ema, ema_params
 
 
 def ema_weight(step: int, decay: float) -> float:
-    """Step `step`'s weight in the EMA, bias-corrected as Adam's moments: the average of steps 0..step alone."""
+    """Step `step`'s weight in the EMA, bias-corrected as Adam's moments: an average of steps 0..step alone."""
     return (1.0 - decay) / (1.0 - decay ** (step + 1))
 
 
@@ -418,16 +403,14 @@ def ema_update(ema_params, params, weight: float) -> None:
 
 
 class DivergedError(RuntimeError):
-    """Training produced a non-finite loss; the message names the likely cause and the fix."""
+    """A non-finite loss; the message names the likely cause and the fix."""
 
 
 def check_finite(loss: float, what: str, it: int, r: Recipe) -> None:
-    """Stop at a non-finite loss before anything is written (on losses train() already reads on the host)."""
     if not math.isfinite(loss):
+        fix = f"a lower learning_rate (now {r.learning_rate:g}) or a grad_clip > 0 (now {r.grad_clip:g})"
         raise DivergedError(
-            f"training diverged: the {what} loss is {loss} at iteration {it}. The learning rate is probably too "
-            f"high for this recipe: try a lower learning_rate (now {r.learning_rate:g}) or a grad_clip > 0 "
-            f"(now {r.grad_clip:g}; 0 = off). Nothing was written."
+            f"training diverged: the {what} loss is {loss} at iteration {it}; try {fix}. Nothing was written."
         )
 
 
@@ -442,7 +425,6 @@ LATEST = "latest"
 
 
 def replace_symlink(link: Path, target: str) -> None:
-    """Point `link` at `target` in one atomic step: a new symlink under a temp name, renamed over `link`."""
     temp = link.with_name(f".{link.name}.{uuid.uuid4().hex}.tmp")
     os.symlink(target, temp)
     try:
@@ -453,8 +435,7 @@ def replace_symlink(link: Path, target: str) -> None:
 
 
 def current_run(out_dir: Path) -> Path:
-    """The run folder out/latest names. In a folder an older train_mps.py wrote (plain metrics.json and ckpt.pt),
-    first copies them into a run folder and makes them the fixed links: every step keeps the old bytes visible."""
+    """The run folder out/latest names; an older train_mps.py's plain pair is first copied into one, made links."""
     if not (out_dir / LATEST).is_symlink():
         legacy = Path(tempfile.mkdtemp(prefix="run-", dir=out_dir))
         try:
@@ -472,7 +453,6 @@ def current_run(out_dir: Path) -> Path:
 
 
 def write_pair(out_dir: Path, metrics: dict, ckpt: dict) -> None:
-    """Write out/metrics.json and out/ckpt.pt as one pair (see PAIR above)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     new = Path(tempfile.mkdtemp(prefix="run-", dir=out_dir))
     writers = (lambda f: f.write(json.dumps(metrics, indent=1).encode()), lambda f: torch.save(ckpt, f))
