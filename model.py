@@ -52,7 +52,7 @@ class ButcherTableau:
 
 
 # name: (order, a, b, c); rk4_38 is torchdiffeq's "rk4"
-_TABLES = {
+BUTCHER_TABLES = {
     "euler": (1, ((),), (1.0,), (0.0,)),
     "midpoint": (2, ((), (0.5,)), (0.0, 1.0), (0.0, 0.5)),
     "heun": (2, ((), (1.0,)), (0.5, 0.5), (0.0, 1.0)),
@@ -67,7 +67,7 @@ _TABLES = {
         (0.0, 1 / 3, 2 / 3, 1.0),
     ),
 }
-TABLEAUX = {name: ButcherTableau(name, *t) for name, t in _TABLES.items()}
+TABLEAUX = {name: ButcherTableau(name, *t) for name, t in BUTCHER_TABLES.items()}
 # a splitting is a sequence of (sub-field, fraction of h) per step
 SPLITTING_SCHEMES = {"lie": (("attn", 1.0), ("mlp", 1.0)), "strang": (("mlp", 0.5), ("attn", 1.0), ("mlp", 0.5))}
 SPLITTING_SCHEMES["parallel"] = (("both", 1.0),)
