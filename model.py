@@ -148,7 +148,10 @@ class GPTConfig:
         k, p = self.shortlist_size, self.unseen_mass
         _check(_is_int(k) and 0 <= k < self.vocab_size, f"shortlist_size must be 0 or in [1, vocab_size), got {k!r}")
         _check(_is_real(p), f"unseen_mass must be a finite number, got {p!r}")
-        _check(not k or 0 < p < 1, f"a shortlist needs 0 < unseen_mass < 1 (the probability outside it), got {p!r}")
+        _check(
+            not k or 0 < p < 1,
+            f"a shortlist needs 0 < unseen_mass < 1 (the probability of the tokens outside it), got {p!r}",
+        )
         _check(k or not p, "unseen_mass is the shortlist's tail probability: set shortlist_size > 0 or leave it 0")
 
 

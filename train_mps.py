@@ -553,7 +553,8 @@ def train(recipe: Recipe = None):
     sources = {f: file_sha256(here / f) for f in ("model.py", "train_mps.py")}
     metrics = dict(best_vloss=best_vloss, elapsed_min=elapsed_min, val_loss_full=val_full, **sel, seed=r.seed)
     metrics.update(iters=n_iters, device=dev, nfe=model.nfe(), recipe=asdict(r), model_config=asdict(config))
-    metrics.update(fixed=dict(batch_size=batch_size, block_size=block_size, max_iters=max_iters), history=history)
+    metrics["fixed"] = {"batch_size": batch_size, "block_size": block_size, "max_iters": max_iters}
+    metrics["history"] = history
     metrics.update(data_dir=str(data_dir), sources_sha256=sources)
     metrics["versions"] = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
     ckpt = dict(model=eval_model.state_dict(), model_args=asdict(config), iter_num=sel["selected_iter"])
