@@ -1,11 +1,8 @@
 import copy
 
-# Train the odegpt model on Shakespeare under the harness contract: the harness imports this file beside model.py,
-# calls train() and ranks by the returned (best_vloss, elapsed_min). The fixed block below is the contract; the
-# rest (Recipe) is ours. Off-by-default levers live in levers.py, which extends Recipe through its seams.
-# Environment (tests, smoke runs, benchmarks; the harness sets none): TRAIN_MPS_DATA_DIR (train.bin/val.bin, or
-# its parent holding shakespeare/), TRAIN_MPS_OUT_DIR (metrics.json + ckpt.pt, default out/ here), TRAIN_MPS_SEED,
-# TRAIN_MPS_MAX_ITERS (a short run, announced). Self-contained: stdlib, numpy, torch and the model.py beside it.
+# Trains the odegpt model under the harness contract: the harness imports this file beside model.py, calls train() and
+# ranks by the returned (best_vloss, elapsed_min). The fixed block is the contract; Recipe is ours (levers.py extends
+# it). The harness sets none of TRAIN_MPS_DATA_DIR, TRAIN_MPS_OUT_DIR, TRAIN_MPS_SEED, TRAIN_MPS_MAX_ITERS (README).
 import hashlib
 import importlib
 import importlib.util
@@ -31,23 +28,17 @@ import torch
 def load_model_module():
     """The model.py beside this file, even where another `model` was imported first (DreamTeam's main.py does)."""
     path = Path(__file__).resolve().parent / "model.py"
-
-    def is_beside(origin) -> bool:
-        return bool(origin) and Path(origin).resolve() == path
-
+    is_beside = lambda origin: bool(origin) and Path(origin).resolve() == path
     loaded = sys.modules.get("model")
     if loaded is not None and is_beside(getattr(loaded, "__file__", None)):
         return loaded
-    if loaded is None:
-        spec = importlib.util.find_spec("model")
-        if spec is not None and is_beside(spec.origin):
-            return importlib.import_module("model")
+    if loaded is None and (spec := importlib.util.find_spec("model")) is not None and is_beside(spec.origin):
+        return importlib.import_module("model")
     if not path.exists():
         raise ImportError(f"model.py is missing beside {Path(__file__).resolve()}: copy both files into the folder")
     name = "odegpt_model_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]  # one per folder
     spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and pickle look classes up by their module's name
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)  # dataclasses and pickle look it up by name
     spec.loader.exec_module(module)
     return module
 
@@ -71,34 +62,25 @@ ctx = nullcontext()
 
 PREPARE_HINT = "prepare the data with `make data` (or `python scripts/prepare_shakespeare.py`)"
 SCHEDULES = ("constant", "cosine", "wsd")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)  # 2.0 and True are no counts
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _is_unit(v) -> bool:
-    return _is_real(v) and 0 <= v < 1
-
+_is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # 2.0 and True are no counts
+_is_real = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+_is_unit = lambda v: _is_real(v) and 0 <= v < 1
+_count, _nonneg = lambda v: _is_int(v) and v >= 0, lambda v: _is_real(v) and v >= 0
 
 # (field, test, what it must be), checked when a Recipe is built
 RECIPE_RULES = (
     ("seed", lambda v: _is_int(v) and 0 <= v < 2**63, "an integer in [0, 2**63)"),
     ("learning_rate", lambda v: _is_real(v) and v > 0, "a finite number > 0"),
-    ("min_lr", lambda v: _is_real(v) and v >= 0, "a finite number >= 0"),
+    ("min_lr", _nonneg, "a finite number >= 0"),
     ("schedule", lambda v: v in SCHEDULES, "one of " + ", ".join(SCHEDULES) + " (lower case)"),
-    ("warmup_iters", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    ("warmup_iters", _count, "an integer >= 0"),
     ("decay_frac", lambda v: _is_real(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    ("weight_decay", lambda v: _is_real(v) and v >= 0, "a finite number >= 0"),
+    ("weight_decay", _nonneg, "a finite number >= 0"),
     ("beta1", _is_unit, "a number in [0, 1)"),
     ("beta2", _is_unit, "a number in [0, 1)"),
-    ("grad_clip", lambda v: _is_real(v) and v >= 0, "a finite number >= 0 (0 disables clipping)"),
+    ("grad_clip", _nonneg, "a finite number >= 0 (0 disables clipping)"),
     ("ema_decay", _is_unit, "a number in [0, 1) (0 disables the EMA)"),
-    ("random_steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 = train with steps_per_layer only)"),
+    ("random_steps", _count, "an integer >= 0 (0 = train with steps_per_layer only)"),
     ("fused_optimizer", lambda v: isinstance(v, bool), "True or False"),
 )
 
@@ -116,15 +98,13 @@ class Recipe:
     steps_per_layer: int = GPTConfig.steps_per_layer
     splitting: str = GPTConfig.splitting
     zero_init_proj: bool = GPTConfig.zero_init_proj
-    # softmax over the tokens seen in train.bin (~11.5k of 50304), the others sharing their Good-Turing mass
-    shortlist: bool = True
+    shortlist: bool = True  # softmax over train.bin's tokens (~11.5k of 50304), the others share their Good-Turing mass
     kinetic_energy: float = GPTConfig.kinetic_energy
     jacobian_frobenius: float = GPTConfig.jacobian_frobenius
     # K > 0: each training step integrates with a step count drawn from steps_per_layer..K, so that the weights
-    # become a flow, not one step size's fit (issue #14); evaluation keeps steps_per_layer. 0 = off
+    # become a flow, not one step size's fit (issue #14); evaluation keeps steps_per_layer
     random_steps: int = 2
-    # AdamW as one kernel per parameter group (fused, else foreach); False: nanoGPT's configure_optimizers
-    fused_optimizer: bool = True
+    fused_optimizer: bool = True  # AdamW fused (else foreach) per group; False: nanoGPT's configure_optimizers
     learning_rate: float = 3e-3  # peak
     min_lr: float = 3e-4
     schedule: str = "wsd"  # constant | cosine | wsd (peak until the last decay_frac of the run, then linear)
@@ -134,25 +114,18 @@ class Recipe:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 disables
-    # > 0: evaluate and end with a bias-corrected EMA of the weights (ema_weight); 0 disables
-    ema_decay: float = 0.999
+    ema_decay: float = 0.999  # > 0: evaluate and end with a bias-corrected EMA of the weights (ema_weight)
 
     def __post_init__(self):
-        """Reject at once what train() could not run; the model fields are judged by building their config."""
-        self.model_classes()[1](**model_fields(self))
+        self.model_classes()[1](**model_fields(self))  # the model fields are judged by building their config
         for name, ok, rule in type(self).RULES:
-            value = getattr(self, name)
-            if not ok(value):
+            if not ok(value := getattr(self, name)):
                 raise ValueError(f"{name} must be {rule}, got {value!r}")
         if self.schedule != "constant" and self.min_lr > self.learning_rate:
-            raise ValueError(
-                f"min_lr ({self.min_lr!r}) must be <= learning_rate ({self.learning_rate!r}) under "
-                f"schedule={self.schedule!r}: it is the floor the schedule decays to"
-            )
+            raise ValueError(f"min_lr ({self.min_lr!r}) must be <= learning_rate ({self.learning_rate!r}): its floor")
         if self.random_steps and self.random_steps < self.steps_per_layer:
             raise ValueError(
-                f"random_steps ({self.random_steps!r}) is the largest step count drawn, from steps_per_layer "
-                f"({self.steps_per_layer!r}) up: give 0 (off) or a value >= steps_per_layer"
+                f"random_steps ({self.random_steps!r}) must be 0 (off) or >= steps_per_layer, the least drawn"
             )
 
     # seams: levers.py's LeverRecipe adds fields and rules and overrides these
@@ -166,39 +139,30 @@ class Recipe:
 
     def extra_loss(self, model, train_tokens: np.ndarray, on):
         """A training loss term f(xb, yb, loss) that train_step adds, or None."""
-        return None
 
     def selection(self, n_iters: int):
         """Model selection over the evaluations (observe, restore, report: levers.WindowSelection), or None."""
-        return None
 
     def draw_steps(self, rng: random.Random) -> int:
         """The step count of the next training step (random_steps)."""
         return rng.randint(self.steps_per_layer, self.random_steps) if self.random_steps else self.steps_per_layer
 
 
-def train_vocabulary(tokens: np.ndarray, vocab_size: int) -> tuple[np.ndarray, float]:
-    """The shortlist of a training split: the token ids it holds (ascending), and the probability left
-    for all the others, Good-Turing's N1 / N (the share of tokens seen once), kept within [1/N, 1 - 1/N]
-    so that neither side of the split gets probability 0 or 1."""
+def train_vocabulary(tokens: np.ndarray, vocab_size: int) -> tuple:
+    """A split's token ids (ascending) and the probability left to all others: Good-Turing's N1 / N in [1/N, 1 - 1/N]."""
     counts = np.bincount(np.asarray(tokens, dtype=np.int64), minlength=vocab_size)
-    if len(counts) > vocab_size:
-        raise DataError(f"token id {len(counts) - 1} >= vocab_size {vocab_size}: not GPT-2 BPE; {PREPARE_HINT}")
+    _data_check(len(counts) == vocab_size, f"token id {len(counts) - 1} >= vocab_size {vocab_size}: not GPT-2 BPE", "")
     n, n_once = int(counts.sum()), int((counts == 1).sum())
-    if n < 2:
-        raise DataError(f"a shortlist needs at least 2 training tokens, got {n}; {PREPARE_HINT}")
+    _data_check(n >= 2, f"a shortlist needs at least 2 training tokens, got {n}", "")
     return np.flatnonzero(counts), min(max(n_once, 1), n - 1) / n
 
 
 def model_fields(r: Recipe) -> dict:
-    """The recipe's model config fields but its shortlist: the fixed block's sizes, the recipe's rest."""
     sizes = dict(block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
-    config = r.model_classes()[1]
-    return {**{k: getattr(r, k) for k in config.__dataclass_fields__ if hasattr(r, k)}, **sizes}
+    return {**{k: getattr(r, k) for k in r.model_classes()[1].__dataclass_fields__ if hasattr(r, k)}, **sizes}
 
 
-def model_config(r: Recipe, vocabulary: Optional[tuple[np.ndarray, float]] = None) -> GPTConfig:
-    """The model train() builds; a shortlist needs the training split's vocabulary (train_vocabulary)."""
+def model_config(r: Recipe, vocabulary: Optional[tuple] = None) -> GPTConfig:
     shortlist_size, unseen_mass = 0, 0.0
     if r.shortlist:
         if vocabulary is None:
@@ -209,7 +173,6 @@ def model_config(r: Recipe, vocabulary: Optional[tuple[np.ndarray, float]] = Non
 
 
 def make_model(r: Recipe, train_tokens: np.ndarray) -> GPT:
-    """The recipe's model, its shortlist (if any) taken from the training tokens."""
     vocabulary = train_vocabulary(train_tokens, r.vocab_size) if r.shortlist else None
     model = r.model_classes()[0](model_config(r, vocabulary))
     if model.config.shortlist_size:
@@ -218,7 +181,7 @@ def make_model(r: Recipe, train_tokens: np.ndarray) -> GPT:
 
 
 def lr_at(step: int, total: int, r: Recipe) -> float:
-    """Learning rate multiplier in [0, 1] relative to the peak, a pure function of the step."""
+    """The learning rate relative to the peak, a pure function of the step."""
     if r.schedule == "constant":
         return 1.0
     if step < r.warmup_iters:
@@ -231,33 +194,25 @@ def lr_at(step: int, total: int, r: Recipe) -> float:
         decay_start = total - int(r.decay_frac * total)
         if step < decay_start:
             return 1.0
-        progress = min(1.0, (step - decay_start) / max(1, total - decay_start))
-        return floor + (1.0 - floor) * (1.0 - progress)
+        return floor + (1.0 - floor) * (1.0 - min(1.0, (step - decay_start) / max(1, total - decay_start)))
     raise ValueError(f"unknown schedule {r.schedule!r}; valid: {', '.join(SCHEDULES)}")
-
-
-# ---------------------------------------------------------------------------------------------
-# data
 
 
 class DataError(RuntimeError):
     """The training data is missing or malformed; the message names the fix."""
 
 
+def _data_check(ok, problem: str, force: str = " --force") -> None:
+    if not ok:
+        raise DataError(f"{problem}; {PREPARE_HINT}{force}")
+
+
 def data_dir_candidates() -> list:
-    """TRAIN_MPS_DATA_DIR (the folder or its parent), else data/shakespeare here, in the working directory, or
-    above either (DreamTeam keeps its data at the repository root)."""
-    env = os.environ.get("TRAIN_MPS_DATA_DIR")
-    if env:
+    """TRAIN_MPS_DATA_DIR or its shakespeare/, else data/shakespeare here, in the working directory or above either."""
+    if env := os.environ.get("TRAIN_MPS_DATA_DIR"):
         return [Path(env), Path(env) / "shakespeare"]
-    here, cwd = Path(__file__).resolve().parent, Path.cwd().resolve()
-    tried = []
-    for start in (here, cwd):
-        for folder in (start, *start.parents):
-            d = folder / "data" / "shakespeare"
-            if d not in tried:
-                tried.append(d)
-    return tried
+    starts = (Path(__file__).resolve().parent, Path.cwd().resolve())
+    return list(dict.fromkeys(f / "data" / "shakespeare" for start in starts for f in (start, *start.parents)))
 
 
 def find_data_dir() -> Path:
@@ -265,58 +220,31 @@ def find_data_dir() -> Path:
     for d in candidates:
         if (d / "train.bin").is_file() and (d / "val.bin").is_file():
             return d
-    tried = "\n  ".join(str(d) for d in candidates)
-    raise DataError(
-        f"no train.bin/val.bin found; tried:\n  {tried}\n{PREPARE_HINT}, or set TRAIN_MPS_DATA_DIR to the folder "
-        "that holds them"
-    )
-
-
-def read_meta(data_dir: Path) -> dict:
-    """The folder's meta.json (prepare_shakespeare.py writes it), or {} where there is none (DreamTeam's data)."""
-    path = data_dir / "meta.json"
-    if not path.exists():
-        return {}
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path} is unreadable ({e}); {PREPARE_HINT} --force") from None
-    if not isinstance(meta, dict):
-        raise DataError(f"{path} is not a JSON object; {PREPARE_HINT} --force")
-    return meta
-
-
-def check_against_meta(path: Path, split: str, meta: dict) -> None:
-    """The split must be the file meta.json records (its size, then its sha256): a stale or mixed set never trains."""
-    n_tokens = path.stat().st_size // 2
-    expected = meta.get(f"{split}_tokens")
-    if expected is not None and expected != n_tokens:
-        raise DataError(
-            f"{path} holds {n_tokens} tokens but meta.json says {expected}: truncated or stale; {PREPARE_HINT} --force"
-        )
-    digest = meta.get(f"{split}_bin_sha256")
-    if digest is not None and file_sha256(path) != digest:
-        raise DataError(
-            f"{path} is not the file meta.json records (its sha256 differs): a stale or mixed set, e.g. left by "
-            f"an interrupted prepare; {PREPARE_HINT} --force"
-        )
+    tried = "\n  ".join(map(str, candidates))
+    raise DataError(f"no train.bin/val.bin found; tried:\n  {tried}\n{PREPARE_HINT}, or set TRAIN_MPS_DATA_DIR")
 
 
 def load_split(data_dir: Path, split: str, vocab_size: int) -> np.ndarray:
-    """Load a uint16 token file into RAM, validating it (and its place in the set) before any training."""
-    path = data_dir / f"{split}.bin"
-    if not path.exists():
-        raise DataError(f"{path} is missing; {PREPARE_HINT}")
+    """A uint16 token file, checked before any training, against meta.json too where there is one."""
+    path, meta_path = data_dir / f"{split}.bin", data_dir / "meta.json"
+    _data_check(path.exists(), f"{path} is missing", "")
     size = path.stat().st_size
-    if size % 2:
-        raise DataError(f"{path} has an odd size ({size} bytes), so it is truncated; {PREPARE_HINT} --force")
-    check_against_meta(path, split, read_meta(data_dir))
+    _data_check(size % 2 == 0, f"{path} has an odd size ({size} bytes), so it is truncated")
+    try:
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    except (OSError, ValueError) as e:
+        raise DataError(f"{meta_path} is unreadable ({e}); {PREPARE_HINT} --force") from None
+    _data_check(isinstance(meta, dict), f"{meta_path} is not a JSON object")
+    n = meta.get(f"{split}_tokens")
+    _data_check(n in (None, size // 2), f"{path} holds {size // 2} tokens, meta.json says {n}: truncated or stale")
+    digest = meta.get(f"{split}_bin_sha256")
+    _data_check(
+        digest is None or digest == file_sha256(path), f"{path} is not the file meta.json records (stale, mixed)"
+    )
     tokens = np.fromfile(path, dtype=np.uint16)
-    if len(tokens) < block_size + 2:
-        raise DataError(f"{path} holds {len(tokens)} tokens, fewer than block_size + 2; {PREPARE_HINT}")
+    _data_check(len(tokens) >= block_size + 2, f"{path} holds {len(tokens)} tokens, fewer than block_size + 2", "")
     top = int(tokens.max())
-    if top >= vocab_size:
-        raise DataError(f"{path} holds token id {top} >= vocab_size {vocab_size}: not GPT-2 BPE; {PREPARE_HINT}")
+    _data_check(top < vocab_size, f"{path} holds token id {top} >= vocab_size {vocab_size}: not GPT-2 BPE", "")
     return tokens
 
 
@@ -331,29 +259,22 @@ def get_batch(data: torch.Tensor, generator: torch.Generator):
 def full_split_loss(model, data: torch.Tensor, windows_per_batch: int = 64) -> float:
     """Mean cross-entropy over non-overlapping block_size windows covering the whole split."""
     model.eval()
-    n_windows = (len(data) - 1) // block_size
-    total, count = 0.0, 0
+    n_windows, total, count = (len(data) - 1) // block_size, 0.0, 0
     for start in range(0, n_windows, windows_per_batch):
         w = torch.arange(start, min(start + windows_per_batch, n_windows), device=data.device)
         offsets = w[:, None] * block_size + torch.arange(block_size, device=data.device)[None, :]  # (n, T)
-        targets = data[offsets + 1]  # contiguous, as get_batch's
+        targets = data[offsets + 1]
         _, loss = model(data[offsets], targets)  # mean over the chunk's targets
-        total += loss.item() * targets.numel()
-        count += targets.numel()
+        total, count = total + loss.item() * targets.numel(), count + targets.numel()
     model.train()
     return total / count
-
-
-# ---------------------------------------------------------------------------------------------
-# setup
 
 
 ITERS_FIX = f"give a whole number of iterations >= 1 (e.g. 200), or unset it for the full {max_iters}"
 
 
 def env_int(name: str, fix: str) -> Optional[int]:
-    """An integer environment variable; None when unset or empty. Anything else stops the run before any
-    work, naming the variable, its value and `fix`, rather than with int()'s traceback."""
+    """An integer environment variable, None when unset or empty; anything else stops the run naming `fix`."""
     raw = os.environ.get(name)
     if not raw:
         return None
@@ -364,18 +285,14 @@ def env_int(name: str, fix: str) -> Optional[int]:
 
 
 def seed_from_env(r: Recipe) -> Recipe:
-    """The recipe with TRAIN_MPS_SEED's seed, if set (Recipe judges its range)."""
     seed = env_int("TRAIN_MPS_SEED", "give a whole number such as 0, or unset it")
-    if seed is None:
-        return r
     try:
-        return replace(r, seed=seed)
+        return r if seed is None else replace(r, seed=seed)
     except ValueError as e:
         raise ValueError(f"TRAIN_MPS_SEED={seed}: {e}") from None
 
 
 def iters_from_env() -> int:
-    """max_iters, or TRAIN_MPS_MAX_ITERS's shorter (or longer) run of N >= 1 iterations."""
     n = env_int("TRAIN_MPS_MAX_ITERS", ITERS_FIX)
     if n is None:
         return max_iters
@@ -384,19 +301,13 @@ def iters_from_env() -> int:
     return n
 
 
-def out_dir_path() -> Path:
-    return Path(os.environ.get("TRAIN_MPS_OUT_DIR") or Path(__file__).resolve().parent / "out")
-
-
 def check_out_dir(out_dir: Path) -> None:
-    """Fail before training where write_pair could not write: a writable folder where symlinks can be made."""
+    """Fail before training where write_pair could not write (a writable folder where links can be made)."""
     fix = "set TRAIN_MPS_OUT_DIR to a writable folder"
-    for name in (LATEST, *PAIR):
-        if (out_dir / name).is_dir() and not (out_dir / name).is_symlink():
-            raise IsADirectoryError(f"{out_dir / name} is a folder, where train() writes a link; {fix}")
-    existing = out_dir
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
+    for path in (out_dir / name for name in (LATEST, *PAIR)):
+        if path.is_dir() and not path.is_symlink():
+            raise IsADirectoryError(f"{path} is a folder, where train() writes a link; {fix}")
+    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists() or p.parent == p)
     if not existing.is_dir():
         raise NotADirectoryError(f"output folder {out_dir}: {existing} is not a folder; {fix}")
     probe = None
@@ -412,14 +323,6 @@ def check_out_dir(out_dir: Path) -> None:
             os.unlink(probe)
 
 
-def pick_device() -> str:
-    if device == "mps" and torch.backends.mps.is_available():
-        return device
-    fallback = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"[train_mps] MPS is not available here; running on {fallback} instead", flush=True)
-    return fallback
-
-
 def adamw(params, r: Recipe):
     """AdamW with nanoGPT's groups (decay on >= 2-D tensors), fused, else foreach, else the per-tensor loop."""
     params = list(params)
@@ -427,12 +330,12 @@ def adamw(params, r: Recipe):
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": r.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    for impl in (dict(fused=True), dict(foreach=True), {}) if r.fused_optimizer else ({},):
+    for impl in (dict(fused=True), dict(foreach=True)) if r.fused_optimizer else ():
         try:
             return torch.optim.AdamW(groups, lr=r.learning_rate, betas=(r.beta1, r.beta2), **impl)
         except (RuntimeError, TypeError, ValueError):  # no such implementation in this torch or for this device
             continue
-    raise AssertionError("unreachable: the plain AdamW takes every parameter")
+    return torch.optim.AdamW(groups, lr=r.learning_rate, betas=(r.beta1, r.beta2))
 
 
 def make_optimizers(model: GPT, r: Recipe, device_type: str):
@@ -466,35 +369,31 @@ def train_step(model: GPT, optimizers, params, xb, yb, r: Recipe, extra_loss=Non
 
 
 def steps_stream(r: Recipe) -> random.Random:
-    """The random stream of Recipe.random_steps' draws, seeded apart from the batches' and the weights'."""
     return random.Random(r.seed + 2_000_003)
 
 
 @contextmanager
 def drawn_steps(model: GPT, r: Recipe, rng: random.Random):
-    """Around one training step: the model integrates with r.draw_steps' count, then with steps_per_layer again."""
+    """Around a training step: the model integrates with r.draw_steps' count, then steps_per_layer again."""
     if not r.random_steps:
         yield r.steps_per_layer
         return
-    n = r.draw_steps(rng)
-    model.set_integrator(steps_per_layer=n)
+    model.set_integrator(steps_per_layer=(n := r.draw_steps(rng)))
     try:
         yield n
     finally:
         model.set_integrator(steps_per_layer=r.steps_per_layer)
 
 
-def make_ema(model: GPT) -> tuple[GPT, list]:
-    """A frozen copy of `model` (buffers included) and its trainable parameters, for ema_update."""
+def make_ema(model: GPT) -> tuple:
+    """A frozen copy of `model` (buffers included) and its parameters, for ema_update."""
     ema = copy.deepcopy(model)
-    ema_params = [p for p in ema.parameters() if p.requires_grad]
-    for p in ema_params:
-        p.requires_grad_(False)
+    ema_params = [p.requires_grad_(False) for p in ema.parameters() if p.requires_grad]
     return ema, ema_params
 
 
 def ema_weight(step: int, decay: float) -> float:
-    """Step `step`'s weight in the EMA, bias-corrected as Adam's moments: the average of steps 0..step alone."""
+    """Step `step`'s weight in the EMA, bias-corrected as Adam's moments: an average of steps 0..step alone."""
     return (1.0 - decay) / (1.0 - decay ** (step + 1))
 
 
@@ -504,16 +403,14 @@ def ema_update(ema_params, params, weight: float) -> None:
 
 
 class DivergedError(RuntimeError):
-    """Training produced a non-finite loss; the message names the likely cause and the fix."""
+    """A non-finite loss; the message names the likely cause and the fix."""
 
 
 def check_finite(loss: float, what: str, it: int, r: Recipe) -> None:
-    """Stop at a non-finite loss before anything is written (on losses train() already reads on the host)."""
     if not math.isfinite(loss):
+        fix = f"a lower learning_rate (now {r.learning_rate:g}) or a grad_clip > 0 (now {r.grad_clip:g})"
         raise DivergedError(
-            f"training diverged: the {what} loss is {loss} at iteration {it}. The learning rate is probably too "
-            f"high for this recipe: try a lower learning_rate (now {r.learning_rate:g}) or a grad_clip > 0 "
-            f"(now {r.grad_clip:g}; 0 = off). Nothing was written."
+            f"training diverged: the {what} loss is {loss} at iteration {it}; try {fix}. Nothing was written."
         )
 
 
@@ -528,7 +425,6 @@ LATEST = "latest"
 
 
 def replace_symlink(link: Path, target: str) -> None:
-    """Point `link` at `target` in one atomic step: a new symlink under a temp name, renamed over `link`."""
     temp = link.with_name(f".{link.name}.{uuid.uuid4().hex}.tmp")
     os.symlink(target, temp)
     try:
@@ -538,42 +434,34 @@ def replace_symlink(link: Path, target: str) -> None:
         raise
 
 
-def write_synced(path: Path, write) -> None:
-    with open(path, "xb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())  # on disk before the swap can make it visible
-
-
 def current_run(out_dir: Path) -> Path:
-    """The run folder out/latest names. The first time in a folder an older train_mps.py wrote (plain
-    metrics.json and ckpt.pt files), copies them into a run folder and turns them into the fixed links: every
-    step keeps the old pair's bytes at the same paths."""
-    latest = out_dir / LATEST
-    if not latest.is_symlink():
+    """The run folder out/latest names; an older train_mps.py's plain pair is first copied into one, made links."""
+    if not (out_dir / LATEST).is_symlink():
         legacy = Path(tempfile.mkdtemp(prefix="run-", dir=out_dir))
         try:
             for name in PAIR:
                 if (out_dir / name).is_file():
                     shutil.copy2(out_dir / name, legacy / name)
-            replace_symlink(latest, legacy.name)
+            replace_symlink(out_dir / LATEST, legacy.name)
         except BaseException:
             shutil.rmtree(legacy, ignore_errors=True)
             raise
     for name in PAIR:
-        link, target = out_dir / name, f"{LATEST}/{name}"
-        if not (link.is_symlink() and os.readlink(link) == target):
-            replace_symlink(link, target)
-    return out_dir / os.readlink(latest)
+        if not ((out_dir / name).is_symlink() and os.readlink(out_dir / name) == f"{LATEST}/{name}"):
+            replace_symlink(out_dir / name, f"{LATEST}/{name}")
+    return out_dir / os.readlink(out_dir / LATEST)
 
 
 def write_pair(out_dir: Path, metrics: dict, ckpt: dict) -> None:
-    """Write out/metrics.json and out/ckpt.pt as one pair (see PAIR above)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     new = Path(tempfile.mkdtemp(prefix="run-", dir=out_dir))
+    writers = (lambda f: f.write(json.dumps(metrics, indent=1).encode()), lambda f: torch.save(ckpt, f))
     try:
-        write_synced(new / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=1).encode()))
-        write_synced(new / "ckpt.pt", lambda f: torch.save(ckpt, f))
+        for name, write in zip(PAIR, writers):
+            with open(new / name, "xb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())  # on disk before the swap can make it visible
         old = current_run(out_dir)
         replace_symlink(out_dir / LATEST, new.name)
     except BaseException:
@@ -583,57 +471,42 @@ def write_pair(out_dir: Path, metrics: dict, ckpt: dict) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-# ---------------------------------------------------------------------------------------------
-# training
-
-
 def train(recipe: Recipe = None):
     t0 = time.time()  # first line, as in the original train_mps.py: loading the data counts
     # everything that could stop the run is checked here, before any work: settings, output folder, data
     r = seed_from_env(recipe or Recipe())
     n_iters = iters_from_env()
+    short = f"!!! [train_mps] TRAIN_MPS_MAX_ITERS={n_iters}: a SHORT run instead of the fixed {max_iters} iterations"
     if n_iters != max_iters:
-        print(
-            f"!!! [train_mps] TRAIN_MPS_MAX_ITERS={n_iters}: a SHORT run instead of the fixed {max_iters} "
-            f"iterations, for tests and smoke runs only !!!",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    out_dir = out_dir_path()
+        print(f"{short}, for tests and smoke runs only !!!", file=sys.stderr, flush=True)
+    out_dir = Path(os.environ.get("TRAIN_MPS_OUT_DIR") or Path(__file__).resolve().parent / "out")
     check_out_dir(out_dir)
     data_dir = find_data_dir()
     train_np = load_split(data_dir, "train", r.vocab_size)
     val_np = load_split(data_dir, "val", r.vocab_size)
 
-    dev = pick_device()
+    dev = device if device == "mps" and torch.backends.mps.is_available() else None
+    if dev is None:
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        print(f"[train_mps] MPS is not available here; running on {dev} instead", flush=True)
     torch.manual_seed(r.seed)
     train_data = torch.from_numpy(train_np.astype(np.int64)).to(dev)
     val_data = torch.from_numpy(val_np.astype(np.int64)).to(dev)
-    # separate streams: the evaluation batches never perturb the training batches
-    train_gen = torch.Generator().manual_seed(r.seed)
-    eval_gen = torch.Generator().manual_seed(r.seed + 1_000_003)
+    # separate streams: the evaluation batches and the step counts never perturb the training batches
+    train_gen, eval_gen = torch.Generator().manual_seed(r.seed), torch.Generator().manual_seed(r.seed + 1_000_003)
     steps_rng = steps_stream(r)
 
     model = make_model(r, train_np).to(dev)
-    config = model.config
-    optimizers = r.optimizers(model, dev)
+    config, optimizers = model.config, r.optimizers(model, dev)
     base_lrs = [[g["lr"] for g in opt.param_groups] for opt in optimizers]
     params = [p for p in model.parameters() if p.requires_grad]
     ema, ema_params = make_ema(model) if r.ema_decay > 0 else (None, None)
     eval_model = ema if ema is not None else model
-    extra_loss = r.extra_loss(model, train_np, dev)
-    selection = r.selection(n_iters)
-
-    print(
-        f"[train_mps] {n_iters} iters on {dev}, seed {r.seed}, {model.get_num_params() / 1e6:.2f}M params, "
-        f"{config.solver}/{config.splitting}x{config.steps_per_layer}, NFE {model.nfe()}, data {data_dir}",
-        flush=True,
-    )
+    extra_loss, selection = r.extra_loss(model, train_np, dev), r.selection(n_iters)
+    c = f"{model.get_num_params() / 1e6:.2f}M params, {config.solver}/{config.splitting}x{config.steps_per_layer}"
+    print(f"[train_mps] {n_iters} iters on {dev}, seed {r.seed}, {c}, NFE {model.nfe()}, data {data_dir}", flush=True)
     best_vloss = float("inf")
-    last_train_loss = float("nan")
-    history = []
-    t_last = time.time()
+    last_train_loss, history, t_last = float("nan"), [], time.time()
     for it in range(n_iters):
         if it % eval_interval == 0:
             eval_model.eval()
@@ -646,8 +519,7 @@ def train(recipe: Recipe = None):
             best_vloss = min(best_vloss, vloss)
             if selection is not None:
                 selection.observe(it, vloss, eval_model)
-            ms = 1000 * (time.time() - t_last) / (eval_interval if it else 1)
-            t_last = time.time()
+            ms, t_last = 1000 * (time.time() - t_last) / (eval_interval if it else 1), time.time()
             history.append({"iter": it, "val_loss": vloss, "train_loss": last_train_loss})
             print(
                 f"iter {it:5d} | train {last_train_loss:.4f} | val {vloss:.4f} | best {best_vloss:.4f} | "
@@ -674,47 +546,24 @@ def train(recipe: Recipe = None):
     # --- reporting: after the clock stops; none of it changes the return value ---
     val_full = full_split_loss(eval_model, val_data)
     check_finite(val_full, "whole-split val", n_iters, r)
-    selected = {"val_loss_full_last_weights": val_full, "selected_iter": n_iters}
+    sel = {"val_loss_full_last_weights": val_full, "selected_iter": n_iters}
     if selection is not None:
-        selected = selection.report(eval_model, lambda: full_split_loss(eval_model, val_data), val_full)
+        sel = selection.report(eval_model, lambda: full_split_loss(eval_model, val_data), val_full)
     here = Path(__file__).resolve().parent
-    metrics = {
-        "best_vloss": best_vloss,
-        "elapsed_min": elapsed_min,
-        "val_loss_full": val_full,
-        **selected,
-        "seed": r.seed,
-        "iters": n_iters,
-        "device": dev,
-        "nfe": model.nfe(),
-        "recipe": asdict(r),
-        "model_config": asdict(config),
-        "fixed": {"batch_size": batch_size, "block_size": block_size, "max_iters": max_iters},
-        "history": history,
-        "data_dir": str(data_dir),
-        "sources_sha256": {f: file_sha256(here / f) for f in ("model.py", "train_mps.py")},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
-    }
-    ckpt = {
-        "model": eval_model.state_dict(),
-        "model_args": asdict(config),
-        "iter_num": metrics["selected_iter"],
-        "metrics": metrics,
-    }
-    write_pair(out_dir, metrics, ckpt)
-    print(
-        f"[train_mps] best_vloss {best_vloss:.4f} | whole-split val {val_full:.4f} "
-        f"(weights of iter {metrics['selected_iter']}; last weights {metrics['val_loss_full_last_weights']:.4f}) | "
-        f"seed {r.seed} | {elapsed_min:.2f} min\n[train_mps] wrote {out_dir / 'metrics.json'} and {out_dir / 'ckpt.pt'}",
-        flush=True,
-    )
+    sources = {f: file_sha256(here / f) for f in ("model.py", "train_mps.py")}
+    metrics = dict(best_vloss=best_vloss, elapsed_min=elapsed_min, val_loss_full=val_full, **sel, seed=r.seed)
+    metrics.update(iters=n_iters, device=dev, nfe=model.nfe(), recipe=asdict(r), model_config=asdict(config))
+    metrics["fixed"] = {"batch_size": batch_size, "block_size": block_size, "max_iters": max_iters}
+    metrics["history"] = history
+    metrics.update(data_dir=str(data_dir), sources_sha256=sources)
+    metrics["versions"] = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+    ckpt = dict(model=eval_model.state_dict(), model_args=asdict(config), iter_num=sel["selected_iter"])
+    write_pair(out_dir, metrics, {**ckpt, "metrics": metrics})
+    at = f"weights of iter {sel['selected_iter']}; last weights {sel['val_loss_full_last_weights']:.4f}"
+    print(f"[train_mps] best_vloss {best_vloss:.4f} | whole-split val {val_full:.4f} ({at}) | {elapsed_min:.2f} min")
+    print(f"[train_mps] wrote {out_dir / 'metrics.json'} and {out_dir / 'ckpt.pt'}", flush=True)
     if n_iters != max_iters:
-        print(
-            f"!!! [train_mps] a SHORT run ({n_iters} of {max_iters} iterations): its best_vloss {best_vloss:.4f} is a "
-            f"smoke test's, not a result to rank; unset TRAIN_MPS_MAX_ITERS for the real run !!!",
-            file=sys.stderr,
-            flush=True,
-        )
+        print(f"{short}: best_vloss {best_vloss:.4f} is a smoke test's, not a result to rank !!!", file=sys.stderr)
     return best_vloss, elapsed_min
 
 

@@ -33,6 +33,14 @@ DEFAULT_DATA_DIR = ROOT / "data" / "shakespeare"
 DEFAULT_OUT_DIR = ROOT / "results"
 
 
+def layer_boundaries(gpt, x) -> list:
+    """x at every layer boundary of gpt's own integrator: [x, after layer 1, ..., after layer L], each (B, T, C)."""
+    states = [x]
+    for block in gpt.transformer.h:
+        states.append(block(states[-1]))
+    return states
+
+
 class StudyError(RuntimeError):
     """A missing or unusable input; the message names the command that fixes it."""
 

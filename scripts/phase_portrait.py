@@ -28,6 +28,7 @@ from _study_common import (
     Progress,
     base_parser,
     cli,
+    layer_boundaries,
     pyplot,
     run_record,
     save_figure,
@@ -79,8 +80,7 @@ def run(args) -> dict:
     for i, (idx, _) in enumerate(batches):
         with torch.no_grad():
             x0 = gpt.embed(idx)  # (B, T, C)
-            traj = []
-            gpt.integrate(x0, trajectory=traj)  # the checkpoint's own integrator, layer boundaries only
+            traj = layer_boundaries(gpt, x0)  # the checkpoint's own integrator, layer boundaries only
         xs, vs = fine_trajectory(gpt, x0, args.solver, args.steps)  # (n_t, B, T, C), (L, steps+1, B, T, C)
         xs_all.append(xs.flatten(1, 2))  # (n_t, B*T, C)
         coarse.append(torch.stack(traj).flatten(1, 2))  # (L+1, B*T, C)

@@ -33,6 +33,7 @@ from _study_common import (
     cli,
     complex_array,
     complex_list,
+    layer_boundaries,
     pyplot,
     run_record,
     save_figure,
@@ -232,8 +233,7 @@ def layer_states(gpt, batches):
     per_batch = []
     with torch.no_grad():
         for idx, _ in batches:
-            traj = []
-            gpt.integrate(gpt.embed(idx), trajectory=traj)
+            traj = layer_boundaries(gpt, gpt.embed(idx))
             per_batch.append(traj[:-1])
     return [list(layer) for layer in zip(*per_batch)]
 
