@@ -502,9 +502,7 @@ def test_readme_reports_label_each_run_by_the_recipe_it_ran(report):
     assert drift == {}
     # and the check can fail: under the previous default the adopted canonical is another recipe
     canonical = next(r for r in runs if r["config"].startswith("canonical"))
-    assert recipe_drift(
-        canonical["config"], {**canonical["metrics"]["recipe"], "schedule": "x"}, levers.LeverRecipe
-    )
+    assert recipe_drift(canonical["config"], {**canonical["metrics"]["recipe"], "schedule": "x"}, levers.LeverRecipe)
 
 
 def test_merge_relabels_runs_made_under_an_older_default(finished, tmp_path, capsys):
