@@ -141,6 +141,17 @@ def batch(vocab: int = TINY["vocab_size"], seed: int = 0, b: int = BATCH, t: int
     return idx, targets
 
 
+def round_trip(model, jconfig):
+    """torch -> JAX -> torch: (the JAX params, the state dict back), every tensor equal in torch's key order."""
+    sd = model.state_dict()
+    params = jax_impl.params_from_torch(sd, jconfig)
+    back = jax_impl.params_to_torch(params, jconfig)
+    assert list(back) == list(sd)
+    for k in sd:
+        assert back[k].dtype == sd[k].dtype and torch.equal(back[k], sd[k]), k
+    return params, back
+
+
 def jnp_(t: torch.Tensor):
     return jnp.asarray(t.detach().cpu().numpy())
 

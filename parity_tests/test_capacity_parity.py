@@ -37,12 +37,7 @@ def test_state_dict_round_trip_is_exact(lever, bias):
     tree and shapes are those jax_impl.init_params builds for the config."""
     tconfig, jconfig = H.configs("euler", "lie", 1, bias=bias, **H.CAPACITY_LEVERS[lever])
     model = H.perturb(H.torch_gpt(tconfig, "float64"))
-    sd = model.state_dict()
-    params = jax_impl.params_from_torch(sd, jconfig)
-    back = jax_impl.params_to_torch(params, jconfig)
-    assert list(back) == list(sd)
-    for k in sd:
-        assert back[k].dtype == sd[k].dtype and torch.equal(back[k], sd[k]), k
+    params, back = H.round_trip(model, jconfig)
     fresh = levers.LeverGPT(tconfig).double()
     fresh.load_state_dict(back, strict=True)
     init = jax_impl.init_params(jax.random.PRNGKey(0), jconfig, jax.numpy.float64)

@@ -157,12 +157,7 @@ def test_shortlist_config_comes_from_torch_and_stays_static():
 def test_state_dict_round_trip_is_exact(bias):
     tconfig, jconfig = H.configs("euler", "lie", 1, bias=bias)
     model = H.torch_gpt(tconfig, "float64")
-    sd = model.state_dict()
-    params = jax_impl.params_from_torch(sd, jconfig)
-    back = jax_impl.params_to_torch(params, jconfig)
-    assert list(back) == list(sd)
-    for k in sd:
-        assert back[k].dtype == sd[k].dtype and torch.equal(back[k], sd[k]), k
+    params, back = H.round_trip(model, jconfig)
     assert back["lm_head.weight"] is back["transformer.wte.weight"]
     fresh = levers.LeverGPT(tconfig).double()
     fresh.load_state_dict(back, strict=True)
