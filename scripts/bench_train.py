@@ -38,7 +38,12 @@ CHILD = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 import train_mps
-best, minutes = train_mps.train(train_mps.Recipe(**json.loads(sys.argv[2])))
+fields = json.loads(sys.argv[2])
+if set(fields) - set(train_mps.Recipe.__dataclass_fields__):  # a lever's field: levers.py, beside the two files
+    import levers
+    best, minutes = levers.train(levers.LeverRecipe(**fields))
+else:
+    best, minutes = train_mps.train(train_mps.Recipe(**fields))
 print("BENCH_TRAIN " + json.dumps({"elapsed_min": minutes, "best_vloss": best}))
 """
 
