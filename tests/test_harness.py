@@ -231,7 +231,7 @@ MODEL_EDITS = {
     ],
     "mlp_relu_squared": [
         (
-            "        x = self.c_proj(self.gelu(self.c_fc(x)))  # (B, T, C)",
+            "        x = self.c_proj(self.act(self.c_fc(x)))  # (B, T, C)",
             "        x = self.c_proj(torch.relu(self.c_fc(x)) ** 2)  # (B, T, C)",
         )
     ],
