@@ -1,5 +1,6 @@
 """Levers off by default, for benchmarks and studies: the n-gram teacher (ngram_distill, ngram_loo), the input and
-output levers (ngram_buckets, token_noise, head_width), Muon, model selection (select_window) and refine_prob.
+output levers (ngram_buckets, token_noise, head_width), the capacity levers (mlp_width, glu, head_dim, norm, qk_norm),
+Muon, model selection (select_window) and refine_prob.
 
 train_mps.py and model.py run without this file (the harness copies those two alone). Beside them, it extends
 them through their seams: LeverConfig / LeverGPT subclass GPTConfig / GPT (GPT.add_modules), and LeverRecipe
