@@ -1,14 +1,19 @@
-"""Loss against time, and loss against width: issue #16's picture, drawn from saved results only (trains nothing).
+"""Loss against time or kernels, and loss against width: issues #16's and #35's pictures, drawn from saved results
+only (trains nothing).
 
     python scripts/plot_tradeoff.py \\
         --report results/benchmark/issue16_loo_tinyshakespeare results/benchmark/issue16_loo_pypi \\
         --bench results/bench_teacher/bench_teacher.json results/bench_levers/bench_levers.json \\
         --probes results/issue16_probe/*.json --out results/tradeoff_issue16.png
+    python scripts/plot_tradeoff.py --report results/benchmark/issue35_decision results/benchmark/issue35_screen \\
+        --kernels results/bench_dispatch_issue35.json results/bench_dispatch.json --out results/tradeoff_issue35.png
 
 One panel per benchmark report: each configuration's trusted test loss (median over its ranked seeds, the
 seeds' range as a bar) against its step time relative to the baseline's, measured side by side by
 scripts/bench_integrators.py (--bench; a configuration is matched by name, the first file that has it wins;
-one without a step time is listed and left out). Beside them, the best Kneser-Ney order on the same test half
+one without a step time is listed and left out). With --kernels instead of --bench, the horizontal axis is the
+kernels a training step dispatches relative to the baseline's, counted by scripts/bench_dispatch.py
+(deterministic: on a launch-bound MPS or CUDA step they are its time, issue #32). Beside them, the best Kneser-Ney order on the same test half
 and issue #16's target, kneser_ney.TARGET_MARGIN below it. The vertical line is the baseline's step: the budget.
 
 With --probes, one more panel: scripts/fixed_block_probe.py's results against the residual stream's width
@@ -53,6 +58,20 @@ def step_ratios(bench_paths: list[Path]) -> dict[str, float]:
     for path in bench_paths:
         for c in read(path, "scripts/bench_integrators.py").get("configs", []):
             ratios.setdefault(c["name"], c["median_ratio"])
+    return ratios
+
+
+def kernel_ratios(paths: list[Path]) -> dict[str, float]:
+    """Configuration name -> kernels per training step / the baseline's in the same file, from bench_dispatch.py's
+    JSONs (the first file that has a name wins)."""
+    ratios: dict[str, float] = {}
+    for path in paths:
+        configs = read(path, "scripts/bench_dispatch.py").get("configs", [])
+        base = next((c["step_kernels"] for c in configs if c.get("name") == "baseline"), None)
+        if not base:
+            raise PlotError(f"{path} has no baseline count to divide by: run scripts/bench_dispatch.py with baseline")
+        for c in configs:
+            ratios.setdefault(c["name"], c["step_kernels"] / base)
     return ratios
 
 
@@ -104,8 +123,9 @@ def probe_points(paths: list[Path]) -> list[dict]:
 
 
 def label(report: dict, path: Path) -> str:
-    data = (report.get("settings") or {}).get("data_dir")
-    return f"data/{Path(data).name}" if data else str(path)
+    settings = report.get("settings") or {}
+    name = f"data/{Path(settings['data_dir']).name}" if settings.get("data_dir") else str(path)
+    return f"{name}, {settings['max_iters']}-iteration screen" if settings.get("max_iters") else name
 
 
 def panel(path: Path, report: dict, ratios: dict[str, float]) -> dict:
@@ -114,7 +134,17 @@ def panel(path: Path, report: dict, ratios: dict[str, float]) -> dict:
     return {"label": label(report, path), "points": points, "missing": missing, "kneser_ney": best_kneser_ney(report)}
 
 
-def draw(panels: list[dict], probes: list[dict]):
+AXES = {
+    "time": ("step time / the baseline's (side by side)", "the baseline's step (budget)", "time"),
+    "kernels": (
+        "kernels per training step / the baseline's (bench_dispatch)",
+        "the baseline's kernels (budget)",
+        "kernels",
+    ),
+}
+
+
+def draw(panels: list[dict], probes: list[dict], axis: str = "time"):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,11 +166,12 @@ def draw(panels: list[dict], probes: list[dict]):
                 label=pt["name"],
             )
         reference_lines(ax, p["kneser_ney"])
-        ax.axvline(1.0, color="grey", lw=1, ls=":", label="the baseline's step (budget)")
+        xlabel, budget, against = AXES[axis]
+        ax.axvline(1.0, color="grey", lw=1, ls=":", label=budget)
         ax.set_xlim(0, max([1.1] + [pt["ratio"] * 1.1 for pt in p["points"]]))
-        ax.set_xlabel("step time / the baseline's (side by side)")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("trusted test loss (nats), median and range over seeds")
-        ax.set_title(f"{p['label']}: loss against time")
+        ax.set_title(f"{p['label']}: loss against {against}", fontsize=10)
         below(ax)
         ax.grid(alpha=0.3)
     if probes:
@@ -193,7 +224,7 @@ def reference_lines(ax, best: tuple[int | None, float] | None) -> None:
         color="red",
         lw=1,
         ls="--",
-        label=f"issue #16's target: {value - kneser_ney.TARGET_MARGIN:.3f}",
+        label=f"best Kneser-Ney - {kneser_ney.TARGET_MARGIN:.2f} (target): {value - kneser_ney.TARGET_MARGIN:.3f}",
     )
 
 
@@ -202,7 +233,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--report", type=Path, nargs="+", required=True, help="benchmark folders or benchmark.json files")
-    p.add_argument("--bench", type=Path, nargs="+", required=True, help="bench_integrators.py JSONs (step times)")
+    x = p.add_mutually_exclusive_group(required=True)
+    x.add_argument("--bench", type=Path, nargs="+", help="bench_integrators.py JSONs (step times)")
+    x.add_argument("--kernels", type=Path, nargs="+", help="bench_dispatch.py JSONs (kernels per training step)")
     p.add_argument("--probes", type=Path, nargs="*", default=[], help="fixed_block_probe.py result JSONs")
     p.add_argument("--out", type=Path, required=True, help="the PNG to write")
     return p.parse_args(argv)
@@ -213,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.out.suffix != ".png":
             raise PlotError(f"--out {a.out}: give a .png path")
-        ratios = step_ratios(a.bench)
+        ratios = step_ratios(a.bench) if a.bench else kernel_ratios(a.kernels)
         reports = [(path, read(path, "scripts/benchmark.py")) for path in a.report]
         probes = probe_points([p for p in a.probes if p.suffix == ".json"])
     except PlotError as e:
@@ -224,12 +257,19 @@ def main(argv: list[str] | None = None) -> int:
         kn = p["kneser_ney"]
         print(f"{p['label']}: best Kneser-Ney {kn[1]:.4f} (n = {kn[0]})" if kn else f"{p['label']}:")
         for pt in p["points"]:
+            what = "step" if a.bench else "kernels"
             print(
-                f"  {pt['name']}: step x{pt['ratio']:.2f}, trusted test {pt['median']:.4f} ({pt['lo']:.4f}..{pt['hi']:.4f})"
+                f"  {pt['name']}: {what} x{pt['ratio']:.2f}, trusted test {pt['median']:.4f} "
+                f"({pt['lo']:.4f}..{pt['hi']:.4f})"
             )
         for name in p["missing"]:
-            print(f"  {name}: no step time in --bench, left out (run scripts/bench_integrators.py with it)")
-    fig = draw(panels, probes)
+            fix = (
+                "--bench, left out (run scripts/bench_integrators.py"
+                if a.bench
+                else "--kernels, left out (run scripts/bench_dispatch.py"
+            )
+            print(f"  {name}: no {'step time' if a.bench else 'count'} in {fix} with it)")
+    fig = draw(panels, probes, "time" if a.bench else "kernels")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     atomic_write_bytes(a.out, buf.getvalue())

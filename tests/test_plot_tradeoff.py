@@ -116,3 +116,24 @@ def test_make_tradeoff_draws_the_committed_results(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "data/pypi: best Kneser-Ney" in text and "data/tinyshakespeare: best Kneser-Ney" in text
     assert (tmp_path / "fig.png").exists()
+
+
+def test_kernels_put_each_configuration_at_its_count_over_the_baselines(tmp_path, capsys):
+    """--kernels: bench_dispatch.py's step counts divided by the same file's baseline; a file without a baseline
+    stops with the fix."""
+    rep = write(tmp_path / "rep" / "benchmark.json", report({"baseline": [5.3], "a": [4.9, 5.0]}, {"3": 4.6}))
+    rep_json = json.loads(rep.read_text())
+    rep_json["settings"]["max_iters"] = 2000
+    rep.write_text(json.dumps(rep_json))
+    counts = {"configs": [{"name": "baseline", "step_kernels": 400.0}, {"name": "a", "step_kernels": 300.0}]}
+    k = write(tmp_path / "k.json", counts)
+    out = tmp_path / "fig.png"
+    assert plot_tradeoff.main(["--report", str(rep), "--kernels", str(k), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "data/pypi, 2000-iteration screen: best Kneser-Ney 4.6000 (n = 3)" in text
+    assert "a: kernels x0.75, trusted test 4.9500" in text and "baseline: kernels x1.00" in text
+    no_base = write(tmp_path / "nb.json", {"configs": [{"name": "a", "step_kernels": 300.0}]})
+    out.unlink()
+    assert plot_tradeoff.main(["--report", str(rep), "--kernels", str(no_base), "--out", str(out)]) == 2
+    assert "no baseline count" in capsys.readouterr().err
+    assert not out.exists()
