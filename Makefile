@@ -8,7 +8,7 @@ EXTRAS ?= dev,data,plots,jax
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),_,$(EXTRAS))
 
-.PHONY: setup sandbox data data-tinyshakespeare data-pypi train test lint clean ablations lr-sweep candidates levers kneser-ney tinyshakespeare-table rerank-gen1 dreamteam-checkout flow canonical-table speed capacity-screen capacity-table teacher-table probes tradeoff
+.PHONY: setup sandbox data data-tinyshakespeare data-pypi train test lint clean ablations lr-sweep candidates levers kneser-ney tinyshakespeare-table rerank-gen1 dreamteam-checkout flow canonical-table speed capacity-screen capacity-table capacity-figure teacher-table probes tradeoff
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -243,6 +243,15 @@ capacity-table: data-tinyshakespeare data-pypi
 		--jobs 3 --data-dir data/pypi --out $(CAPACITY_OUT)/pypi $(RESUME)
 	$(BIN)/python scripts/flow_study.py --runs $(CAPACITY_OUT)/tinyshakespeare --data-dir $(TINY_DIR) \
 		--out-dir $(CAPACITY_OUT)/tinyshakespeare $(RESUME)
+
+# Issue #35's figure from saved results (trains nothing): each lever's trusted test loss against the kernels its
+# training step dispatches relative to the baseline's (scripts/bench_dispatch.py, deterministic: on a launch-bound
+# MPS or CUDA step, its time), on both corpora's full runs and the 2000-iteration screen, beside the best
+# Kneser-Ney order and the target. results/benchmark/issue35_decision and issue35_pypi merge the full runs.
+capacity-figure:
+	$(BIN)/python scripts/plot_tradeoff.py --report results/benchmark/issue35_decision \
+		results/benchmark/issue35_pypi results/benchmark/issue35_screen \
+		--kernels results/bench_dispatch_issue35.json --out results/tradeoff_issue35.png
 
 # Issue #32's speed tables (the README's "Speed"): kernels dispatched per training step and per evaluation, by
 # section (deterministic, seconds), then the time of an iteration of train() itself, side by side, 5 interleaved
