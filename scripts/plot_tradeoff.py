@@ -153,7 +153,8 @@ def draw(panels: list[dict], probes: list[dict], axis: str = "time"):
     n = len(panels) + bool(probes)
     fig, axes = plt.subplots(1, n, figsize=(6.2 * n, 6.4), squeeze=False)
     names = list(dict.fromkeys(pt["name"] for p in panels for pt in p["points"]))
-    colours = {name: f"C{i % 10}" for i, name in enumerate(names)}  # one colour per configuration in every panel
+    palette = [f"C{i}" for i in range(10)] if len(names) <= 10 else [plt.cm.tab20(i) for i in range(20)]
+    colours = {name: palette[i % len(palette)] for i, name in enumerate(names)}  # one per configuration, every panel
     for ax, p in zip(axes[0], panels):
         for pt in p["points"]:
             ax.errorbar(
