@@ -5,6 +5,7 @@ import json
 import statistics
 import sys
 
+import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -100,17 +101,20 @@ def test_bad_input_stops_with_the_fix_and_writes_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_make_tradeoff_draws_the_committed_results(tmp_path, capsys):
-    """`make tradeoff` names files that are in the repo: its command, run with --out moved here, draws them."""
+@pytest.mark.parametrize("target", ["tradeoff", "capacity-figure"])
+def test_make_draws_the_committed_results(target, tmp_path, capsys):
+    """`make tradeoff` and `make capacity-figure` name files that are in the repo: each command, run with --out
+    moved here, draws them."""
     import shlex
     import subprocess
 
-    dry = subprocess.run(["make", "--no-print-directory", "-n", "tradeoff"], cwd=REPO, capture_output=True, text=True)
+    dry = subprocess.run(["make", "--no-print-directory", "-n", target], cwd=REPO, capture_output=True, text=True)
     words = shlex.split(dry.stdout.replace("\\\n", " "))
     argv = words[words.index("scripts/plot_tradeoff.py") + 1 :]
     argv[argv.index("--out") + 1] = str(tmp_path / "fig.png")
-    probes = argv.index("--probes") + 1
-    argv[probes : probes + 1] = sorted(str(p) for p in REPO.glob(argv[probes]))  # make's shell would expand it
+    if "--probes" in argv:
+        probes = argv.index("--probes") + 1
+        argv[probes : probes + 1] = sorted(str(p) for p in REPO.glob(argv[probes]))  # make's shell would expand it
     argv = [a if a.startswith("--") or a.startswith("/") else str(REPO / a) for a in argv]
     assert plot_tradeoff.main(argv) == 0
     text = capsys.readouterr().out
