@@ -499,7 +499,10 @@ def params_from_torch(state_dict, config: GPTConfig) -> dict:
             used.add(full)
         _set(params, ("h",) + path, jnp.asarray(np.stack(layers)))
     leftover = set(sd) - used
-    assert not leftover, f"unmapped torch keys: {sorted(leftover)}"
+    assert not leftover, (
+        f"unmapped torch keys: {sorted(leftover)}: the JAX mirror has no place for them (a lever it does not mirror, "
+        "such as head_width or ngram_buckets, or another config's model)"
+    )
     return params
 
 
