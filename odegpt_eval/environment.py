@@ -27,7 +27,8 @@ def git_state() -> dict:
     return {"git_commit": commit, "git_dirty_sources": bool(dirty) if dirty is not None else None}
 
 
-def environment(argv: list[str], data_dir: Path) -> dict:
+def environment(argv: list[str], data_dir: Path, script: Path = ROOT / "scripts" / "benchmark.py") -> dict:
+    """What a run of `script` with `argv` records first."""
     import numpy as np
     import torch
 
@@ -44,7 +45,7 @@ def environment(argv: list[str], data_dir: Path) -> dict:
         "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "thread_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
         **git_state(),
-        "command": shlex.join([sys.executable, str(ROOT / "scripts" / "benchmark.py"), *argv]),
+        "command": shlex.join([sys.executable, str(script), *argv]),
         "cwd": os.getcwd(),
         "data": {
             "dir": str(data_dir),
@@ -58,7 +59,7 @@ def environment(argv: list[str], data_dir: Path) -> dict:
     return env
 
 
-def print_environment(env: dict) -> None:
-    print("[benchmark] environment", flush=True)
+def print_environment(env: dict, tag: str = "benchmark") -> None:
+    print(f"[{tag}] environment", flush=True)
     for k, v in env.items():
         print(f"  {k:18} {v}", flush=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from odegpt_eval.environment import environment  # noqa: E402
+from odegpt_eval.environment import environment, print_environment  # noqa: E402
 from odegpt_eval.files import atomic_write_bytes  # noqa: E402
 
 
@@ -97,21 +96,17 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
+    import levers
     import train_mps as tm
 
     torch.set_num_threads(a.threads)
-    env = environment([], a.data_dir)
-    env["command"] = shlex.join(
-        [sys.executable, str(Path(__file__).resolve()), *(sys.argv[1:] if argv is None else argv)]
-    )
-    print("[bench_compile] environment")
-    for k, v in env.items():
-        print(f"  {k:18} {v}")
+    env = environment(sys.argv[1:] if argv is None else argv, a.data_dir, Path(__file__).resolve())
+    print_environment(env, "bench_compile")
     recipe = tm.Recipe()
     train_np = tm.load_split(a.data_dir, "train", recipe.vocab_size)
     data = torch.from_numpy(train_np.astype(np.int64))
     eager, compiled = copy(tm, recipe, train_np, data, False), copy(tm, recipe, train_np, data, True)
-    counts = set(range(recipe.steps_per_layer, max(recipe.random_steps, recipe.steps_per_layer) + 1))
+    counts = set(levers.step_counts(recipe))  # the step counts train() draws, a graph each
     seen, t0, warm = set(), time.perf_counter(), 0
     while seen != counts or warm < 3:  # every drawn step count compiled, then a few more steps
         _, n, _ = step(tm, recipe, data, compiled)

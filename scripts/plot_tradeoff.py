@@ -13,8 +13,8 @@ seeds' range as a bar) against its step time relative to the baseline's, measure
 scripts/bench_integrators.py (--bench; a configuration is matched by name, the first file that has it wins;
 one without a step time is listed and left out). With --kernels instead of --bench, the horizontal axis is the
 kernels a training step dispatches relative to the baseline's, counted by scripts/bench_dispatch.py
-(deterministic: on a launch-bound MPS or CUDA step they are its time, issue #32). Beside them, the best Kneser-Ney order on the same test half
-and issue #16's target, kneser_ney.TARGET_MARGIN below it. The vertical line is the baseline's step: the budget.
+(deterministic: on a launch-bound MPS or CUDA step they are its time, issue #32). Beside them, the best
+Kneser-Ney order on the same test half and the target, kneser_ney.TARGET_MARGIN below it. The vertical line is the baseline's step: the budget.
 
 With --probes, one more panel: scripts/fixed_block_probe.py's results against the residual stream's width
 (n_embd), each seed a point, the median a line, the train slice (text the model was fitted on) dashed, the
@@ -134,12 +134,19 @@ def panel(path: Path, report: dict, ratios: dict[str, float]) -> dict:
     return {"label": label(report, path), "points": points, "missing": missing, "kneser_ney": best_kneser_ney(report)}
 
 
+# the horizontal axis, by the option that gave it: (label, the budget line's, a point's word, a missing point's line)
 AXES = {
-    "time": ("step time / the baseline's (side by side)", "the baseline's step (budget)", "time"),
+    "time": (
+        "step time / the baseline's (side by side)",
+        "the baseline's step (budget)",
+        "step",
+        "no step time in --bench, left out (run scripts/bench_integrators.py with it)",
+    ),
     "kernels": (
         "kernels per training step / the baseline's (bench_dispatch)",
         "the baseline's kernels (budget)",
         "kernels",
+        "no count in --kernels, left out (run scripts/bench_dispatch.py with it)",
     ),
 }
 
@@ -167,12 +174,12 @@ def draw(panels: list[dict], probes: list[dict], axis: str = "time"):
                 label=pt["name"],
             )
         reference_lines(ax, p["kneser_ney"])
-        xlabel, budget, against = AXES[axis]
+        xlabel, budget, _, _ = AXES[axis]
         ax.axvline(1.0, color="grey", lw=1, ls=":", label=budget)
         ax.set_xlim(0, max([1.1] + [pt["ratio"] * 1.1 for pt in p["points"]]))
         ax.set_xlabel(xlabel)
         ax.set_ylabel("trusted test loss (nats), median and range over seeds")
-        ax.set_title(f"{p['label']}: loss against {against}", fontsize=10)
+        ax.set_title(f"{p['label']}: loss against {axis}", fontsize=10)
         below(ax)
         ax.grid(alpha=0.3)
     if probes:
@@ -254,23 +261,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"plot_tradeoff: {e}", file=sys.stderr)
         return 2
     panels = [panel(path, report, ratios) for path, report in reports]
+    axis = "time" if a.bench else "kernels"
+    _, _, word, missing = AXES[axis]
     for p in panels:
         kn = p["kneser_ney"]
         print(f"{p['label']}: best Kneser-Ney {kn[1]:.4f} (n = {kn[0]})" if kn else f"{p['label']}:")
         for pt in p["points"]:
-            what = "step" if a.bench else "kernels"
             print(
-                f"  {pt['name']}: {what} x{pt['ratio']:.2f}, trusted test {pt['median']:.4f} "
+                f"  {pt['name']}: {word} x{pt['ratio']:.2f}, trusted test {pt['median']:.4f} "
                 f"({pt['lo']:.4f}..{pt['hi']:.4f})"
             )
         for name in p["missing"]:
-            fix = (
-                "--bench, left out (run scripts/bench_integrators.py"
-                if a.bench
-                else "--kernels, left out (run scripts/bench_dispatch.py"
-            )
-            print(f"  {name}: no {'step time' if a.bench else 'count'} in {fix} with it)")
-    fig = draw(panels, probes, "time" if a.bench else "kernels")
+            print(f"  {name}: {missing}")
+    fig = draw(panels, probes, axis)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     atomic_write_bytes(a.out, buf.getvalue())

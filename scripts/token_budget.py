@@ -55,7 +55,7 @@ def without_comments(source: str) -> str:
     tokens = [t for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type != tokenize.COMMENT]
     replaced = docstrings(ast.parse(source))
     text = tokenize.untokenize(tokens).splitlines()
-    kept = [replaced.get(i, line) if i in replaced else line for i, line in enumerate(text, 1)]
+    kept = [replaced.get(i, line) for i, line in enumerate(text, 1)]
     return "\n".join(line.rstrip() for line in kept if line and line.strip()) + "\n"
 
 
