@@ -16,11 +16,14 @@ stacked layers needs (one trace of the solve for all layers).
         "h": {"ln_1": {"scale", "bias"}, "attn": {"c_attn": {"kernel", "bias"}, "c_proj": ...},
               "ln_2": ..., "mlp": {"c_fc": ..., "c_proj": ...}},   # every leaf stacked: (n_layer, ...)
         "ln_f": {"scale", "bias"},
+        "head_up": {"kernel": (C, w)}, "head_wide": {"kernel": (w, rows of wte)},   # head_width = w > 0 only
     }
 
 Issue #35's capacity levers (levers.py's WideMLP, WideAttention, RMSNorm) change widths, not names:
 c_attn (C, 3 nh hs), c_proj (nh hs, C) under head_dim; c_fc (C, H or 2H), c_proj (H, C) under mlp_width and
 glu; under norm="rms" the norms keep "scale" and lose "bias"; qk_norm adds attn's "q_norm" and "k_norm" {"scale"}.
+Issue #16's head_width (levers.LeverGPT.raw_logits) adds the output features U gelu(A h) to the tied logits E h:
+"head_up" is A, "head_wide" is U, zero at init as torch's.
 
 Kernels are (in, out); torch's Linear weights are (out, in): `params_from_torch` and
 `params_to_torch` convert through one name map and transpose the names in `LINEAR_WEIGHTS` only.
@@ -380,7 +383,7 @@ class Block(nn.Module):
 def init_params(key, config: GPTConfig, dtype=jnp.float32) -> dict:
     """nanoGPT's initialization (N(0, 0.02); residual projections N(0, 0.02/sqrt(2 n_layer)) or
     zero) from a JAX key. To start from the very weights torch draws, use params_from_torch."""
-    k_wte, k_wpe, k_h = jax.random.split(key, 3)
+    k_wte, k_wpe, k_h, k_head = jax.random.split(key, 4)
     x = jnp.zeros((1, 1, config.n_embd), dtype)
     h = jax.vmap(lambda k: Block(config).init(k, x)["params"])(jax.random.split(k_h, config.n_layer))
     ln_f = _norm(config).init(k_h, x)["params"]
@@ -390,10 +393,14 @@ def init_params(key, config: GPTConfig, dtype=jnp.float32) -> dict:
         "h": h,
         "ln_f": ln_f,
     }
+    if config.head_width:  # levers.LeverGPT: head_up as every Linear, head_wide zero (the tied logits at init)
+        params["head_up"] = {"kernel": 0.02 * jax.random.normal(k_head, (config.n_embd, config.head_width))}
+        params["head_wide"] = {"kernel": jnp.zeros((config.head_width, config.embedding_rows))}
     return jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
 
 
-# Linear weights: torch (out, in) <-> Flax kernel (in, out). The only transposed names.
+# Linear weights: torch (out, in) <-> Flax kernel (in, out). The only transposed names: these in a block, and
+# head_width's two (_head_map's, all Linear weights)
 LINEAR_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
@@ -442,6 +449,17 @@ def _top_map(config: GPTConfig):
     return [r for r in rows if _mapped(r[0], config)]
 
 
+def _head_map(config: GPTConfig):
+    """head_width's two Linear weights (torch name, JAX path, torch shape), in torch's order after lm_head."""
+    w = config.head_width
+    if not w:
+        return []
+    return [
+        ("head_up.weight", ("head_up", "kernel"), (w, config.n_embd)),
+        ("head_wide.weight", ("head_wide", "kernel"), (config.embedding_rows, w)),
+    ]
+
+
 def _set(tree, path, value):
     for key in path[:-1]:
         tree = tree.setdefault(key, {})
@@ -488,6 +506,11 @@ def params_from_torch(state_dict, config: GPTConfig) -> dict:
         used.add(name)
     assert np.array_equal(sd["lm_head.weight"], sd["transformer.wte.weight"]), "lm_head must be tied to wte"
     used.add("lm_head.weight")
+    for name, path, shape in _head_map(config):
+        assert name in sd, f"{name} missing: the state_dict is another config's model (head_width {config.head_width})"
+        assert sd[name].shape == shape, f"{name}: {sd[name].shape} != {shape}"
+        _set(params, path, jnp.asarray(sd[name].T))
+        used.add(name)
     for name, path, shape in _block_map(config):
         layers = []
         for layer in range(config.n_layer):
@@ -501,7 +524,7 @@ def params_from_torch(state_dict, config: GPTConfig) -> dict:
     leftover = set(sd) - used
     assert not leftover, (
         f"unmapped torch keys: {sorted(leftover)}: the JAX mirror has no place for them (a lever it does not mirror, "
-        "such as head_width or ngram_buckets, or another config's model)"
+        "such as ngram_buckets, or another config's model)"
     )
     return params
 
@@ -532,6 +555,9 @@ def params_to_torch(params, config: GPTConfig) -> dict:
             sd[name] = tensor(_get(params, path))
             assert tuple(sd[name].shape) == shape
     sd["lm_head.weight"] = sd["transformer.wte.weight"]  # tied
+    for name, path, shape in _head_map(config):
+        sd[name] = tensor(np.asarray(_get(params, path)).T)
+        assert tuple(sd[name].shape) == shape, f"{name}: {tuple(sd[name].shape)} != {shape}"
     return sd
 
 
@@ -677,12 +703,22 @@ def _head(params, config, x, targets):
     if targets is None:
         x = x[:, -1:, :]  # inference needs the last position only
     if config.shortlist:
-        return _shortlist_head(params["wte"], config, x, targets)
-    logits = x @ params["wte"].T  # tied lm_head, (b, t, vocab)
+        return _shortlist_head(params, config, x, targets)
+    logits = raw_logits(params, config, x)  # (b, t, vocab)
     return logits, None if targets is None else cross_entropy(logits, targets)
 
 
-def _shortlist_head(wte, config, x, targets):
+def raw_logits(params, config: GPTConfig, x, rows=None):
+    """x: (b, t, C) after ln_f -> the output layer's logits of wte's first `rows` rows (all if None), (b, t, rows):
+    the tied E h, plus U gelu(A h) under head_width (levers.LeverGPT.raw_logits; exact erf GELU as torch's F.gelu)."""
+    logits = x @ params["wte"][:rows].T  # (b, t, rows)
+    if config.head_width:
+        z = jax.nn.gelu(x @ params["head_up"]["kernel"], approximate=False)  # (b, t, w)
+        logits = logits + z @ params["head_wide"]["kernel"][:, :rows]
+    return logits
+
+
+def _shortlist_head(params, config, x, targets):
     """model.GPT.head under a shortlist. x: (b, t, C) after ln_f -> (logits over all vocab_size tokens
     (b, t, vocab): log-probabilities minus log P(the shortlist), as model.GPT.full_logits; None if targets
     is None else the mean NLL over targets >= 0).
@@ -693,7 +729,7 @@ def _shortlist_head(wte, config, x, targets):
     Under jit the (b, t, vocab) tensor costs nothing when the caller drops it (XLA removes it)."""
     k = config.shortlist_size
     log_in, log_out = shortlist_log_probs(config)
-    logits = x @ wte[:k].T  # (b, t, k)
+    logits = raw_logits(params, config, x, k)  # (b, t, k)
     logp = jax.nn.log_softmax(logits, axis=-1)  # log P(token | shortlist), (b, t, k)
     full = jnp.full((*logp.shape[:-1], config.vocab_size), log_out - log_in, logp.dtype)  # (b, t, vocab)
     full = full.at[..., jnp.asarray(config.shortlist, jnp.int32)].set(logp)
@@ -715,9 +751,9 @@ def _shortlist_head(wte, config, x, targets):
 def _forward(params, config, idx, targets, probes, regularize):
     if config.dropout != 0:
         raise NotImplementedError("the JAX mirror is deterministic: dropout must be 0")
-    if config.ngram_buckets or config.token_noise or config.head_width:
+    if config.ngram_buckets or config.token_noise:
         raise NotImplementedError(
-            "ngram_buckets, token_noise and head_width (issue #16's levers) are not mirrored in JAX yet: they must be 0"
+            "ngram_buckets and token_noise (issue #16's input levers) are not mirrored in JAX yet: they must be 0"
         )
     x, terms, num_steps = integrate(params["h"], config, embed(params, config, idx), probes, regularize)
     logits, loss = _head(params, config, x, targets)

@@ -55,8 +55,9 @@ REGULARIZER_GRID = [
 # integrator, so two float64 cases and the float32 one
 SHORTLIST = dict(vocab_size=64, shortlist_size=40, unseen_mass=0.05)
 SHORTLIST_GRID = [("euler", "lie", 1, "float64"), ("rk4", "strang", 1, "float64"), ("euler", "lie", 1, "float32")]
-# issue #35's capacity levers (levers.LeverConfig), each alone and all together, on TINY (n_embd 16, 2 heads: nanoGPT's
-# widths are H = 64, hs = 8). The widths differ from those, so a mirror that ignored a field fails the conversion.
+# issue #35's capacity levers (levers.LeverConfig; the output layer's head_width is issue #16's), each alone and all
+# together, on TINY (n_embd 16, 2 heads: nanoGPT's widths are H = 64, hs = 8). The widths differ from those, so a
+# mirror that ignored a field fails the conversion.
 CAPACITY_LEVERS = {
     "mlp_width": dict(mlp_width=48),
     "geglu": dict(glu="geglu"),
@@ -64,7 +65,8 @@ CAPACITY_LEVERS = {
     "head_dim": dict(head_dim=12),
     "rms": dict(norm="rms"),
     "qk_norm": dict(qk_norm=True),
-    "all": dict(mlp_width=64, head_dim=16, glu="swiglu", norm="rms", qk_norm=True),
+    "head_width": dict(head_width=12),  # issue #16's output features, the output layer's capacity lever
+    "all": dict(mlp_width=64, head_dim=16, glu="swiglu", norm="rms", qk_norm=True, head_width=12),
 }
 # (check, lever, solver, splitting, steps, bias, dtype). Every lever under the canonical recipe's integrator and
 # bias (heun, parallel, 1 step, no bias: torch integrates mlp_width and head_dim by Block.fused_field there); all of

@@ -1,4 +1,5 @@
-"""Issue #35's capacity levers (levers.py: mlp_width, glu, head_dim, norm="rms", qk_norm) in the JAX mirror: the
+"""Issue #35's capacity levers (levers.py: mlp_width, glu, head_dim, norm="rms", qk_norm, and issue #16's output
+features head_width) in the JAX mirror: the
 weights convert both ways, and the JAX model computes what levers.LeverGPT computes (logits, loss, gradients,
 regularizers, training steps) in float64 within tolerances.TOLERANCES. The checks run on perturbed weights (norm
 gains away from 1), and the last tests show they fail on a mirror with a wrong epsilon, a dropped gain or another
@@ -47,7 +48,7 @@ def test_state_dict_round_trip_is_exact(lever, bias):
 
 def test_widths_reach_the_jax_tree():
     """The combination's widths: D = 2 heads x 16 = 32 per q, k, v; H = 64 hidden units, c_fc 2H under swiglu;
-    RMSNorm gains without biases, qk gains of one head's width."""
+    RMSNorm gains without biases, qk gains of one head's width, head_width's two matrices."""
     tconfig, jconfig = H.configs("euler", "lie", 1, **H.CAPACITY_LEVERS["all"])
     params = jax_impl.params_from_torch(H.torch_gpt(tconfig, "float64").state_dict(), jconfig)
     h, L, C = params["h"], tconfig.n_layer, tconfig.n_embd
@@ -57,6 +58,9 @@ def test_widths_reach_the_jax_tree():
     assert h["attn"]["q_norm"]["scale"].shape == (L, 16)
     assert set(h["ln_1"]) == set(h["ln_2"]) == set(params["ln_f"]) == {"scale"}  # RMSNorm: no bias under bias=True
     assert "bias" in h["attn"]["c_attn"] and "bias" in h["mlp"]["c_fc"]
+    # head_width's A (C -> 12) and U (12 -> one column per output row), beside the tied wte
+    assert params["head_up"]["kernel"].shape == (C, 12)
+    assert params["head_wide"]["kernel"].shape == (12, tconfig.vocab_size)
 
 
 @pytest.mark.parametrize(
@@ -67,6 +71,8 @@ def test_widths_reach_the_jax_tree():
         ("", "qk_norm", "q_norm"),  # the gains missing
         ("rms", "", "ln_f.bias"),  # LayerNorm's bias missing under bias=True
         ("swiglu", "mlp_width", "c_fc"),  # 2H gated inputs into an ungated MLP of H = 48
+        ("head_width", "", "unmapped torch keys"),  # the output features with nowhere to go
+        ("", "head_width", "head_up.weight missing"),  # the features missing
     ],
 )
 def test_conversion_rejects_another_levers_weights(torch_lever, jax_lever, name):
@@ -161,6 +167,12 @@ def _rms_without_gain(name=None):
     return nn.RMSNorm(epsilon=1e-5, use_scale=False, name=name)
 
 
+def _raw_logits_tanh_gelu(params, config, x, rows=None):
+    logits = x @ params["wte"][:rows].T
+    z = jax.nn.gelu(x @ params["head_up"]["kernel"], approximate=True)  # flax's and jax's default GELU
+    return logits + z @ params["head_wide"]["kernel"][:, :rows]
+
+
 MUTANTS = {
     "rms epsilon 1e-6": ("all", lambda mp: mp.setattr(jax_model, "_rms_norm", _rms_eps_1e6)),
     "rms gain dropped": ("all", lambda mp: mp.setattr(jax_model, "_rms_norm", _rms_without_gain)),
@@ -168,6 +180,7 @@ MUTANTS = {
         "geglu",
         lambda mp: mp.setitem(jax_model.GATES, "geglu", lambda a: jax.nn.gelu(a, approximate=True)),
     ),
+    "head_width's tanh gelu": ("head_width", lambda mp: mp.setattr(jax_model, "raw_logits", _raw_logits_tanh_gelu)),
 }
 
 

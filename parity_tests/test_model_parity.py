@@ -267,10 +267,11 @@ def test_logits_loss_and_nfe_from_solver_statistics(case):
         assert counted == torch_nfe
 
 
-@pytest.mark.parametrize("lever", [{"ngram_buckets": 8}, {"token_noise": 0.1}, {"head_width": 4}])
+@pytest.mark.parametrize("lever", [{"ngram_buckets": 8}, {"token_noise": 0.1}])
 def test_torch_only_levers_are_refused_by_the_jax_forward(lever):
-    """Issue #16's levers are torch-only so far: the JAX config holds them (checkpoints convert), and the forward
-    says it cannot run them instead of silently running another model."""
+    """Issue #16's input levers are torch-only so far (head_width is mirrored: test_capacity_parity): the JAX config
+    holds them (checkpoints convert), and the forward says it cannot run them instead of silently running another
+    model."""
     config = jax_impl.GPTConfig(**{**H.TINY, **lever})
     params = jax_impl.init_params(jax.random.PRNGKey(0), config)
     with pytest.raises(NotImplementedError, match="not mirrored in JAX yet"):
