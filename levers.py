@@ -1,5 +1,6 @@
 """Levers off by default, for benchmarks and studies: the n-gram teacher (ngram_distill, ngram_loo), the input and
-output levers (ngram_buckets, token_noise, head_width), the capacity levers (mlp_width, glu, head_dim, norm, qk_norm),
+output levers (ngram_buckets, token_noise, head_width), the capacity levers (mlp_width, glu, head_dim, norm, qk_norm,
+mos),
 Muon, model selection (select_window) and refine_prob.
 
 train_mps.py and model.py run without this file (the harness copies those two alone). Beside them, it extends
@@ -56,6 +57,12 @@ class LeverConfig(GPTConfig):
     head_dim: int = 0
     norm: str = "layer"
     qk_norm: bool = False
+    # the output layer as a mixture of softmaxes (Yang et al. 2018, issue #35): K >= 2 components, each a softmax over
+    # the output rows of E tanh(P_k h), mixed by the weights softmax(W h); log P = logsumexp_k(log pi_k + log
+    # softmax(E h_k)), of rank beyond n_embd + 1. P_k (n_embd -> n_embd) start as the identity plus N(0, 0.02) noise
+    # (each component starts near the tied layer on tanh(h)), W at N(0, 0.02); head_width's features, if on, are added
+    # to every component's logits. The output matmul grows K-fold. 0 = one softmax.
+    mos: int = 0
 
     def __post_init__(self):
         super().__post_init__()
@@ -77,6 +84,8 @@ class LeverConfig(GPTConfig):
             raise ValueError(f"token_noise must be a number in [0, 1) (0 = off), got {self.token_noise!r}")
         if not tm._is_int(self.head_width) or self.head_width < 0:
             raise ValueError(f"head_width must be an integer >= 0 (0 = the tied output layer), got {self.head_width!r}")
+        if not tm._is_int(self.mos) or self.mos < 0 or self.mos == 1:
+            raise ValueError(f"mos must be an integer >= 2 (mixture components) or 0 (one softmax), got {self.mos!r}")
 
 
 GATES = {"": None, "geglu": F.gelu, "swiglu": F.silu}
@@ -155,6 +164,9 @@ class LeverGPT(GPT):
             torch.nn.init.zeros_(self.transformer.wngram.weight)
         if config.head_width:
             torch.nn.init.zeros_(self.head_wide.weight)
+        if config.mos:
+            with torch.no_grad():  # each P_k: the identity plus _init_weights' N(0, 0.02)
+                self.head_mix.weight.view(config.mos, config.n_embd, config.n_embd).add_(torch.eye(config.n_embd))
         # opt-in: the log-probabilities of the output rows in the last forward with targets, (b, t, k) under a
         # shortlist, else (b, t, vocab), for a loss on them (the n-gram teacher) without another pass over the
         # vocabulary. Off by default: a module holding a non-leaf tensor cannot be deep-copied
@@ -178,6 +190,9 @@ class LeverGPT(GPT):
         if c.head_width:
             self.head_up = nn.Linear(c.n_embd, c.head_width, bias=False)  # A
             self.head_wide = nn.Linear(c.head_width, n_rows, bias=False)  # U
+        if c.mos:
+            self.head_prior = nn.Linear(c.n_embd, c.mos, bias=False)  # W: the mixture's weights
+            self.head_mix = nn.Linear(c.n_embd, c.mos * c.n_embd, bias=False)  # P_1 .. P_K, stacked
 
     def embed(self, idx):
         b, t = idx.size()
@@ -249,12 +264,20 @@ class LeverGPT(GPT):
 
     def raw_logits(self, x, rows=None):
         """x: (b, t, C) after ln_f -> the output layer's logits of its first `rows` rows (all if None), (b, t, rows):
-        E h, plus U gelu(A h) under head_width."""
-        logits = F.linear(x, self.lm_head.weight[:rows])  # (b, t, rows)
-        if self.config.head_width:
-            z = F.gelu(self.head_up(x))  # (b, t, w)
-            logits = logits + F.linear(z, self.head_wide.weight[:rows])
-        return logits
+        E h, plus U gelu(A h) under head_width. Under mos, the mixture's log-probabilities over those rows (logits
+        whose log-softmax is themselves)."""
+        c = self.config
+        features = (
+            F.linear(F.gelu(self.head_up(x)), self.head_wide.weight[:rows]) if c.head_width else 0
+        )  # (b, t, rows)
+        if not c.mos:
+            return F.linear(x, self.lm_head.weight[:rows]) + features  # (b, t, rows)
+        h = torch.tanh(self.head_mix(x)).unflatten(-1, (c.mos, c.n_embd))  # (b, t, K, C)
+        logits = F.linear(h, self.lm_head.weight[:rows])  # (b, t, K, rows)
+        if c.head_width:
+            logits = logits + features.unsqueeze(-2)
+        log_prior = F.log_softmax(self.head_prior(x), dim=-1).unsqueeze(-1)  # (b, t, K, 1)
+        return torch.logsumexp(log_prior + F.log_softmax(logits, dim=-1), dim=-2)  # (b, t, rows)
 
 
 def model_from_args(model_args: dict) -> LeverGPT:
@@ -538,6 +561,7 @@ class LeverRecipe(tm.Recipe):
     ngram_buckets: int = LeverConfig.ngram_buckets  # hashed bigram + trigram input embeddings; 0 = off
     token_noise: float = LeverConfig.token_noise  # data noising: probability of a blank input token; 0 = off
     head_width: int = LeverConfig.head_width  # nonlinear output features beside the tied logits; 0 = off
+    mos: int = LeverConfig.mos  # K >= 2: a mixture of K softmaxes as the output layer; 0 = one softmax
     mlp_width: int = LeverConfig.mlp_width  # the MLP's hidden width; 0 = 4 n_embd
     glu: str = LeverConfig.glu  # '' | geglu | swiglu: a gated MLP
     head_dim: int = LeverConfig.head_dim  # query/key/value width per head; 0 = n_embd / n_head

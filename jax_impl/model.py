@@ -23,7 +23,8 @@ Issue #35's capacity levers (levers.py's WideMLP, WideAttention, RMSNorm) change
 c_attn (C, 3 nh hs), c_proj (nh hs, C) under head_dim; c_fc (C, H or 2H), c_proj (H, C) under mlp_width and
 glu; under norm="rms" the norms keep "scale" and lose "bias"; qk_norm adds attn's "q_norm" and "k_norm" {"scale"}.
 Issue #16's head_width (levers.LeverGPT.raw_logits) adds the output features U gelu(A h) to the tied logits E h:
-"head_up" is A, "head_wide" is U, zero at init as torch's.
+"head_up" is A, "head_wide" is U, zero at init as torch's. mos (a mixture of K softmaxes) adds "head_prior" (C, K)
+and "head_mix" (C, K C), the K projections side by side.
 
 Kernels are (in, out); torch's Linear weights are (out, in): `params_from_torch` and
 `params_to_torch` convert through one name map and transpose the names in `LINEAR_WEIGHTS` only.
@@ -92,7 +93,8 @@ class GPTConfig:
     # makes them compile-time constants. Any integer sequence is accepted and stored as a tuple of ints.
     shortlist: tuple[int, ...] = ()
     unseen_mass: float = 0.0
-    # issue #16's levers (model.GPTConfig): torch only so far; the forward refuses any but their "off" value (0)
+    # issue #16's levers (levers.LeverConfig): ngram_buckets and token_noise are torch only so far (the forward refuses
+    # any but their "off" value, 0); head_width is mirrored (raw_logits)
     ngram_buckets: int = 0
     token_noise: float = 0.0
     head_width: int = 0
@@ -104,6 +106,7 @@ class GPTConfig:
     head_dim: int = 0
     norm: str = "layer"
     qk_norm: bool = False
+    mos: int = 0  # a mixture of mos softmaxes as the output layer (levers.LeverConfig.mos; 0 = one softmax)
     # --- JAX only (not in model.GPTConfig; dropped when a checkpoint is written) ---
     rtol: float = 1e-3  # adaptive methods: PIDController tolerances
     atol: float = 1e-6
@@ -148,6 +151,8 @@ class GPTConfig:
             raise ValueError(f"token_noise must be a number in [0, 1) (0 = off), got {self.token_noise!r}")
         if not _is_int(self.head_width) or self.head_width < 0:
             raise ValueError(f"head_width must be an integer >= 0 (0 = the tied output layer), got {self.head_width!r}")
+        if not _is_int(self.mos) or self.mos < 0 or self.mos == 1:
+            raise ValueError(f"mos must be an integer >= 2 (mixture components) or 0 (one softmax), got {self.mos!r}")
         # JAX-only rules
         if self.rtol <= 0 or self.atol < 0 or self.max_steps_per_layer < 1:
             raise ValueError("rtol must be > 0, atol >= 0, max_steps_per_layer >= 1")
@@ -249,6 +254,7 @@ TORCH_CONFIG_FIELDS = (
     "head_dim",
     "norm",
     "qk_norm",
+    "mos",
 )
 
 
@@ -396,6 +402,11 @@ def init_params(key, config: GPTConfig, dtype=jnp.float32) -> dict:
     if config.head_width:  # levers.LeverGPT: head_up as every Linear, head_wide zero (the tied logits at init)
         params["head_up"] = {"kernel": 0.02 * jax.random.normal(k_head, (config.n_embd, config.head_width))}
         params["head_wide"] = {"kernel": jnp.zeros((config.head_width, config.embedding_rows))}
+    if config.mos:  # levers.LeverGPT: W as every Linear, each P_k the identity plus N(0, 0.02)
+        C, K = config.n_embd, config.mos
+        k_prior, k_mix = jax.random.split(k_head)
+        params["head_prior"] = {"kernel": 0.02 * jax.random.normal(k_prior, (C, K))}
+        params["head_mix"] = {"kernel": jnp.tile(jnp.eye(C), (1, K)) + 0.02 * jax.random.normal(k_mix, (C, K * C))}
     return jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
 
 
@@ -450,14 +461,21 @@ def _top_map(config: GPTConfig):
 
 
 def _head_map(config: GPTConfig):
-    """head_width's two Linear weights (torch name, JAX path, torch shape), in torch's order after lm_head."""
-    w = config.head_width
-    if not w:
-        return []
-    return [
-        ("head_up.weight", ("head_up", "kernel"), (w, config.n_embd)),
-        ("head_wide.weight", ("head_wide", "kernel"), (config.embedding_rows, w)),
-    ]
+    """The output levers' Linear weights (torch name, JAX path, torch shape), in torch's order after lm_head:
+    head_width's A and U, mos's W and the stacked P_k."""
+    C, w, K = config.n_embd, config.head_width, config.mos
+    rows = []
+    if w:
+        rows += [
+            ("head_up.weight", ("head_up", "kernel"), (w, C)),
+            ("head_wide.weight", ("head_wide", "kernel"), (config.embedding_rows, w)),
+        ]
+    if K:
+        rows += [
+            ("head_prior.weight", ("head_prior", "kernel"), (K, C)),
+            ("head_mix.weight", ("head_mix", "kernel"), (K * C, C)),
+        ]
+    return rows
 
 
 def _set(tree, path, value):
@@ -710,12 +728,21 @@ def _head(params, config, x, targets):
 
 def raw_logits(params, config: GPTConfig, x, rows=None):
     """x: (b, t, C) after ln_f -> the output layer's logits of wte's first `rows` rows (all if None), (b, t, rows):
-    the tied E h, plus U gelu(A h) under head_width (levers.LeverGPT.raw_logits; exact erf GELU as torch's F.gelu)."""
-    logits = x @ params["wte"][:rows].T  # (b, t, rows)
+    the tied E h, plus U gelu(A h) under head_width (levers.LeverGPT.raw_logits; exact erf GELU as torch's F.gelu).
+    Under mos, the mixture's log-probabilities over those rows: logsumexp_k(log pi_k + log_softmax(E tanh(P_k h)))."""
+    features = 0.0
     if config.head_width:
         z = jax.nn.gelu(x @ params["head_up"]["kernel"], approximate=False)  # (b, t, w)
-        logits = logits + z @ params["head_wide"]["kernel"][:, :rows]
-    return logits
+        features = z @ params["head_wide"]["kernel"][:, :rows]  # (b, t, rows)
+    if not config.mos:
+        return x @ params["wte"][:rows].T + features  # (b, t, rows)
+    h = jnp.tanh(x @ params["head_mix"]["kernel"])  # (b, t, K C): P_k h side by side, as torch's stacked rows
+    h = h.reshape(*x.shape[:-1], config.mos, config.n_embd)  # (b, t, K, C)
+    logits = h @ params["wte"][:rows].T  # (b, t, K, rows)
+    if config.head_width:
+        logits = logits + features[..., None, :]
+    log_prior = jax.nn.log_softmax(x @ params["head_prior"]["kernel"], axis=-1)[..., None]  # (b, t, K, 1)
+    return jax.nn.logsumexp(log_prior + jax.nn.log_softmax(logits, axis=-1), axis=-2)  # (b, t, rows)
 
 
 def _shortlist_head(params, config, x, targets):

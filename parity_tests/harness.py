@@ -66,7 +66,8 @@ CAPACITY_LEVERS = {
     "rms": dict(norm="rms"),
     "qk_norm": dict(qk_norm=True),
     "head_width": dict(head_width=12),  # issue #16's output features, the output layer's capacity lever
-    "all": dict(mlp_width=64, head_dim=16, glu="swiglu", norm="rms", qk_norm=True, head_width=12),
+    "mos": dict(mos=3),  # the output layer as a mixture of softmaxes
+    "all": dict(mlp_width=64, head_dim=16, glu="swiglu", norm="rms", qk_norm=True, head_width=12, mos=3),
 }
 # (check, lever, solver, splitting, steps, bias, dtype). Every lever under the canonical recipe's integrator and
 # bias (heun, parallel, 1 step, no bias: torch integrates mlp_width and head_dim by Block.fused_field there); all of

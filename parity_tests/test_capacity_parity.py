@@ -1,5 +1,5 @@
 """Issue #35's capacity levers (levers.py: mlp_width, glu, head_dim, norm="rms", qk_norm, and issue #16's output
-features head_width) in the JAX mirror: the
+features head_width, and the mixture of softmaxes mos) in the JAX mirror: the
 weights convert both ways, and the JAX model computes what levers.LeverGPT computes (logits, loss, gradients,
 regularizers, training steps) in float64 within tolerances.TOLERANCES. The checks run on perturbed weights (norm
 gains away from 1), and the last tests show they fail on a mirror with a wrong epsilon, a dropped gain or another
@@ -48,7 +48,7 @@ def test_state_dict_round_trip_is_exact(lever, bias):
 
 def test_widths_reach_the_jax_tree():
     """The combination's widths: D = 2 heads x 16 = 32 per q, k, v; H = 64 hidden units, c_fc 2H under swiglu;
-    RMSNorm gains without biases, qk gains of one head's width, head_width's two matrices."""
+    RMSNorm gains without biases, qk gains of one head's width, head_width's two matrices, mos's two."""
     tconfig, jconfig = H.configs("euler", "lie", 1, **H.CAPACITY_LEVERS["all"])
     params = jax_impl.params_from_torch(H.torch_gpt(tconfig, "float64").state_dict(), jconfig)
     h, L, C = params["h"], tconfig.n_layer, tconfig.n_embd
@@ -61,6 +61,8 @@ def test_widths_reach_the_jax_tree():
     # head_width's A (C -> 12) and U (12 -> one column per output row), beside the tied wte
     assert params["head_up"]["kernel"].shape == (C, 12)
     assert params["head_wide"]["kernel"].shape == (12, tconfig.vocab_size)
+    # mos's mixture weights W (C -> 3) and its 3 projections P_k side by side (C -> 3 C)
+    assert params["head_prior"]["kernel"].shape == (C, 3) and params["head_mix"]["kernel"].shape == (C, 3 * C)
 
 
 @pytest.mark.parametrize(
@@ -73,6 +75,7 @@ def test_widths_reach_the_jax_tree():
         ("swiglu", "mlp_width", "c_fc"),  # 2H gated inputs into an ungated MLP of H = 48
         ("head_width", "", "unmapped torch keys"),  # the output features with nowhere to go
         ("", "head_width", "head_up.weight missing"),  # the features missing
+        ("mos", "", "unmapped torch keys"),  # a mixture read as one softmax
     ],
 )
 def test_conversion_rejects_another_levers_weights(torch_lever, jax_lever, name):
@@ -173,6 +176,12 @@ def _raw_logits_tanh_gelu(params, config, x, rows=None):
     return logits + z @ params["head_wide"]["kernel"][:, :rows]
 
 
+def _raw_logits_mixing_logits(params, config, x, rows=None):
+    h = jax.numpy.tanh(x @ params["head_mix"]["kernel"]).reshape(*x.shape[:-1], config.mos, config.n_embd)
+    log_prior = jax.nn.log_softmax(x @ params["head_prior"]["kernel"], axis=-1)[..., None]
+    return jax.nn.logsumexp(log_prior + h @ params["wte"][:rows].T, axis=-2)  # components' logits, not log-softmaxes
+
+
 MUTANTS = {
     "rms epsilon 1e-6": ("all", lambda mp: mp.setattr(jax_model, "_rms_norm", _rms_eps_1e6)),
     "rms gain dropped": ("all", lambda mp: mp.setattr(jax_model, "_rms_norm", _rms_without_gain)),
@@ -181,6 +190,7 @@ MUTANTS = {
         lambda mp: mp.setitem(jax_model.GATES, "geglu", lambda a: jax.nn.gelu(a, approximate=True)),
     ),
     "head_width's tanh gelu": ("head_width", lambda mp: mp.setattr(jax_model, "raw_logits", _raw_logits_tanh_gelu)),
+    "mos mixing logits": ("mos", lambda mp: mp.setattr(jax_model, "raw_logits", _raw_logits_mixing_logits)),
 }
 
 

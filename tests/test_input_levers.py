@@ -1,5 +1,5 @@
 """Issue #16's model levers in levers.py: hashed n-gram input embeddings (LeverConfig.ngram_buckets), blank data
-noising (LeverConfig.token_noise) and nonlinear output features (head_width). Small models on random tokens; each property is checked against an independent
+noising (LeverConfig.token_noise) and nonlinear output features (head_width); issue #35's mixture of softmaxes (mos). Small models on random tokens; each property is checked against an independent
 computation or against the model without the lever."""
 
 import math
@@ -198,6 +198,58 @@ def test_bad_head_width_is_refused():
     for bad in (-1, 2.0, True):
         with pytest.raises(ValueError, match="head_width"):
             LeverConfig(**{**SMALL, "head_width": bad})
+
+
+# --- mos: the output layer as a mixture of softmaxes (issue #35) --------------------------------------------------
+
+
+@pytest.mark.parametrize("width", [0, 12], ids=["mos", "mos+head_width"])
+@pytest.mark.parametrize("kw", [SHORTLIST, {}], ids=["shortlist", "full-softmax"])
+def test_mixture_probabilities_are_the_weighted_softmaxes(kw, width):
+    """The model's probabilities are sum_k pi_k softmax(E tanh(P_k h) + features), summed in probability space here
+    (the model takes logsumexp of log-probabilities), over the shortlist's rows times 1 - unseen_mass."""
+    m = lever_model(**kw, mos=3, head_width=width).double().eval()
+    with torch.no_grad():
+        if width:
+            m.head_wide.weight.normal_()
+        ids = tokens()
+        logits, loss = m(ids, ids)
+        h = m.transformer.ln_f(m.integrate(m.embed(ids)))  # (b, t, C)
+        k = kw.get("shortlist_size", SMALL["vocab_size"])
+        features = torch.nn.functional.gelu(h @ m.head_up.weight.T) @ m.head_wide.weight[:k].T if width else 0
+        prior = torch.softmax(h @ m.head_prior.weight.T, -1)  # (b, t, 3)
+        want = sum(
+            prior[..., j, None] * torch.softmax(torch.tanh(h @ p.T) @ m.lm_head.weight[:k].T + features, -1)
+            for j, p in enumerate(m.head_mix.weight.view(3, SMALL["n_embd"], SMALL["n_embd"]))
+        )  # (b, t, k)
+    probs = torch.softmax(logits, -1)
+    if kw:
+        want = want * (1 - kw["unseen_mass"])
+        probs = probs[..., m.row_tokens]
+    assert torch.allclose(probs, want, rtol=0, atol=1e-12)
+    ce = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), ids.view(-1))
+    assert torch.allclose(loss, ce, rtol=0, atol=1e-12)
+
+
+def test_mixture_components_start_as_the_identity_and_lift_the_rank():
+    """Each P_k starts as the identity plus N(0, 0.02) noise; the mixture's log-probabilities over many contexts
+    exceed the tied layer's rank bound n_embd + 1."""
+    m = lever_model(**SHORTLIST, mos=3).eval()
+    C = SMALL["n_embd"]
+    noise = m.head_mix.weight.view(3, C, C) - torch.eye(C)
+    assert 0 < noise.std().item() < 0.04 and noise.abs().max().item() < 0.2
+    ids = tokens(b=16, t=16)
+    with torch.no_grad():
+        m.head_mix.weight.normal_()  # components far apart: a mixture, not one softmax thrice
+        m.head_prior.weight.normal_()
+        logp = m(ids, ids)[0][..., m.row_tokens].reshape(-1, SHORTLIST["shortlist_size"]).double()
+    assert torch.linalg.matrix_rank(logp, rtol=1e-5).item() > C + 1
+
+
+def test_bad_mos_is_refused():
+    for bad in (-1, 1, 2.0, True):
+        with pytest.raises(ValueError, match="mos must be"):
+            LeverConfig(**{**SMALL, "mos": bad})
 
 
 @pytest.mark.parametrize("kw", [{}, SHORTLIST], ids=["full-softmax", "shortlist"])
