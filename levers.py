@@ -267,15 +267,13 @@ class LeverGPT(GPT):
         E h, plus U gelu(A h) under head_width. Under mos, the mixture's log-probabilities over those rows (logits
         whose log-softmax is themselves)."""
         c = self.config
-        features = (
-            F.linear(F.gelu(self.head_up(x)), self.head_wide.weight[:rows]) if c.head_width else 0
-        )  # (b, t, rows)
+        h = torch.tanh(self.head_mix(x)).unflatten(-1, (c.mos, c.n_embd)) if c.mos else x  # (b, t, [K,] C)
+        logits = F.linear(h, self.lm_head.weight[:rows])  # (b, t, [K,] rows)
+        if c.head_width:  # (no "+ 0" when off: every kernel counts on a launch-bound device)
+            z = F.linear(F.gelu(self.head_up(x)), self.head_wide.weight[:rows])  # (b, t, rows)
+            logits = logits + (z.unsqueeze(-2) if c.mos else z)
         if not c.mos:
-            return F.linear(x, self.lm_head.weight[:rows]) + features  # (b, t, rows)
-        h = torch.tanh(self.head_mix(x)).unflatten(-1, (c.mos, c.n_embd))  # (b, t, K, C)
-        logits = F.linear(h, self.lm_head.weight[:rows])  # (b, t, K, rows)
-        if c.head_width:
-            logits = logits + features.unsqueeze(-2)
+            return logits
         log_prior = F.log_softmax(self.head_prior(x), dim=-1).unsqueeze(-1)  # (b, t, K, 1)
         return torch.logsumexp(log_prior + F.log_softmax(logits, dim=-1), dim=-2)  # (b, t, rows)
 

@@ -730,17 +730,16 @@ def raw_logits(params, config: GPTConfig, x, rows=None):
     """x: (b, t, C) after ln_f -> the output layer's logits of wte's first `rows` rows (all if None), (b, t, rows):
     the tied E h, plus U gelu(A h) under head_width (levers.LeverGPT.raw_logits; exact erf GELU as torch's F.gelu).
     Under mos, the mixture's log-probabilities over those rows: logsumexp_k(log pi_k + log_softmax(E tanh(P_k h)))."""
-    features = 0.0
+    h = x  # (b, t, C)
+    if config.mos:  # P_k h side by side (b, t, K C), as torch's stacked rows -> (b, t, K, C)
+        h = jnp.tanh(x @ params["head_mix"]["kernel"]).reshape(*x.shape[:-1], config.mos, config.n_embd)
+    logits = h @ params["wte"][:rows].T  # (b, t, [K,] rows)
     if config.head_width:
         z = jax.nn.gelu(x @ params["head_up"]["kernel"], approximate=False)  # (b, t, w)
-        features = z @ params["head_wide"]["kernel"][:, :rows]  # (b, t, rows)
+        z = z @ params["head_wide"]["kernel"][:, :rows]  # (b, t, rows)
+        logits = logits + (z[..., None, :] if config.mos else z)
     if not config.mos:
-        return x @ params["wte"][:rows].T + features  # (b, t, rows)
-    h = jnp.tanh(x @ params["head_mix"]["kernel"])  # (b, t, K C): P_k h side by side, as torch's stacked rows
-    h = h.reshape(*x.shape[:-1], config.mos, config.n_embd)  # (b, t, K, C)
-    logits = h @ params["wte"][:rows].T  # (b, t, K, rows)
-    if config.head_width:
-        logits = logits + features[..., None, :]
+        return logits
     log_prior = jax.nn.log_softmax(x @ params["head_prior"]["kernel"], axis=-1)[..., None]  # (b, t, K, 1)
     return jax.nn.logsumexp(log_prior + jax.nn.log_softmax(logits, axis=-1), axis=-2)  # (b, t, rows)
 

@@ -199,6 +199,26 @@ def test_dispatch_counts_by_section(tmp_path, monkeypatch):
     assert set(per) == set(probs) and len(per) > 1
 
 
+@pytest.mark.parametrize("fields", [{}, {"shortlist": False}], ids=["canonical", "full-softmax"])
+def test_with_its_levers_off_a_lever_model_dispatches_model_py_s_kernels(fields):
+    """bench_dispatch counts every configuration on levers.LeverGPT; with the levers off it must dispatch exactly what
+    the harness's model.GPT does, forward and backward (a lever's seam that adds even a "+ 0" would show here)."""
+    torch.manual_seed(0)
+    plain = tm.make_model(replace(tm.Recipe(), **fields), TOKENS)
+    torch.manual_seed(0)
+    lever = tm.make_model(replace(levers.LeverRecipe(), **fields), TOKENS)
+    assert type(plain) is M.GPT and type(lever) is levers.LeverGPT
+    xb, yb = (torch.from_numpy(TOKENS[i : i + 8 * 16].astype(np.int64)).view(8, 16) for i in (0, 1))
+
+    def ops(m):
+        def step():
+            m(xb, yb)[1].backward()
+
+        return {s: dict(t["ops"]) for s, t in bench_dispatch.count_ops(step).items()}
+
+    assert ops(lever) == ops(plain)
+
+
 def test_is_view_op_tells_views_from_kernels():
     for name in ("aten::view", "aten::t", "aten::transpose", "aten::split", "aten::reshape", "aten::detach"):
         assert bench_dispatch.is_view_op(name), name
