@@ -224,12 +224,14 @@ canonical-table: data-tinyshakespeare
 
 # Issue #35: capacity around the 32-wide stream (levers.py: mlp_width, glu, head_dim, norm, qk_norm; head_width and
 # the n-gram teacher beside them). capacity-screen: each lever on today's canonical, seed 0, 2000 iterations, two at
-# a time with one thread each (about 45 minutes on 2 cores). capacity-table: the gated MLP (GLU) at 3 seeds on both
-# corpora, three at a time (about 2.5 hours on 2 cores), then the flow study of the tinyshakespeare checkpoints.
+# a time with one thread each (about an hour on 2 cores). capacity-table: the gated MLP (GLU) and the gate with
+# issue #16's leave-one-out teacher and head_width (COMBO) at 3 seeds on both corpora, three at a time (about 5 hours
+# on 2 cores), then the flow study of their checkpoints.
 GLU := canonical:glu=geglu,mlp_width=256
+COMBO := $(GLU),ngram_distill=0.5,ngram_loo=True,head_width=96
 CAPACITY_SCREEN := canonical canonical:mlp_width=512 canonical:head_dim=32 $(GLU) canonical:norm=rms \
 	canonical:qk_norm=True canonical:mlp_width=512,head_dim=32 canonical:ngram_distill=0.3 canonical:head_width=96 \
-	canonical:glu=swiglu,mlp_width=256
+	canonical:glu=swiglu,mlp_width=256 canonical:mos=3
 CAPACITY_OUT ?= results/benchmark/capacity-$(TINY_STAMP)
 
 capacity-screen: data-tinyshakespeare
@@ -237,12 +239,14 @@ capacity-screen: data-tinyshakespeare
 		--baseline canonical --seeds 0 --max-iters 2000 --jobs 2 --data-dir $(TINY_DIR) --out $(CAPACITY_OUT)/screen $(RESUME)
 
 capacity-table: data-tinyshakespeare data-pypi
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python scripts/benchmark.py --configs $(GLU) --seeds $(FLOW_SEEDS) \
-		--jobs 3 --data-dir $(TINY_DIR) --out $(CAPACITY_OUT)/tinyshakespeare $(RESUME)
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python scripts/benchmark.py --configs $(GLU) --seeds $(FLOW_SEEDS) \
-		--jobs 3 --data-dir data/pypi --out $(CAPACITY_OUT)/pypi $(RESUME)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python scripts/benchmark.py --configs $(GLU) $(COMBO) \
+		--seeds $(FLOW_SEEDS) --jobs 3 --data-dir $(TINY_DIR) --out $(CAPACITY_OUT)/tinyshakespeare $(RESUME)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python scripts/benchmark.py --configs $(GLU) $(COMBO) \
+		--seeds $(FLOW_SEEDS) --jobs 3 --data-dir data/pypi --out $(CAPACITY_OUT)/pypi $(RESUME)
 	$(BIN)/python scripts/flow_study.py --runs $(CAPACITY_OUT)/tinyshakespeare --data-dir $(TINY_DIR) \
 		--out-dir $(CAPACITY_OUT)/tinyshakespeare $(RESUME)
+	$(BIN)/python scripts/flow_study.py --runs $(CAPACITY_OUT)/pypi --data-dir data/pypi \
+		--out-dir $(CAPACITY_OUT)/pypi $(RESUME)
 
 # Issue #35's figure from saved results (trains nothing): each lever's trusted test loss against the kernels its
 # training step dispatches relative to the baseline's (scripts/bench_dispatch.py, deterministic: on a launch-bound
