@@ -254,8 +254,8 @@ capacity-table: data-tinyshakespeare data-pypi
 # Kneser-Ney order and the target. results/benchmark/issue35_decision and issue35_pypi merge the full runs.
 capacity-figure:
 	$(BIN)/python scripts/plot_tradeoff.py --report results/benchmark/issue35_decision \
-		results/benchmark/issue35_pypi results/benchmark/issue35_screen \
-		--kernels results/bench_dispatch_issue35.json --out results/tradeoff_issue35.png
+		results/benchmark/issue35_pypi results/benchmark/issue35_screen_merged \
+		--kernels results/bench_dispatch_issue35.json --target-margins 0.10 0 0.10 --out results/tradeoff_issue35.png
 
 # Issue #32's speed tables (the README's "Speed"): kernels dispatched per training step and per evaluation, by
 # section (deterministic, seconds), then the time of an iteration of train() itself, side by side, 5 interleaved

@@ -14,7 +14,9 @@ scripts/bench_integrators.py (--bench; a configuration is matched by name, the f
 one without a step time is listed and left out). With --kernels instead of --bench, the horizontal axis is the
 kernels a training step dispatches relative to the baseline's, counted by scripts/bench_dispatch.py
 (deterministic: on a launch-bound MPS or CUDA step they are its time, issue #32). Beside them, the best
-Kneser-Ney order on the same test half and the target, kneser_ney.TARGET_MARGIN below it. The vertical line is the baseline's step: the budget.
+Kneser-Ney order on the same test half and the target, kneser_ney.TARGET_MARGIN below it (--target-margins: one
+per report, for issue #35's offline corpus whose target is the Kneser-Ney line itself, 0). The vertical line is the
+baseline's step: the budget.
 
 With --probes, one more panel: scripts/fixed_block_probe.py's results against the residual stream's width
 (n_embd), each seed a point, the median a line, the train slice (text the model was fitted on) dashed, the
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -151,7 +154,8 @@ AXES = {
 }
 
 
-def draw(panels: list[dict], probes: list[dict], axis: str = "time"):
+def draw(panels: list[dict], probes: list[dict], axis: str = "time", margins: list[float] | None = None):
+    """margins: per panel, the target's distance below the best Kneser-Ney order (default TARGET_MARGIN each)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,7 +166,8 @@ def draw(panels: list[dict], probes: list[dict], axis: str = "time"):
     names = list(dict.fromkeys(pt["name"] for p in panels for pt in p["points"]))
     palette = [f"C{i}" for i in range(10)] if len(names) <= 10 else [plt.cm.tab20(i) for i in range(20)]
     colours = {name: palette[i % len(palette)] for i, name in enumerate(names)}  # one per configuration, every panel
-    for ax, p in zip(axes[0], panels):
+    margins = margins or [kneser_ney.TARGET_MARGIN] * len(panels)
+    for ax, p, margin in zip(axes[0], panels, margins):
         for pt in p["points"]:
             ax.errorbar(
                 pt["ratio"],
@@ -173,7 +178,7 @@ def draw(panels: list[dict], probes: list[dict], axis: str = "time"):
                 capsize=3,
                 label=pt["name"],
             )
-        reference_lines(ax, p["kneser_ney"])
+        reference_lines(ax, p["kneser_ney"], margin)
         xlabel, budget, _, _ = AXES[axis]
         ax.axvline(1.0, color="grey", lw=1, ls=":", label=budget)
         ax.set_xlim(0, max([1.1] + [pt["ratio"] * 1.1 for pt in p["points"]]))
@@ -222,17 +227,23 @@ def below(ax) -> None:
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
 
 
-def reference_lines(ax, best: tuple[int | None, float] | None) -> None:
+def reference_lines(ax, best: tuple[int | None, float] | None, margin: float = kneser_ney.TARGET_MARGIN) -> None:
+    """The best Kneser-Ney order's line and the target's, margin below it (margin 0: the Kneser-Ney line is the
+    target, labelled so)."""
     if best is None:
         return
     order, value = best
-    ax.axhline(value, color="black", lw=1, label=f"best Kneser-Ney{f' (n = {order})' if order else ''}: {value:.3f}")
+    name = f"best Kneser-Ney{f' (n = {order})' if order else ''}"
+    if margin == 0:
+        ax.axhline(value, color="black", lw=1, label=f"{name}: {value:.3f}, the target (at or below it)")
+        return
+    ax.axhline(value, color="black", lw=1, label=f"{name}: {value:.3f}")
     ax.axhline(
-        value - kneser_ney.TARGET_MARGIN,
+        value - margin,
         color="red",
         lw=1,
         ls="--",
-        label=f"best Kneser-Ney - {kneser_ney.TARGET_MARGIN:.2f} (target): {value - kneser_ney.TARGET_MARGIN:.3f}",
+        label=f"best Kneser-Ney - {margin:.2f} (target): {value - margin:.3f}",
     )
 
 
@@ -245,6 +256,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     x.add_argument("--bench", type=Path, nargs="+", help="bench_integrators.py JSONs (step times)")
     x.add_argument("--kernels", type=Path, nargs="+", help="bench_dispatch.py JSONs (kernels per training step)")
     p.add_argument("--probes", type=Path, nargs="*", default=[], help="fixed_block_probe.py result JSONs")
+    p.add_argument(
+        "--target-margins",
+        type=float,
+        nargs="+",
+        help=f"one per --report: the target's distance below the best Kneser-Ney order (default {kneser_ney.TARGET_MARGIN}"
+        " each, issue #16's; 0 = at or below the Kneser-Ney line, issue #35's offline target)",
+    )
     p.add_argument("--out", type=Path, required=True, help="the PNG to write")
     return p.parse_args(argv)
 
@@ -254,6 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.out.suffix != ".png":
             raise PlotError(f"--out {a.out}: give a .png path")
+        if a.target_margins is not None and len(a.target_margins) != len(a.report):
+            raise PlotError(
+                f"--target-margins: {len(a.target_margins)} given for {len(a.report)} reports: give one per --report"
+            )
+        if a.target_margins is not None and any(not math.isfinite(m) or m < 0 for m in a.target_margins):
+            raise PlotError(f"--target-margins {a.target_margins}: each a finite number >= 0")
         ratios = step_ratios(a.bench) if a.bench else kernel_ratios(a.kernels)
         reports = [(path, read(path, "scripts/benchmark.py")) for path in a.report]
         probes = probe_points([p for p in a.probes if p.suffix == ".json"])
@@ -273,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         for name in p["missing"]:
             print(f"  {name}: {missing}")
-    fig = draw(panels, probes, axis)
+    fig = draw(panels, probes, axis, a.target_margins)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     atomic_write_bytes(a.out, buf.getvalue())

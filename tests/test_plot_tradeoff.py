@@ -98,7 +98,31 @@ def test_bad_input_stops_with_the_fix_and_writes_nothing(tmp_path, capsys):
     assert "not a fixed_block_probe.py result" in capsys.readouterr().err
     assert plot_tradeoff.main(["--report", str(rep), "--bench", str(b), "--out", str(tmp_path / "fig.pdf")]) == 2
     assert "give a .png path" in capsys.readouterr().err
+    argv = ["--report", str(rep), "--bench", str(b), "--target-margins", "0.1", "0", "--out", str(out)]
+    assert plot_tradeoff.main(argv) == 2
+    assert "2 given for 1 reports: give one per --report" in capsys.readouterr().err
+    argv = ["--report", str(rep), "--bench", str(b), "--target-margins", "-0.1", "--out", str(out)]
+    assert plot_tradeoff.main(argv) == 2
+    assert "each a finite number >= 0" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("margin, labels", [(0.1, 2), (0.0, 1)])
+def test_the_target_line_sits_its_margin_below_kneser_ney(margin, labels):
+    """Issue #16's target is 0.10 below the best Kneser-Ney order; issue #35's offline target is the line itself,
+    drawn once and named the target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    plot_tradeoff.reference_lines(ax, (4, 4.614), margin)
+    lines = ax.get_lines()
+    assert len(lines) == labels
+    assert sorted(round(line.get_ydata()[0], 3) for line in lines) == sorted({4.614, round(4.614 - margin, 3)})
+    assert ("target" in lines[0].get_label()) == (margin == 0)
+    plt.close(fig)
 
 
 @pytest.mark.parametrize("target", ["tradeoff", "capacity-figure"])
@@ -115,7 +139,7 @@ def test_make_draws_the_committed_results(target, tmp_path, capsys):
     if "--probes" in argv:
         probes = argv.index("--probes") + 1
         argv[probes : probes + 1] = sorted(str(p) for p in REPO.glob(argv[probes]))  # make's shell would expand it
-    argv = [a if a.startswith("--") or a.startswith("/") else str(REPO / a) for a in argv]
+    argv = [a if a.startswith(("--", "/")) or a.replace(".", "").isdigit() else str(REPO / a) for a in argv]
     assert plot_tradeoff.main(argv) == 0
     text = capsys.readouterr().out
     assert "data/pypi: best Kneser-Ney" in text and "data/tinyshakespeare: best Kneser-Ney" in text
