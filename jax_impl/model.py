@@ -27,7 +27,8 @@ Issue #16's head_width (levers.LeverGPT.raw_logits) adds the output features U g
 and "head_mix" (C, K C), the K projections side by side.
 
 Kernels are (in, out); torch's Linear weights are (out, in): `params_from_torch` and
-`params_to_torch` convert through one name map and transpose the names in `LINEAR_WEIGHTS` only.
+`params_to_torch` convert through one name map and transpose the names in `LINEAR_WEIGHTS` and the output
+levers' (`_head_map`) only.
 A shortlist's token ids are not parameters: they live in the (static) config, and the converters
 check / write torch's two buffers from them (`token_rows`, `row_tokens`).
 
@@ -410,8 +411,8 @@ def init_params(key, config: GPTConfig, dtype=jnp.float32) -> dict:
     return jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
 
 
-# Linear weights: torch (out, in) <-> Flax kernel (in, out). The only transposed names: these in a block, and
-# head_width's two (_head_map's, all Linear weights)
+# Linear weights: torch (out, in) <-> Flax kernel (in, out). The only transposed names: these in a block, and the
+# output levers' (_head_map's, all Linear weights)
 LINEAR_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
@@ -525,7 +526,9 @@ def params_from_torch(state_dict, config: GPTConfig) -> dict:
     assert np.array_equal(sd["lm_head.weight"], sd["transformer.wte.weight"]), "lm_head must be tied to wte"
     used.add("lm_head.weight")
     for name, path, shape in _head_map(config):
-        assert name in sd, f"{name} missing: the state_dict is another config's model (head_width {config.head_width})"
+        assert name in sd, (
+            f"{name} missing: the state_dict is another config's model (head_width {config.head_width}, mos {config.mos})"
+        )
         assert sd[name].shape == shape, f"{name}: {sd[name].shape} != {shape}"
         _set(params, path, jnp.asarray(sd[name].T))
         used.add(name)
