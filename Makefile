@@ -222,8 +222,8 @@ canonical-table: data-tinyshakespeare
 		--baseline $(FLOW) --seeds $(FLOW_SEEDS) --jobs 2 --data-dir $(TINY_DIR) --out $(CANONICAL_OUT) $(RESUME)
 	$(BIN)/python scripts/flow_study.py --runs $(CANONICAL_OUT) --data-dir $(TINY_DIR) --out-dir $(CANONICAL_OUT) $(RESUME)
 
-# Issue #35: capacity around the 32-wide stream (levers.py: mlp_width, glu, head_dim, norm, qk_norm; head_width and
-# the n-gram teacher beside them). capacity-screen: each lever on today's canonical, seed 0, 2000 iterations, two at
+# Issue #35: capacity around the 32-wide stream (levers.py: mlp_width, glu, head_dim, norm, qk_norm, mos; head_width
+# and the n-gram teacher beside them). capacity-screen: each lever on today's canonical, seed 0, 2000 iterations, two at
 # a time with one thread each (about an hour on 2 cores). capacity-table: the gated MLP (GLU) and the gate with
 # issue #16's leave-one-out teacher and head_width (COMBO) at 3 seeds on both corpora, three at a time (about 5 hours
 # on 2 cores), then the flow study of their checkpoints.

@@ -400,12 +400,12 @@ def init_params(key, config: GPTConfig, dtype=jnp.float32) -> dict:
         "h": h,
         "ln_f": ln_f,
     }
+    k_up, k_prior, k_mix = jax.random.split(k_head, 3)  # one key per drawn output-lever matrix
     if config.head_width:  # levers.LeverGPT: head_up as every Linear, head_wide zero (the tied logits at init)
-        params["head_up"] = {"kernel": 0.02 * jax.random.normal(k_head, (config.n_embd, config.head_width))}
+        params["head_up"] = {"kernel": 0.02 * jax.random.normal(k_up, (config.n_embd, config.head_width))}
         params["head_wide"] = {"kernel": jnp.zeros((config.head_width, config.embedding_rows))}
     if config.mos:  # levers.LeverGPT: W as every Linear, each P_k the identity plus N(0, 0.02)
         C, K = config.n_embd, config.mos
-        k_prior, k_mix = jax.random.split(k_head)
         params["head_prior"] = {"kernel": 0.02 * jax.random.normal(k_prior, (C, K))}
         params["head_mix"] = {"kernel": jnp.tile(jnp.eye(C), (1, K)) + 0.02 * jax.random.normal(k_mix, (C, K * C))}
     return jax.tree_util.tree_map(lambda a: a.astype(dtype), params)

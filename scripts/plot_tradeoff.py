@@ -233,11 +233,12 @@ def reference_lines(ax, best: tuple[int | None, float] | None, margin: float = k
     if best is None:
         return
     order, value = best
-    name = f"best Kneser-Ney{f' (n = {order})' if order else ''}"
+    target = ", the target (at or below it)" if margin == 0 else ""
+    ax.axhline(
+        value, color="black", lw=1, label=f"best Kneser-Ney{f' (n = {order})' if order else ''}: {value:.3f}{target}"
+    )
     if margin == 0:
-        ax.axhline(value, color="black", lw=1, label=f"{name}: {value:.3f}, the target (at or below it)")
         return
-    ax.axhline(value, color="black", lw=1, label=f"{name}: {value:.3f}")
     ax.axhline(
         value - margin,
         color="red",

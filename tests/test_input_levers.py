@@ -1,6 +1,7 @@
 """Issue #16's model levers in levers.py: hashed n-gram input embeddings (LeverConfig.ngram_buckets), blank data
-noising (LeverConfig.token_noise) and nonlinear output features (head_width); issue #35's mixture of softmaxes (mos). Small models on random tokens; each property is checked against an independent
-computation or against the model without the lever."""
+noising (LeverConfig.token_noise) and nonlinear output features (head_width); issue #35's mixture of softmaxes (mos).
+Small models on random tokens; each property is checked against an independent computation or against the model
+without the lever."""
 
 import math
 
