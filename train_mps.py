@@ -81,6 +81,7 @@ RECIPE_RULES = (
     ("grad_clip", _nonneg, "a finite number >= 0 (0 disables clipping)"),
     ("ema_decay", _is_unit, "a number in [0, 1) (0 disables the EMA)"),
     ("random_steps", _count, "an integer >= 0 (0 = train with steps_per_layer only)"),
+    ("eval_steps", _count, "an integer >= 0 (0 = evaluate with steps_per_layer)"),
     ("fused_optimizer", lambda v: isinstance(v, bool), "True or False"),
 )
 
@@ -102,8 +103,9 @@ class Recipe:
     kinetic_energy: float = GPTConfig.kinetic_energy
     jacobian_frobenius: float = GPTConfig.jacobian_frobenius
     # K > 0: each training step integrates with a step count drawn from steps_per_layer..K, so that the weights
-    # become a flow, not one step size's fit (issue #14); evaluation keeps steps_per_layer
+    # become a flow, not one step size's fit (issue #14); evaluation keeps steps_per_layer (or eval_steps)
     random_steps: int = 2
+    eval_steps: int = 0  # > 0: evaluation, the selected weights and the exported model integrate with this count
     fused_optimizer: bool = True  # AdamW fused (else foreach) per group; False: nanoGPT's configure_optimizers
     learning_rate: float = 3e-3  # peak
     min_lr: float = 3e-4
@@ -147,6 +149,10 @@ class Recipe:
         """The step count of the next training step (random_steps)."""
         return rng.randint(self.steps_per_layer, self.random_steps) if self.random_steps else self.steps_per_layer
 
+    def evaluation_steps(self) -> int:
+        """The step count the model evaluates with, between training steps and after training (eval_steps)."""
+        return self.eval_steps or self.steps_per_layer
+
 
 def train_vocabulary(tokens: np.ndarray, vocab_size: int) -> tuple:
     """A split's token ids (ascending) and the probability left to all others: Good-Turing's N1 / N in [1/N, 1 - 1/N]."""
@@ -177,7 +183,7 @@ def make_model(r: Recipe, train_tokens: np.ndarray) -> GPT:
     model = r.model_classes()[0](model_config(r, vocabulary))
     if model.config.shortlist_size:
         model.set_shortlist(torch.from_numpy(vocabulary[0]))
-    return model
+    return model.set_integrator(steps_per_layer=r.evaluation_steps())
 
 
 def lr_at(step: int, total: int, r: Recipe) -> float:
@@ -374,15 +380,15 @@ def steps_stream(r: Recipe) -> random.Random:
 
 @contextmanager
 def drawn_steps(model: GPT, r: Recipe, rng: random.Random):
-    """Around a training step: the model integrates with r.draw_steps' count, then steps_per_layer again."""
-    if not r.random_steps:
+    """Around a training step: the model integrates with r.draw_steps' count, then evaluation's again."""
+    if not r.random_steps and not r.eval_steps:
         yield r.steps_per_layer
         return
     model.set_integrator(steps_per_layer=(n := r.draw_steps(rng)))
     try:
         yield n
     finally:
-        model.set_integrator(steps_per_layer=r.steps_per_layer)
+        model.set_integrator(steps_per_layer=r.evaluation_steps())
 
 
 def make_ema(model: GPT) -> tuple:

@@ -33,10 +33,12 @@ SHORT = "30"
         dict(random_steps=2.0),
         dict(random_steps=True),
         dict(steps_per_layer=3, random_steps=2),
+        dict(eval_steps=-1),
+        dict(eval_steps=2.0),
     ],
 )
 def test_bad_random_steps_are_refused_at_construction(fields):
-    with pytest.raises(ValueError, match="random_steps"):
+    with pytest.raises(ValueError, match=next(iter(fields))):
         tm.Recipe(**fields)
 
 
@@ -81,11 +83,34 @@ def test_training_draws_the_steps_and_keeps_its_own_for_evaluation(run_env, monk
 
     monkeypatch.setattr(GPT, "set_integrator", recording)
     tm.train(tm.Recipe(solver="heun", splitting="parallel", steps_per_layer=1, random_steps=3))
-    drawn = seen[0::2]  # each training step: the draw, then back to steps_per_layer
+    assert seen[0] == 1  # make_model: the evaluation's count
+    drawn = seen[1::2]  # each training step: the draw, then back to steps_per_layer
     assert len(drawn) == int(SHORT) and set(drawn) == {1, 2, 3}
-    assert set(seen[1::2]) == {1}
+    assert set(seen[2::2]) == {1}
     ckpt = read_ckpt(run_env)
     assert ckpt["model_args"]["steps_per_layer"] == 1 and ckpt["metrics"]["recipe"]["random_steps"] == 3
+
+
+@pytest.mark.parametrize("ema_decay", [0.9, 0.0])  # 0.9: an EMA that moves within 30 steps
+def test_eval_steps_change_the_evaluation_and_not_the_training(run_env, synthetic_data, ema_decay):
+    """eval_steps: the same weights bit for bit (the draws and the batches untouched), evaluated, recorded and
+    exported with the other step count, with or without the EMA."""
+    import _study_common
+
+    plain = tm.Recipe(steps_per_layer=1, random_steps=2, ema_decay=ema_decay, warmup_iters=0, learning_rate=1e-2)
+    tm.train(plain)
+    a = read_ckpt(run_env)
+    tm.train(replace(plain, eval_steps=2))
+    b = read_ckpt(run_env)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert (a["model_args"]["steps_per_layer"], b["model_args"]["steps_per_layer"]) == (1, 2)
+    val = torch.from_numpy(tm.load_split(synthetic_data, "val", plain.vocab_size).astype(np.int64))
+    for ckpt, path in ((a, "a.pt"), (b, "b.pt")):
+        torch.save(ckpt, run_env / path)
+        model, _ = _study_common.load_checkpoint(run_env / path)
+        assert tm.full_split_loss(model, val) == pytest.approx(ckpt["metrics"]["val_loss_full"], abs=1e-6)
+    assert abs(a["metrics"]["val_loss_full"] - b["metrics"]["val_loss_full"]) > 1e-6  # another integrator's loss
 
 
 # ---------------------------------------------------------------------------------------------
