@@ -288,6 +288,28 @@ def model_from_args(model_args: dict) -> LeverGPT:
 # the n-gram teacher (Recipe.ngram_distill)
 
 
+HOST_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+class SparseTargetCrossEntropy(torch.autograd.Function):
+    """-mean_p sum_r target[p, r] logp[p, r] for the target g[p] * n_w[r] + vals at flat keys (NgramTeacher's
+    sparse_target), without building it in the forward (one matrix-vector product, one gather) and built once in the
+    backward, as the gradient (one outer product, one scatter)."""
+
+    @staticmethod
+    def forward(ctx, logp, g, n_w, keys, vals):  # logp: (P, n_rows); g: (P,); n_w: (n_rows,); keys, vals: (E,)
+        ctx.save_for_backward(g, n_w, keys, vals)
+        return -(torch.dot(g, logp @ n_w) + torch.dot(vals, logp.reshape(-1)[keys])) / len(g)
+
+    @staticmethod
+    def backward(ctx, grad):
+        g, n_w, keys, vals = ctx.saved_tensors
+        scale = grad / -len(g)
+        out = torch.outer(g * scale, n_w)  # (P, n_rows)
+        out.view(-1).index_put_((keys,), vals * scale, accumulate=True)
+        return out, None, None, None, None
+
+
 class NgramTeacher:
     """An interpolated Kneser-Ney trigram (Chen & Goodman 1998, one absolute discount per order from counts of
     counts, D = n1 / (n1 + 2 n2)) fitted on the training tokens, used as a soft target (Recipe.ngram_distill):
@@ -321,40 +343,37 @@ class NgramTeacher:
         if len(t) < 3:
             raise tm.DataError(f"the n-gram teacher needs at least 3 training tokens, got {len(t)}; {tm.PREPARE_HINT}")
         V = self.V = vocab_size
-        self.leave_one_out = leave_one_out
+        self.leave_one_out, self.on = leave_one_out, torch.device(on)
         rows = np.arange(V) if token_rows is None else np.asarray(token_rows, dtype=np.int64)
         self.n_rows = n_rows or V
         if int(rows[t].max()) >= self.n_rows:
             raise ValueError(f"a training token maps to a row >= n_rows {self.n_rows}: the rows must cover train.bin")
+        # the counts stay on the host (numpy, exact in float64): a batch's target is built there, sparse, and only
+        # its cross-entropy with the model's log-probabilities runs on the device (a few kernels: cross_entropy)
         u, v, w = np.lib.stride_tricks.sliding_window_view(t, 3).T  # every trigram of the split
-        tri, tri_count = np.unique((u * V + v) * V + w, return_counts=True)  # sorted (u, v, w)
+        self.tri, tri_count = np.unique((u * V + v) * V + w, return_counts=True)  # sorted (u, v, w)
         # trigram level: contexts (u, v), their successors w and counts
-        ctx3, start3 = np.unique(tri // V, return_index=True)
-        ptr3 = np.append(start3, len(tri))  # context i's successors: tri[ptr3[i]:ptr3[i + 1]]
-        len3 = np.diff(ptr3)  # N1+(uv.)
-        total3 = np.add.reduceat(tri_count, start3)  # c(uv.)
+        self.ctx3, start3 = np.unique(self.tri // V, return_index=True)
+        self.ptr3 = np.append(start3, len(self.tri))  # context i's successors: tri[ptr3[i]:ptr3[i + 1]]
+        self.len3 = np.diff(self.ptr3).astype(np.float64)  # N1+(uv.)
+        self.total3 = np.add.reduceat(tri_count, start3).astype(np.float64)  # c(uv.)
+        self.w3, self.c3 = rows[self.tri % V], tri_count.astype(np.float64)  # c(uvw), in the order of w3
         d3 = self.discount(tri_count)
+        self.p3 = np.maximum(self.c3 - d3, 0)  # the discounted counts, in the order of w3
         # bigram level, continuation counts: N1+(.vw) = the distinct u before (v, w)
-        vw, n_vw = np.unique(tri % (V * V), return_counts=True)  # sorted (v, w)
-        v_of, w_of = vw // V, vw % V
+        self.vw, n_vw = np.unique(self.tri % (V * V), return_counts=True)  # sorted (v, w)
+        v_of, w_of = self.vw // V, self.vw % V
         d2 = self.discount(n_vw)
-        s_v = np.bincount(v_of, weights=n_vw, minlength=V)  # N1+(.v.)
-        succ_v = np.bincount(v_of, minlength=V)  # N1+(v.)
+        self.p2 = np.maximum(n_vw - d2, 0)  # the discounted continuation counts, in the order of w2
+        self.s_v = np.bincount(v_of, weights=n_vw, minlength=V)  # N1+(.v.)
+        self.succ_v = np.bincount(v_of, minlength=V).astype(np.float64)  # N1+(v.)
+        self.ptr2 = np.concatenate([[0], np.cumsum(self.succ_v.astype(np.int64))])
+        self.w2, self.n2 = rows[w_of], n_vw.astype(np.float64)  # N1+(.vw), in the order of w2
         # unigram level: N1+(.w) over rows, and N1+(..)
-        n_w = np.bincount(rows[w_of], minlength=self.n_rows)
-        as_t = lambda a, dtype=torch.float32: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=on)
-        self.ctx3, self.ptr3 = as_t(ctx3, torch.long), as_t(ptr3, torch.long)
-        self.w3 = as_t(rows[tri % V], torch.long)
-        self.c3 = as_t(tri_count)  # c(uvw), in the order of w3
-        self.len3, self.total3 = as_t(len3), as_t(total3)
-        self.ptr2 = as_t(np.concatenate([[0], np.cumsum(succ_v)]), torch.long)
-        self.w2 = as_t(rows[w_of], torch.long)
-        self.n2 = as_t(n_vw)  # N1+(.vw), in the order of w2
-        self.s_v, self.succ_v = as_t(s_v), as_t(succ_v)
-        self.n_w, self.n_types = as_t(n_w), float(len(vw))
-        self.tri, self.vw = as_t(tri, torch.long), as_t(vw, torch.long)  # sorted keys, for a position's own counts
-        self.token_rows = as_t(rows, torch.long)
+        self.n_w = np.bincount(rows[w_of], minlength=self.n_rows).astype(np.float64)
+        self.n_types, self.token_rows = float(len(self.vw)), rows
         self.discounts = (float(d2), float(d3))
+        self.n_w_on = {}  # n_w as a tensor, per (device, dtype) the cross-entropy has met
 
     @staticmethod
     def discount(counts: np.ndarray) -> float:
@@ -362,73 +381,92 @@ class NgramTeacher:
         return n1 / (n1 + 2 * n2) if n1 + n2 else 0.5
 
     @staticmethod
-    def _lookup(keys: torch.Tensor, counts: torch.Tensor, query: torch.Tensor):
+    def _lookup(keys: np.ndarray, counts: np.ndarray, query: np.ndarray):
         """The entry of each query key in the sorted `keys` (clamped) and its count, 0 where the key is absent."""
-        i = torch.searchsorted(keys, query).clamp_max(len(keys) - 1)
-        return i, torch.where(keys[i] == query, counts[i], torch.zeros_like(counts[i]))
+        i = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+        return i, np.where(keys[i] == query, counts[i], 0.0)
 
-    @torch.no_grad()
-    def target(self, xb: torch.Tensor, yb: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """xb: (b, t) inputs, yb: (b, t) their targets (needed under leave_one_out) -> the teacher's next-row
-        distribution at each position, (b * t, n_rows)."""
+    def sparse_target(self, xb, yb=None) -> tuple:
+        """xb: (b, t) inputs, yb: (b, t) their targets (needed under leave_one_out), arrays or tensors -> the
+        teacher's next-row distribution at each position p = i * t + j, sparse, in float64 on the host:
+        g (P,), keys (E,), vals (E,) with target[p, r] = g[p] * n_w[r] + the vals at keys p * n_rows + r (summed)."""
         if self.leave_one_out and yb is None:
             raise ValueError(
                 "a leave-one-out teacher needs the targets yb: each position's own occurrence is taken out"
             )
+        xb = xb.cpu().numpy() if torch.is_tensor(xb) else np.asarray(xb)
         b, t = xb.shape
         d2, d3 = self.discounts
-        V = self.V
-        v = xb.reshape(-1)  # (P,) the last context token of each position
-        u = torch.cat([xb.new_full((b, 1), -1), xb[:, :-1]], dim=1).reshape(-1)  # (P,) -1: none in the window
+        V, R = self.V, self.n_rows
+        v = xb.reshape(-1).astype(np.int64)  # (P,) the last context token of each position
+        u = np.concatenate([np.full((b, 1), -1), xb[:, :-1]], axis=1).reshape(-1)  # (P,) -1: none in the window
         c, total = self._lookup(self.ctx3, self.total3, u * V + v)
-        total = total.masked_fill(u < 0, 0.0)  # c(uv.), 0: no trigram context
+        total = np.where(u < 0, 0.0, total)  # c(uv.), 0: no trigram context
         n3, s, succ, n_types = self.len3[c], self.s_v[v], self.succ_v[v], self.n_types
         if self.leave_one_out:
-            y = yb.reshape(-1)
-            taken = (u >= 0).float()  # 1 where the position's own trigram is taken out
+            y = (yb.cpu().numpy() if torch.is_tensor(yb) else np.asarray(yb)).reshape(-1).astype(np.int64)
             _, cy = self._lookup(self.tri, self.c3, (u * V + v) * V + y)
-            taken = taken * (cy > 0).float()  # a trigram not in the counts (not training text) has nothing to take out
+            taken = ((u >= 0) & (cy > 0)).astype(np.float64)  # a trigram not in the counts has nothing to take out
             _, ny = self._lookup(self.vw, self.n2, v * V + y)
-            gone3 = taken * (cy == 1).float()  # the trigram type (u, v, y) goes: continuation counts lose it
-            gone2 = gone3 * (ny == 1).float()  # and with it the bigram type (v, y)
+            gone3 = taken * (cy == 1)  # the trigram type (u, v, y) goes: continuation counts lose it
+            gone2 = gone3 * (ny == 1)  # and with it the bigram type (v, y)
             total, n3 = total - taken, n3 - gone3
             s, succ, n_types = s - gone3, succ - gone2, n_types - gone2
         seen = total > 0  # (P,) positions whose trigram context is seen
-        inv3 = torch.where(seen, 1.0 / total.clamp_min(1.0), torch.zeros_like(total))
-        gamma3 = torch.where(seen, d3 * n3 * inv3, torch.ones_like(total))  # weight of p2 (all of it: no context)
+        inv3 = np.where(seen, 1.0 / np.maximum(total, 1.0), 0.0)
+        gamma3 = np.where(seen, d3 * n3 * inv3, 1.0)  # weight of p2 (all of it: no context)
         has2 = s > 0
-        inv2 = torch.where(has2, 1.0 / s.clamp_min(1.0), torch.zeros_like(s))
-        gamma2 = torch.where(has2, d2 * succ * inv2, torch.ones_like(s))  # a v never seen: p1 alone
-        out = torch.outer(gamma3 * gamma2 / n_types, self.n_w)  # (P, n_rows): the lowest order, scaled
-        rows3, idx3 = self._successors(self.ptr3, c, seen)
-        out.index_put_((rows3, self.w3[idx3]), (self.c3[idx3] - d3).clamp_min(0) * inv3[rows3], accumulate=True)
-        rows2, idx2 = self._successors(self.ptr2, v, has2)
-        p2 = (self.n2[idx2] - d2).clamp_min(0) * inv2[rows2]
-        out.index_put_((rows2, self.w2[idx2]), gamma3[rows2] * p2, accumulate=True)
+        inv2 = np.where(has2, 1.0 / np.maximum(s, 1.0), 0.0)
+        gamma2 = np.where(has2, d2 * succ * inv2, 1.0)  # a v never seen: p1 alone
+        idx3, n3_run = self._successors(self.ptr3, c, seen)
+        idx2, n2_run = self._successors(self.ptr2, v, has2)
+        first = np.arange(len(v)) * R  # (P,) each position's first flat index
+        keys = [np.repeat(first, n3_run) + self.w3[idx3], np.repeat(first, n2_run) + self.w2[idx2]]
+        vals = [self.p3[idx3] * np.repeat(inv3, n3_run), self.p2[idx2] * np.repeat(gamma3 * inv2, n2_run)]
         if self.leave_one_out:  # y's own entries, each level's count one lower than what was added above
-            fix = inv3 * ((cy - taken - d3).clamp_min(0) - (cy - d3).clamp_min(0))
-            fix = fix + gamma3 * inv2 * ((ny - gone3 - d2).clamp_min(0) - (ny - d2).clamp_min(0))
-            fix = fix - gamma3 * gamma2 * gone2 / n_types
-            at = self.token_rows[y].clamp_max(self.n_rows - 1)  # fix is 0 where y is not in the counts (no row)
-            out.index_put_((torch.arange(len(y), device=y.device), at), fix, accumulate=True)
-            out.clamp_min_(0.0)  # a count taken to 0 leaves a float rounding of 0 (~1e-10) at y, either sign
-        return out
+            fix = inv3 * (np.maximum(cy - taken - d3, 0) - np.maximum(cy - d3, 0))
+            fix += gamma3 * inv2 * (np.maximum(ny - gone3 - d2, 0) - np.maximum(ny - d2, 0))
+            fix -= gamma3 * gamma2 * gone2 / n_types
+            at = np.minimum(self.token_rows[y], R - 1)  # fix is 0 where y is not in the counts (no row)
+            keys.append(np.arange(len(y)) * R + at)
+            vals.append(fix)
+        return gamma3 * gamma2 / n_types, np.concatenate(keys), np.concatenate(vals)
+
+    @torch.no_grad()
+    def target(self, xb, yb=None, dtype=torch.float32) -> torch.Tensor:
+        """xb: (b, t) inputs, yb: (b, t) their targets (needed under leave_one_out) -> the teacher's next-row
+        distribution at each position, dense, (b * t, n_rows) on the teacher's device (for studies and tests)."""
+        g, keys, vals = self.sparse_target(xb, yb)
+        out = np.outer(g, self.n_w)  # (P, n_rows): the lowest order, scaled
+        np.add.at(out.reshape(-1), keys, vals)
+        out = np.maximum(out, 0.0)  # a count taken to 0 leaves a float rounding of 0 at y, either sign
+        return torch.from_numpy(out).to(device=self.on, dtype=dtype)
 
     def cross_entropy(self, logp: torch.Tensor, xb: torch.Tensor, yb: Optional[torch.Tensor] = None) -> torch.Tensor:
         """logp: (b, t, n_rows) log-probabilities of the next row; xb, yb: (b, t) the inputs and targets -> the mean
-        over positions of -sum_rows teacher * logp, a scalar."""
-        return -(self.target(xb, yb) * logp.reshape(-1, logp.size(-1))).sum() / xb.numel()
+        over positions of -sum_rows teacher * logp, a scalar. The target is never built: the lowest order is one
+        matrix-vector product, the higher orders a gather of their entries (the batch goes to the host for them:
+        on MPS or CUDA one small copy and a synchronisation per step)."""
+        g, keys, vals = self.sparse_target(xb, yb)
+        host = HOST_DTYPES.get(logp.dtype)
+
+        def on(a):  # cast on the host where numpy has the dtype (no conversion kernel), else on the device
+            if host is None:
+                return torch.from_numpy(a).to(logp.device, logp.dtype)
+            return torch.from_numpy(a.astype(host, copy=False)).to(logp.device)
+
+        if (logp.device, logp.dtype) not in self.n_w_on:
+            self.n_w_on[logp.device, logp.dtype] = on(self.n_w)
+        n_w, keys_on = self.n_w_on[logp.device, logp.dtype], torch.from_numpy(keys).to(logp.device)
+        return SparseTargetCrossEntropy.apply(logp.reshape(-1, logp.size(-1)), on(g), n_w, keys_on, on(vals))
 
     @staticmethod
-    def _successors(ptr: torch.Tensor, context: torch.Tensor, keep: torch.Tensor):
-        """(position, entry) index pairs of every successor entry ptr[context]..ptr[context + 1] of the kept
-        positions."""
-        start, end = ptr[context], ptr[context + 1]
-        n = torch.where(keep, end - start, torch.zeros_like(start))  # (P,)
-        positions = torch.repeat_interleave(torch.arange(len(context), device=context.device), n)
-        first = torch.cumsum(n, 0) - n  # where each position's run starts in the flat list
-        idx = torch.arange(int(n.sum()), device=context.device) - first[positions] + start[positions]
-        return positions, idx
+    def _successors(ptr: np.ndarray, context: np.ndarray, keep: np.ndarray):
+        """The entries ptr[context]..ptr[context + 1] of the kept positions as one flat list of indices, and each
+        position's number of entries n (np.repeat(x, n) spreads a per-position x over its entries)."""
+        start = ptr[context]
+        n = np.where(keep, ptr[context + 1] - start, 0)  # (P,)
+        return np.arange(int(n.sum())) + np.repeat(start - (np.cumsum(n) - n), n), n
 
 
 def make_teacher(r: "LeverRecipe", model: "LeverGPT", train_tokens: np.ndarray, on) -> Optional[NgramTeacher]:

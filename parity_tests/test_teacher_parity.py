@@ -2,9 +2,9 @@
 apart from levers.NgramTeacher, gives its target; the JAX train step trains the same mixture as
 levers.train_step; `python -m jax_impl.train --ngram-distill A --ngram-loo` trains with it and records both.
 
-levers.NgramTeacher keeps its counts in float32 whatever the model's dtype (its target is float32-rounded,
-~1e-7 relative); the float64 comparisons run it on float64 copies of the same counts (`in_float64`), the shipped
-float32 teacher is compared at the float32 tolerance."""
+levers.NgramTeacher computes its target in float64 on the host and rounds it to the dtype asked for: its dense
+target in float32 (the default) is compared at the float32 tolerance, in float64 at float64's; its cross-entropy runs
+in the dtype of the log-probabilities it is given."""
 
 import json
 
@@ -29,15 +29,6 @@ tiny_data = test_train_jax.tiny_data  # the tiny train.bin / val.bin the other e
 V = 20
 # the shortlist's map of the toy data: tokens 0..11 in reverse order, every other id on the shared row 12
 SHORTLIST_ROWS = np.concatenate([np.arange(12)[::-1], np.full(V - 12, 12)])
-
-
-def in_float64(teacher: levers.NgramTeacher) -> levers.NgramTeacher:
-    """The same teacher with its float32 counts as float64 (every other value of target() is 0/1 or a Python
-    float): torch's arithmetic, in the dtype of a float64 comparison."""
-    for name, value in list(vars(teacher).items()):
-        if torch.is_tensor(value) and value.is_floating_point():
-            setattr(teacher, name, value.double())
-    return teacher
 
 
 def toy_split():
@@ -68,7 +59,7 @@ def test_the_teacher_target_is_torchs(shortlist, leave_one_out):
     want = shipped.target(torch.from_numpy(xb), torch.from_numpy(yb))
     assert got.shape == tuple(want.shape) == (xb.size, 12 if shortlist else V)
     assert H.max_abs(got, want) <= TEACHER  # the teacher as train_mps runs it, in float32
-    want64 = in_float64(shipped).target(torch.from_numpy(xb), torch.from_numpy(yb))
+    want64 = shipped.target(torch.from_numpy(xb), torch.from_numpy(yb), torch.float64)
     assert H.max_abs(got, want64) <= tol("float64", "logits")
     assert np.all(got >= 0) and np.max(np.abs(got.sum(axis=1) - 1)) <= tol("float64", "logits")
     # the data reach every case: window starts (no u), contexts never seen, and (leave-one-out) types that go
@@ -105,7 +96,7 @@ def test_distillation_training_steps(shortlist):
     model.train()
     r = H.recipe(vocab_size=model.config.vocab_size, bias=False, warmup_iters=2, ngram_distill=0.3, ngram_loo=True)
     params = jax_impl.params_from_torch(model.state_dict(), jconfig)
-    torch_teacher = in_float64(levers.make_teacher(r, model, tokens, "cpu"))
+    torch_teacher = levers.make_teacher(r, model, tokens, "cpu")  # its cross-entropy in the log-probabilities' dtype
     opts = levers.make_optimizers(model, r, "cpu")
     base_lrs = [[g["lr"] for g in o.param_groups] for o in opts]
     tparams = [p for p in model.parameters() if p.requires_grad]

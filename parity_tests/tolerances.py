@@ -148,10 +148,10 @@ def nll(n_classes: int, n_positions: int, loss: float, rounding=gamma) -> float:
     return rounding(n_classes + 3) + rounding(n_positions) * abs(loss)
 
 
-# The float32 n-gram teacher (train_mps.NgramTeacher.target): each probability sums at most 4 terms (the lowest order
-# scaled, the trigram's, the bigram's, the leave-one-out fix), each a product or quotient of at most 10 rounded
-# operations on exact counts, all of them together at most 1: within gamma(14) of its exact value.
-TEACHER = gamma(14)
+# The n-gram teacher's dense target in float32 (levers.NgramTeacher.target): computed in float64 on exact counts (at
+# most 14 roundings of 2**-53 on values <= 1) and rounded once to float32: within gamma(1) + 14 * 2**-53 of its exact
+# value; gamma(2) bounds both.
+TEACHER = gamma(2)
 
 
 def float32_table(evaluations: int = 18, **widths) -> dict:

@@ -154,7 +154,7 @@ def count_config(name: str, tokens, batch, val_batch, fused_field: bool = True) 
             model.set_integrator(steps_per_layer=n)  # as drawn_steps sets it for one step
             step()  # the first step creates the optimizer's state: not a step like the others
             per_count[n] = {"probability": prob, "sections": count_ops(step)}
-        model.set_integrator(steps_per_layer=r.steps_per_layer)
+        model.set_integrator(steps_per_layer=r.evaluation_steps())
         evaluate()
         evaluation = count_ops(evaluate).get("evaluation", {"kernels": 0, "views": 0, "ops": Counter()})
     finally:

@@ -176,7 +176,9 @@ def test_the_step_minimises_the_stated_mixture(shortlist, loo):
             ce = torch.nn.functional.nll_loss(logp.view(-1, logp.size(-1)), yb.view(-1))
             if shortlist:
                 logp = logp.index_select(-1, m.row_tokens)
-            loss = 0.6 * ce + 0.4 * -(teacher.target(xb, yb) * logp.view(-1, logp.size(-1))).sum(1).mean()
+            loss = (
+                0.6 * ce + 0.4 * -(teacher.target(xb, yb, torch.float64) * logp.view(-1, logp.size(-1))).sum(1).mean()
+            )
             loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
     assert torch.allclose(grads[0], grads[1], rtol=1e-9, atol=1e-12)
@@ -275,3 +277,22 @@ def test_teacher_fit_compares_a_trained_student_with_the_teacher(tmp_path, monke
         kl += (cross - entropy) / 2
     assert got["student_cross_entropy"] == ce  # the same forward on the same batches, halved exactly
     assert got["kl_teacher_student"] == pytest.approx(kl, rel=1e-9) and kl > 0  # float64 sums in two orders
+
+
+def test_the_sparse_cross_entropy_and_its_gradient_are_the_dense_targets():
+    """SparseTargetCrossEntropy against autograd through the dense target it stands for (float64), with keys that
+    repeat (the trigram's and the bigram's entries of one row add) and log-probabilities that are not contiguous."""
+    gen = torch.Generator().manual_seed(4)
+    P, R = 6, 9
+    logp = torch.log_softmax(torch.randn(R, P, dtype=torch.float64, generator=gen), 0).t()  # (P, R), a transpose
+    logp.requires_grad_(True)
+    g, n_w = torch.rand(P, dtype=torch.float64, generator=gen), torch.rand(R, dtype=torch.float64, generator=gen)
+    keys = torch.tensor([0, 3, 3, 10, 53, 53, 53, 20])
+    vals = torch.rand(len(keys), dtype=torch.float64, generator=gen)
+    dense = torch.outer(g, n_w).reshape(-1).index_add(0, keys, vals).view(P, R)
+    want = -(dense * logp).sum() / P
+    got = levers.SparseTargetCrossEntropy.apply(logp, g, n_w, keys, vals)
+    assert got.item() == pytest.approx(want.item(), rel=1e-14)
+    (want_grad,) = torch.autograd.grad(3.0 * want, logp)
+    (got_grad,) = torch.autograd.grad(3.0 * got, logp)
+    assert torch.allclose(got_grad, want_grad, rtol=1e-14, atol=0)
