@@ -52,6 +52,7 @@ BASELINE_RECIPE = dict(
     grad_clip=1.0,
     ema_decay=0.0,
     random_steps=0,
+    eval_steps=0,
 )
 
 
