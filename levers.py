@@ -394,17 +394,18 @@ class NgramTeacher:
             raise ValueError(
                 "a leave-one-out teacher needs the targets yb: each position's own occurrence is taken out"
             )
-        xb = xb.cpu().numpy() if torch.is_tensor(xb) else np.asarray(xb)
+        host = lambda a: np.asarray(a.cpu().numpy() if torch.is_tensor(a) else a, dtype=np.int64)  # no uint16 wrap
+        xb = host(xb)
         b, t = xb.shape
         d2, d3 = self.discounts
         V, R = self.V, self.n_rows
-        v = xb.reshape(-1).astype(np.int64)  # (P,) the last context token of each position
+        v = xb.reshape(-1)  # (P,) the last context token of each position
         u = np.concatenate([np.full((b, 1), -1), xb[:, :-1]], axis=1).reshape(-1)  # (P,) -1: none in the window
         c, total = self._lookup(self.ctx3, self.total3, u * V + v)
         total = np.where(u < 0, 0.0, total)  # c(uv.), 0: no trigram context
         n3, s, succ, n_types = self.len3[c], self.s_v[v], self.succ_v[v], self.n_types
         if self.leave_one_out:
-            y = (yb.cpu().numpy() if torch.is_tensor(yb) else np.asarray(yb)).reshape(-1).astype(np.int64)
+            y = host(yb).reshape(-1)
             _, cy = self._lookup(self.tri, self.c3, (u * V + v) * V + y)
             taken = ((u >= 0) & (cy > 0)).astype(np.float64)  # a trigram not in the counts has nothing to take out
             _, ny = self._lookup(self.vw, self.n2, v * V + y)

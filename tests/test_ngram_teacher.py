@@ -296,3 +296,14 @@ def test_the_sparse_cross_entropy_and_its_gradient_are_the_dense_targets():
     (want_grad,) = torch.autograd.grad(3.0 * want, logp)
     (got_grad,) = torch.autograd.grad(3.0 * got, logp)
     assert torch.allclose(got_grad, want_grad, rtol=1e-14, atol=0)
+
+
+def test_a_batch_of_uint16_tokens_is_read_as_the_same_ids():
+    """train.bin's dtype: the teacher's keys (u * V + v) * V + y must not wrap at 2**16."""
+    rng = np.random.default_rng(5)
+    tokens = rng.integers(0, 50, size=400)
+    teacher = levers.NgramTeacher(tokens, 50304, leave_one_out=True)
+    xb, yb = tokens[None, 100:132], tokens[None, 101:133]
+    want = teacher.target(torch.from_numpy(xb), torch.from_numpy(yb))
+    got = teacher.target(xb.astype(np.uint16), yb.astype(np.uint16))
+    assert torch.equal(got, want) and want[:, :50].sum(1).allclose(torch.ones(32))
