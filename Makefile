@@ -225,10 +225,13 @@ canonical-table: data-tinyshakespeare
 # Issue #35: capacity around the 32-wide stream (levers.py: mlp_width, glu, head_dim, norm, qk_norm, mos; head_width
 # and the n-gram teacher beside them). capacity-screen: each lever on today's canonical, seed 0, 2000 iterations, two at
 # a time with one thread each (about an hour on 2 cores). capacity-table: the gated MLP (GLU) and the gate with
-# issue #16's leave-one-out teacher and head_width (COMBO) at 3 seeds on both corpora, three at a time (about 5 hours
-# on 2 cores), then the flow study of their checkpoints.
+# issue #16's leave-one-out teacher and head_width (COMBO) at 3 seeds on both corpora, on tinyshakespeare also
+# COMBO evaluated at heun x2 (COMBO_X2), three at a time (about 6 hours on 2 cores), then the flow study of their
+# checkpoints.
 GLU := canonical:glu=geglu,mlp_width=256
 COMBO := $(GLU),ngram_distill=0.5,ngram_loo=True,head_width=96
+# the same training as COMBO, evaluated and scored with heun x2 (Recipe.eval_steps): tinyshakespeare's target
+COMBO_X2 := $(COMBO),eval_steps=2
 CAPACITY_SCREEN := canonical canonical:mlp_width=512 canonical:head_dim=32 $(GLU) canonical:norm=rms \
 	canonical:qk_norm=True canonical:mlp_width=512,head_dim=32 canonical:ngram_distill=0.3 canonical:head_width=96 \
 	canonical:glu=swiglu,mlp_width=256 canonical:mos=3
@@ -239,7 +242,7 @@ capacity-screen: data-tinyshakespeare
 		--baseline canonical --seeds 0 --max-iters 2000 --jobs 2 --data-dir $(TINY_DIR) --out $(CAPACITY_OUT)/screen $(RESUME)
 
 capacity-table: data-tinyshakespeare data-pypi
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python scripts/benchmark.py --configs $(GLU) $(COMBO) \
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python scripts/benchmark.py --configs $(GLU) $(COMBO) $(COMBO_X2) \
 		--seeds $(FLOW_SEEDS) --jobs 3 --data-dir $(TINY_DIR) --out $(CAPACITY_OUT)/tinyshakespeare $(RESUME)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python scripts/benchmark.py --configs $(GLU) $(COMBO) \
 		--seeds $(FLOW_SEEDS) --jobs 3 --data-dir data/pypi --out $(CAPACITY_OUT)/pypi $(RESUME)
