@@ -110,8 +110,9 @@ def test_drawn_step_counts_are_timed_as_train_draws_them(tmp_path, monkeypatch):
     (flow,) = bench_integrators.main(argv + ["--repeats", "2", "--steps", "6", "--warmup", "0", "--out", str(out)])[
         "configs"
     ]
-    drawn = [kw["steps_per_layer"] for kw in seen[0::2]]
+    assert seen[0] == {"steps_per_layer": 2}  # make_model: the evaluation's count
+    drawn = [kw["steps_per_layer"] for kw in seen[1::2]]
     assert len(drawn) == 12 and set(drawn) <= {2, 3, 4} and len(set(drawn)) > 1
-    assert all(kw == {"steps_per_layer": 2} for kw in seen[1::2])
+    assert all(kw == {"steps_per_layer": 2} for kw in seen[2::2])
     # heun/parallel: 2 stages of A and of M per step, 4 layers; the mean of 2..4 steps is 3
     assert flow["nfe"] == 2 * 2 * 4 * 3
