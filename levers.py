@@ -366,8 +366,8 @@ class NgramTeacher:
         d2 = self.discount(n_vw)
         self.p2 = np.maximum(n_vw - d2, 0)  # the discounted continuation counts, in the order of w2
         self.s_v = np.bincount(v_of, weights=n_vw, minlength=V)  # N1+(.v.)
-        self.succ_v = np.bincount(v_of, minlength=V).astype(np.float64)  # N1+(v.)
-        self.ptr2 = np.concatenate([[0], np.cumsum(self.succ_v.astype(np.int64))])
+        succ_v = np.bincount(v_of, minlength=V)  # N1+(v.)
+        self.succ_v, self.ptr2 = succ_v.astype(np.float64), np.concatenate([[0], np.cumsum(succ_v)])
         self.w2, self.n2 = rows[w_of], n_vw.astype(np.float64)  # N1+(.vw), in the order of w2
         # unigram level: N1+(.w) over rows, and N1+(..)
         self.n_w = np.bincount(rows[w_of], minlength=self.n_rows).astype(np.float64)
